@@ -1,0 +1,383 @@
+//! Conversion and validation from real object JSON: one test per class of
+//! bad input, each asserting the object, the field, and that the other
+//! services keep working.
+
+use serde_json::{Value, json};
+
+use super::*;
+use crate::model::ServicePortName;
+use crate::tracker::ChangeTracker;
+
+fn service(v: Value) -> core::Service {
+    serde_json::from_value(v).unwrap()
+}
+
+fn good(name: &str, ip: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "ns", "name": name},
+        "spec": {"clusterIP": ip, "clusterIPs": [ip], "ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080}]}
+    })
+}
+
+/// Feeds a good service, then a bad one, and checks the error and that the
+/// good one still syncs.
+fn assert_rejected(bad: Value, field: &str) {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let ok = service_from_k8s(&service(good("good", "10.96.0.10")))
+        .unwrap()
+        .unwrap();
+    t.update_service(&ok).unwrap();
+    let err = service_from_k8s(&service(bad.clone()))
+        .and_then(|s| t.update_service(&s.unwrap()).map(|_| ()))
+        .expect_err("bad service accepted");
+    assert_eq!(err.kind, ObjectKind::Service);
+    assert_eq!(err.object, "ns/bad", "{err}");
+    assert_eq!(err.field, field, "{err}");
+    let (snap, _) = t.apply();
+    assert_eq!(snap.services.len(), 1);
+    assert!(
+        snap.services
+            .contains_key(&ServicePortName::new("ns", "good", "http", Protocol::Tcp))
+    );
+    // The message names object, field and value on one line.
+    let msg = err.to_string();
+    assert!(
+        msg.contains("ns/bad") && msg.contains(field) && !msg.contains('\n'),
+        "{msg}"
+    );
+}
+
+fn with(mut v: Value, path: &[&str], val: Value) -> Value {
+    let mut cur = &mut v;
+    for p in &path[..path.len() - 1] {
+        cur = if let Ok(i) = p.parse::<usize>() {
+            &mut cur[i]
+        } else {
+            &mut cur[*p]
+        };
+    }
+    cur[path[path.len() - 1]] = val;
+    v
+}
+
+#[test]
+fn bad_ip() {
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "clusterIPs"],
+            json!(["10.96.0.300"]),
+        ),
+        "spec.clusterIPs[0]",
+    );
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "externalIPs"],
+            json!(["1.2.3"]),
+        ),
+        "spec.externalIPs[0]",
+    );
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "externalIPs"],
+            json!(["127.0.0.1"]),
+        ),
+        "spec.externalIPs[0]",
+    );
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "loadBalancerSourceRanges"],
+            json!(["10.0.0.0/8", "nope"]),
+        ),
+        "spec.loadBalancerSourceRanges[1]",
+    );
+}
+
+#[test]
+fn bad_ports() {
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "ports", "0", "port"],
+            json!(0),
+        ),
+        "spec.ports[0].port",
+    );
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "ports", "0", "port"],
+            json!(70000),
+        ),
+        "spec.ports[0].port",
+    );
+    let np = with(
+        good("bad", "10.96.0.11"),
+        &["spec", "type"],
+        json!("NodePort"),
+    );
+    assert_rejected(
+        with(np, &["spec", "ports", "0", "nodePort"], json!(-1)),
+        "spec.ports[0].nodePort",
+    );
+    // A node port on a ClusterIP service.
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "ports", "0", "nodePort"],
+            json!(30080),
+        ),
+        "spec.ports[0].nodePort",
+    );
+}
+
+#[test]
+fn unknown_protocol() {
+    assert_rejected(
+        with(
+            good("bad", "10.96.0.11"),
+            &["spec", "ports", "0", "protocol"],
+            json!("ICMP"),
+        ),
+        "spec.ports[0].protocol",
+    );
+}
+
+#[test]
+fn duplicate_port_names() {
+    let ports = json!([{"name": "http", "port": 80}, {"name": "http", "port": 81}]);
+    assert_rejected(
+        with(good("bad", "10.96.0.11"), &["spec", "ports"], ports),
+        "spec.ports[1].name",
+    );
+    let ports = json!([{"port": 80}, {"name": "b", "port": 81}]);
+    assert_rejected(
+        with(good("bad", "10.96.0.11"), &["spec", "ports"], ports),
+        "spec.ports[0].name",
+    );
+}
+
+#[test]
+fn impossible_names_and_values() {
+    let v = with(
+        good("bad", "10.96.0.11"),
+        &["spec", "ports", "0", "name"],
+        json!("http\" -j ACCEPT"),
+    );
+    assert_rejected(v, "spec.ports[0].name");
+    let v = with(
+        good("bad", "10.96.0.11"),
+        &["metadata", "annotations"],
+        json!({"service.kubernetes.io/topology-mode": "Auto\n-A X"}),
+    );
+    assert_rejected(
+        v,
+        "metadata.annotations[service.kubernetes.io/topology-mode]",
+    );
+    // Bad object names are reported under their own name.
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let s = service_from_k8s(&service(with(
+        good("x", "10.96.0.11"),
+        &["metadata", "name"],
+        json!("--flush"),
+    )))
+    .unwrap()
+    .unwrap();
+    let err = t.update_service(&s).unwrap_err();
+    assert_eq!(
+        (err.object.as_str(), err.field.as_str()),
+        ("ns/--flush", "metadata.name")
+    );
+}
+
+#[test]
+fn mismatched_families() {
+    let v = with(
+        good("bad", "10.96.0.11"),
+        &["spec", "ipFamilies"],
+        json!(["IPv6"]),
+    );
+    assert_rejected(v, "spec.clusterIPs[0]");
+    let v = with(
+        good("bad", "10.96.0.11"),
+        &["spec", "clusterIPs"],
+        json!(["10.96.0.11", "10.96.0.12"]),
+    );
+    assert_rejected(v, "spec.clusterIPs");
+}
+
+#[test]
+fn bad_affinity() {
+    let v = with(
+        good("bad", "10.96.0.11"),
+        &["spec", "sessionAffinity"],
+        json!("ClientIP"),
+    );
+    let v = with(
+        v,
+        &["spec", "sessionAffinityConfig"],
+        json!({"clientIP": {"timeoutSeconds": 100000}}),
+    );
+    assert_rejected(v, "spec.sessionAffinityConfig.clientIP.timeoutSeconds");
+}
+
+#[test]
+fn skips_what_kube_proxy_skips() {
+    let headless = with(good("h", "None"), &["spec", "clusterIPs"], json!(["None"]));
+    assert!(service_from_k8s(&service(headless)).unwrap().is_none());
+    let ext = with(
+        good("e", "10.96.0.11"),
+        &["spec", "type"],
+        json!("ExternalName"),
+    );
+    assert!(service_from_k8s(&service(ext)).unwrap().is_none());
+    let other = with(
+        good("o", "10.96.0.11"),
+        &["metadata", "labels"],
+        json!({LABEL_SERVICE_PROXY_NAME: "cilium"}),
+    );
+    assert!(service_from_k8s(&service(other)).unwrap().is_none());
+    let fqdn: discovery::EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"namespace": "ns", "name": "f-1", "labels": {LABEL_SERVICE_NAME: "f"}},
+        "addressType": "FQDN", "endpoints": [{"addresses": ["example.com"]}]
+    }))
+    .unwrap();
+    assert!(endpoint_slice_from_k8s(&fqdn).unwrap().is_none());
+}
+
+#[test]
+fn full_service_conversion() {
+    let v = json!({
+        "metadata": {"namespace": "ns2", "name": "svc2", "annotations": {"service.kubernetes.io/topology-mode": "Auto"}},
+        "spec": {
+            "type": "LoadBalancer", "clusterIP": "172.30.0.42", "clusterIPs": ["172.30.0.42", "fd00::42"],
+            "ipFamilies": ["IPv4", "IPv6"],
+            "ports": [{"name": "p80", "port": 80, "nodePort": 3001, "protocol": "TCP"}],
+            "externalIPs": ["192.168.99.22", "2001:db8::22"],
+            "loadBalancerSourceRanges": [" 203.0.113.0/25", "2001:db8::/64"],
+            "externalTrafficPolicy": "Local", "healthCheckNodePort": 30000,
+            "sessionAffinity": "ClientIP",
+            "trafficDistribution": "PreferClose"
+        },
+        "status": {"loadBalancer": {"ingress": [{"ip": "1.2.3.4"}, {"ip": "5.6.7.8", "ipMode": "Proxy"}, {"hostname": "lb.example.com"}]}}
+    });
+    let s = service_from_k8s(&service(v)).unwrap().unwrap();
+    let m = s.to_port_map(IpFamily::V4).unwrap();
+    let p = m.values().next().unwrap();
+    assert_eq!(p.name.to_string(), "ns2/svc2:p80");
+    assert_eq!(p.cluster_ip.to_string(), "172.30.0.42");
+    assert_eq!(p.node_port, 3001);
+    assert_eq!(
+        p.external_ips,
+        vec!["192.168.99.22".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        p.load_balancer_ips,
+        vec!["1.2.3.4".parse::<IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        p.load_balancer_source_ranges,
+        vec!["203.0.113.0/25".parse().unwrap()]
+    );
+    assert!(p.external_policy_local);
+    assert_eq!(p.health_check_node_port, 30000);
+    assert_eq!(p.sticky_seconds(), Some(10800));
+    assert_eq!(p.hints_annotation.as_deref(), Some("Auto"));
+    assert_eq!(p.traffic_distribution.as_deref(), Some("PreferClose"));
+    let m6 = s.to_port_map(IpFamily::V6).unwrap();
+    let p6 = m6.values().next().unwrap();
+    assert_eq!(p6.cluster_ip.to_string(), "fd00::42");
+    assert_eq!(
+        p6.load_balancer_source_ranges,
+        vec!["2001:db8::/64".parse().unwrap()]
+    );
+    assert!(p6.load_balancer_ips.is_empty());
+}
+
+#[test]
+fn endpoint_slice_conversion_and_errors() {
+    let v = json!({
+        "metadata": {"namespace": "ns", "name": "svc-abc", "labels": {LABEL_SERVICE_NAME: "svc"}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [
+            {"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "node-1", "zone": "a",
+             "hints": {"forZones": [{"name": "a"}], "forNodes": [{"name": "node-1"}]}},
+            {"addresses": ["10.0.0.2"], "conditions": {"ready": false, "serving": true, "terminating": true}}
+        ]
+    });
+    let s: discovery::EndpointSlice = serde_json::from_value(v.clone()).unwrap();
+    let s = endpoint_slice_from_k8s(&s).unwrap().unwrap();
+    s.validate().unwrap();
+    assert_eq!(s.endpoints[0].hint_zones, vec!["a".to_string()]);
+    assert_eq!(s.endpoints[1].terminating, Some(true));
+
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    t.update_endpoint_slice(&s).unwrap();
+    let bad = |v: Value, field: &str| {
+        let s: discovery::EndpointSlice = serde_json::from_value(v).unwrap();
+        let err = endpoint_slice_from_k8s(&s)
+            .and_then(|s| s.unwrap().validate())
+            .expect_err("bad slice accepted");
+        assert_eq!(err.field, field, "{err}");
+        assert_eq!(err.object, "ns/svc-abc");
+    };
+    bad(
+        with(
+            v.clone(),
+            &["endpoints", "0", "addresses"],
+            json!(["fd00::1"]),
+        ),
+        "endpoints[0].addresses[0]",
+    );
+    bad(
+        with(
+            v.clone(),
+            &["endpoints", "0", "addresses"],
+            json!(["10.0.0.999"]),
+        ),
+        "endpoints[0].addresses[0]",
+    );
+    bad(
+        with(v.clone(), &["ports", "0", "port"], json!(0)),
+        "ports[0].port",
+    );
+    bad(
+        with(v.clone(), &["ports", "0", "protocol"], json!("XTP")),
+        "ports[0].protocol",
+    );
+    bad(
+        with(
+            v.clone(),
+            &["endpoints", "0", "nodeName"],
+            json!("-o /etc/passwd"),
+        ),
+        "endpoints[0].nodeName",
+    );
+    bad(
+        with(v.clone(), &["endpoints", "0", "zone"], json!("a\"b")),
+        "endpoints[0].zone",
+    );
+    bad(
+        with(v.clone(), &["metadata", "labels"], json!({})),
+        "metadata.labels[kubernetes.io/service-name]",
+    );
+    let (snap, _) = t.apply();
+    assert_eq!(snap.endpoint_count(), 2);
+}
+
+#[test]
+fn node_conversion() {
+    let n: core::Node = serde_json::from_value(json!({
+        "metadata": {"name": "node-1", "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+        "spec": {"taints": [{"key": "ToBeDeletedByClusterAutoscaler", "effect": "NoSchedule"}]}
+    }))
+    .unwrap();
+    let n = node_from_k8s(&n);
+    assert_eq!(n.zone(), Some("zone-a"));
+    assert!(!n.eligible());
+}

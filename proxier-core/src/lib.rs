@@ -1,0 +1,49 @@
+//! # proxier-core
+//!
+//! What every proxier backend stands on: kube-proxy's model, change
+//! tracking, endpoint selection, sync runner, health and metrics, as a
+//! library. Start with [`ChangeTracker`] (feed it Services and
+//! EndpointSlices, get [`Snapshot`]s and [`ChangeSet`]s), implement
+//! [`Proxier`] for a backend, and drive it with [`Runner`].
+//!
+//! The pure part ([`model`], [`input`], [`validate`], [`k8s`], [`tracker`],
+//! [`topology`]) does no I/O and reads no clock. The runtime part
+//! ([`runner`], [`health`], [`metrics`], [`manifest`]) runs on tokio.
+//!
+//! Dependencies, and why: `k8s-openapi` for the Kubernetes object types
+//! (the API's own schema, no client); `imbl` for the snapshot's persistent
+//! maps (a one-endpoint change costs O(log n), not a copy of 100,000
+//! endpoints); `hyper` for the health and metrics servers (small, no
+//! framework); `prometheus-client` (the official Rust client's successor,
+//! OpenMetrics text); `serde_yaml` + `serde_path_to_error` so a bad
+//! manifest names the failing field. The Kubernetes API client (`kube`)
+//! lives in the `proxier-kube` crate, so this crate does not compile it.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod health;
+pub mod input;
+pub mod k8s;
+pub mod manifest;
+pub mod metrics;
+pub mod model;
+pub mod proxier;
+pub mod runner;
+pub mod topology;
+pub mod tracker;
+pub mod validate;
+
+pub use health::{ProxyHealth, ServiceHealthServer, serve_health, serve_metrics};
+pub use input::{EndpointSlice, Node, PortSpec, Service, ServiceType, SliceEndpoint, SlicePort};
+pub use manifest::ManifestSource;
+pub use metrics::Metrics;
+pub use model::{
+    Endpoint, IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, SessionAffinity,
+    TrafficPolicy,
+};
+pub use proxier::{FakeProxier, Proxier, ProxierError, SyncRequest, SyncStats};
+pub use runner::{Runner, RunnerConfig, RunnerHandle};
+pub use topology::{Categorized, categorize_endpoints};
+pub use tracker::{ChangeSet, ChangeTracker, NodeInfo, Snapshot, StaleEndpoint};
+pub use validate::{ObjectKind, ValidationError};

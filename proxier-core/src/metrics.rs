@@ -1,0 +1,177 @@
+//! Prometheus metrics with kube-proxy's names (`pkg/proxy/metrics`), all
+//! under the `kubeproxy_` prefix. Backends add their own through
+//! [`Metrics::register`].
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The `code` label of the health counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// HTTP status code.
+    pub code: String,
+}
+
+/// Every metric the core maintains.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// `kubeproxy_sync_proxy_rules_duration_seconds`.
+    pub sync_duration: Histogram,
+    /// `kubeproxy_sync_full_proxy_rules_duration_seconds`.
+    pub sync_full_duration: Histogram,
+    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds`.
+    pub sync_partial_duration: Histogram,
+    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds` (last success).
+    pub last_timestamp: Gauge<f64, AtomicU64>,
+    /// `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`.
+    pub last_queued_timestamp: Gauge<f64, AtomicU64>,
+    /// `kubeproxy_sync_proxy_rules_service_changes_total`.
+    pub service_changes_total: Counter,
+    /// `kubeproxy_sync_proxy_rules_endpoint_changes_total`.
+    pub endpoint_changes_total: Counter,
+    /// `kubeproxy_sync_proxy_rules_service_changes_pending`.
+    pub service_changes_pending: Gauge,
+    /// `kubeproxy_sync_proxy_rules_endpoint_changes_pending`.
+    pub endpoint_changes_pending: Gauge,
+    /// `kubeproxy_sync_proxy_rules_failures_total` (any backend).
+    pub sync_failures_total: Counter,
+    /// `kubeproxy_proxy_healthz_total{code}`.
+    pub healthz_total: Family<CodeLabel, Counter>,
+    /// `kubeproxy_proxy_livez_total{code}`.
+    pub livez_total: Family<CodeLabel, Counter>,
+}
+
+fn hist() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+/// Seconds since the epoch, for timestamp gauges.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every core metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("kubeproxy");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            sync_duration: hist(),
+            sync_full_duration: hist(),
+            sync_partial_duration: hist(),
+            last_timestamp: Gauge::default(),
+            last_queued_timestamp: Gauge::default(),
+            service_changes_total: Counter::default(),
+            endpoint_changes_total: Counter::default(),
+            service_changes_pending: Gauge::default(),
+            endpoint_changes_pending: Gauge::default(),
+            sync_failures_total: Counter::default(),
+            healthz_total: Family::default(),
+            livez_total: Family::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "sync_proxy_rules_duration_seconds",
+            "SyncProxyRules latency in seconds",
+            m.sync_duration.clone(),
+        );
+        r.register(
+            "sync_full_proxy_rules_duration_seconds",
+            "Full SyncProxyRules latency in seconds",
+            m.sync_full_duration.clone(),
+        );
+        r.register(
+            "sync_partial_proxy_rules_duration_seconds",
+            "Partial SyncProxyRules latency in seconds",
+            m.sync_partial_duration.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            "The last time proxy rules were successfully synced",
+            m.last_timestamp.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_last_queued_timestamp_seconds",
+            "The last time a sync of proxy rules was queued",
+            m.last_queued_timestamp.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_service_changes",
+            "Cumulative proxy rules Service changes",
+            m.service_changes_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_endpoint_changes",
+            "Cumulative proxy rules Endpoint changes",
+            m.endpoint_changes_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_service_changes_pending",
+            "Pending proxy rules Service changes",
+            m.service_changes_pending.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_endpoint_changes_pending",
+            "Pending proxy rules Endpoint changes",
+            m.endpoint_changes_pending.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_failures",
+            "Cumulative failed syncs of proxy rules",
+            m.sync_failures_total.clone(),
+        );
+        r.register(
+            "proxy_healthz",
+            "Cumulative proxy healthz HTTP status",
+            m.healthz_total.clone(),
+        );
+        r.register(
+            "proxy_livez",
+            "Cumulative proxy livez HTTP status",
+            m.livez_total.clone(),
+        );
+        *m.registry.lock().unwrap() = registry;
+        m
+    }
+
+    /// Registers more metrics (a backend's own), under the same prefix.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap());
+    }
+
+    /// Records one sync's duration.
+    pub fn observe_sync(&self, full: bool, d: Duration) {
+        let s = d.as_secs_f64();
+        self.sync_duration.observe(s);
+        if full {
+            self.sync_full_duration.observe(s);
+        } else {
+            self.sync_partial_duration.observe(s);
+        }
+    }
+
+    /// The text exposition format (what `/metrics` serves).
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry.lock().unwrap())
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

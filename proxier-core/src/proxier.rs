@@ -1,0 +1,163 @@
+//! The single seam a backend implements.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use crate::tracker::{ChangeSet, Snapshot};
+
+/// What one sync is asked to do.
+#[derive(Debug, Clone)]
+pub struct SyncRequest {
+    /// The desired state.
+    pub snapshot: Snapshot,
+    /// What changed since the last successful sync. When `full` is set the
+    /// backend must not rely on it except for conntrack hygiene.
+    pub changes: ChangeSet,
+    /// Rewrite everything (first sync, after a failure, on the full-sync
+    /// period, after the node changed).
+    pub full: bool,
+}
+
+/// What a sync did, for logs and benches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Objects the backend owns after the sync (rules, virtual servers,
+    /// listeners: whatever the backend counts).
+    pub objects: usize,
+    /// Objects written (or kernel operations issued) by this sync.
+    pub written: usize,
+    /// Whether the backend actually ran a full sync.
+    pub full: bool,
+}
+
+/// A failed sync or cleanup. The runner retries with backoff, then in full.
+#[derive(Debug, thiserror::Error)]
+#[error("{backend}: {message}")]
+pub struct ProxierError {
+    /// The backend's name.
+    pub backend: String,
+    /// What failed, where.
+    pub message: String,
+    /// The cause.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ProxierError {
+    /// An error without a cause.
+    pub fn new(backend: impl Into<String>, message: impl Into<String>) -> Self {
+        ProxierError {
+            backend: backend.into(),
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with a cause.
+    pub fn with_source(
+        backend: impl Into<String>,
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ProxierError {
+            backend: backend.into(),
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// A backend: programs the node so that service addresses reach their
+/// endpoints. Object safe: `Box<dyn Proxier>` works.
+#[async_trait]
+pub trait Proxier: Send {
+    /// A short name (`iptables`, `ipvs`, `userspace`).
+    fn name(&self) -> &str;
+
+    /// Makes the node match `req.snapshot`. Called by one task at a time.
+    async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError>;
+
+    /// Removes everything this backend created, and nothing else.
+    async fn cleanup(&mut self) -> Result<(), ProxierError>;
+}
+
+#[async_trait]
+impl<P: Proxier + ?Sized> Proxier for Box<P> {
+    fn name(&self) -> &str {
+        (**self).name()
+    }
+    async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
+        (**self).sync(req).await
+    }
+    async fn cleanup(&mut self) -> Result<(), ProxierError> {
+        (**self).cleanup().await
+    }
+}
+
+/// What the fake saw.
+#[derive(Debug, Default)]
+pub struct FakeLog {
+    /// Every sync request, in order.
+    pub syncs: Vec<SyncRequest>,
+    /// Number of cleanups.
+    pub cleanups: usize,
+    /// Fail the next N syncs.
+    pub fail_next: usize,
+    /// Syncs running at once right now (to prove the runner never overlaps).
+    pub running: usize,
+    /// The most that ever ran at once.
+    pub max_running: usize,
+}
+
+/// A backend for tests: records requests, can be told to fail, and can
+/// take a while (in tokio time) to sync.
+#[derive(Debug, Clone, Default)]
+pub struct FakeProxier {
+    /// Shared log.
+    pub log: Arc<Mutex<FakeLog>>,
+    /// How long each sync takes.
+    pub delay: std::time::Duration,
+}
+
+impl FakeProxier {
+    /// A fake that syncs instantly.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl Proxier for FakeProxier {
+    fn name(&self) -> &str {
+        "fake"
+    }
+
+    async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
+        {
+            let mut l = self.log.lock().unwrap();
+            l.running += 1;
+            l.max_running = l.max_running.max(l.running);
+        }
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let mut l = self.log.lock().unwrap();
+        l.running -= 1;
+        l.syncs.push(req.clone());
+        if l.fail_next > 0 {
+            l.fail_next -= 1;
+            return Err(ProxierError::new("fake", "told to fail"));
+        }
+        Ok(SyncStats {
+            objects: req.snapshot.services.len(),
+            written: req.changes.updated_services.len(),
+            full: req.full,
+        })
+    }
+
+    async fn cleanup(&mut self) -> Result<(), ProxierError> {
+        self.log.lock().unwrap().cleanups += 1;
+        Ok(())
+    }
+}

@@ -1,0 +1,241 @@
+//! Runner timing with paused tokio time.
+
+use std::time::Duration;
+
+use tokio::time::{Instant, advance, sleep};
+
+use super::*;
+use crate::input::{PortSpec, ServiceType};
+use crate::model::{IpFamily, Protocol};
+use crate::proxier::FakeProxier;
+
+fn svc(i: u32) -> Service {
+    Service {
+        namespace: "ns".into(),
+        name: format!("s{i}"),
+        service_type: ServiceType::ClusterIp,
+        cluster_ips: vec![
+            format!("10.96.{}.{}", i / 250, i % 250 + 1)
+                .parse()
+                .unwrap(),
+        ],
+        ports: vec![PortSpec {
+            name: String::new(),
+            protocol: Some(Protocol::Tcp),
+            port: 80,
+            node_port: 0,
+        }],
+        ..Default::default()
+    }
+}
+
+fn cfg() -> RunnerConfig {
+    RunnerConfig {
+        min_sync_period: Duration::from_secs(1),
+        sync_period: Duration::from_secs(30),
+        full_sync_period: Duration::from_secs(300),
+        retry_initial: Duration::from_secs(2),
+        retry_max: Duration::from_secs(8),
+    }
+}
+
+struct Bed {
+    fake: FakeProxier,
+    handle: RunnerHandle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Box<dyn Proxier>>,
+    t0: Instant,
+}
+
+fn start(fake: FakeProxier, cfg: RunnerConfig) -> Bed {
+    let (runner, handle) = Runner::new(
+        ChangeTracker::new(IpFamily::V4, "node-1"),
+        Box::new(fake.clone()),
+        cfg,
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async move {
+        let _ = rx.await;
+    }));
+    Bed {
+        fake,
+        handle,
+        stop: Some(tx),
+        task,
+        t0: Instant::now(),
+    }
+}
+
+impl Bed {
+    fn syncs(&self) -> Vec<(bool, usize)> {
+        self.fake
+            .log
+            .lock()
+            .unwrap()
+            .syncs
+            .iter()
+            .map(|r| (r.full, r.snapshot.services.len()))
+            .collect()
+    }
+    async fn settle(&self) {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+    async fn stop(mut self) -> FakeProxier {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+        self.fake
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn waits_for_initialization_then_syncs_full() {
+    let bed = start(FakeProxier::new(), cfg());
+    bed.handle.update_service(&svc(1)).unwrap();
+    sleep(Duration::from_secs(100)).await;
+    assert!(
+        bed.syncs().is_empty(),
+        "synced before the sources listed everything"
+    );
+    bed.handle.set_initialized();
+    bed.settle().await;
+    assert_eq!(bed.syncs(), vec![(true, 1)]);
+    bed.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn bursts_coalesce_with_min_interval() {
+    let bed = start(FakeProxier::new(), cfg());
+    bed.handle.set_initialized();
+    bed.settle().await;
+    assert_eq!(bed.syncs().len(), 1);
+    // A burst right after a sync: one sync, not before min_sync_period.
+    for i in 0..50 {
+        bed.handle.update_service(&svc(i)).unwrap();
+    }
+    bed.settle().await;
+    assert_eq!(bed.syncs().len(), 1, "ran inside the minimum interval");
+    advance(Duration::from_millis(999)).await;
+    bed.settle().await;
+    assert_eq!(bed.syncs().len(), 1);
+    advance(Duration::from_millis(2)).await;
+    bed.settle().await;
+    assert_eq!(bed.syncs(), vec![(true, 0), (false, 50)]);
+    // Nothing more queued: no further sync until the period.
+    advance(Duration::from_secs(10)).await;
+    bed.settle().await;
+    assert_eq!(bed.syncs().len(), 2);
+    bed.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_and_full_resync() {
+    let bed = start(FakeProxier::new(), cfg());
+    bed.handle.set_initialized();
+    bed.settle().await;
+    // Every 30 s a sync; the one at or after 300 s is full.
+    for _ in 0..10 {
+        advance(Duration::from_secs(30)).await;
+        bed.settle().await;
+    }
+    let s = bed.syncs();
+    assert_eq!(s.len(), 11, "{s:?}");
+    assert!(s[0].0 && !s[1].0 && !s[9].0);
+    assert!(s[10].0, "no full resync after full_sync_period: {s:?}");
+    assert!(bed.t0.elapsed() >= Duration::from_secs(300));
+    bed.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn failed_sync_retries_with_backoff_then_full() {
+    let fake = FakeProxier::new();
+    let bed = start(fake.clone(), cfg());
+    bed.handle.set_initialized();
+    bed.settle().await;
+    fake.log.lock().unwrap().fail_next = 3;
+    advance(Duration::from_secs(1)).await;
+    bed.handle.update_service(&svc(1)).unwrap();
+    bed.settle().await;
+    let times = |b: &Bed| b.syncs().len();
+    assert_eq!(times(&bed), 2); // the failing partial sync
+    // Retries at +2 s, +4 s, +8 s (capped), each full.
+    advance(Duration::from_millis(1990)).await;
+    bed.settle().await;
+    assert_eq!(times(&bed), 2);
+    advance(Duration::from_millis(20)).await;
+    bed.settle().await;
+    assert_eq!(times(&bed), 3);
+    advance(Duration::from_secs(4)).await;
+    bed.settle().await;
+    assert_eq!(times(&bed), 4);
+    advance(Duration::from_secs(8)).await;
+    bed.settle().await;
+    assert_eq!(times(&bed), 5);
+    let syncs = fake.log.lock().unwrap().syncs.clone();
+    let full: Vec<bool> = syncs.iter().map(|r| r.full).collect();
+    assert_eq!(full, vec![true, false, true, true, true]);
+    // The failed sync's change set was carried into the retries.
+    assert!(
+        syncs[4]
+            .changes
+            .updated_services
+            .contains(&crate::model::NamespacedName::new("ns", "s1"))
+    );
+    assert_eq!(bed.handle.metrics().sync_failures_total.get(), 3);
+    bed.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn never_two_syncs_at_once_and_on_demand() {
+    let mut fake = FakeProxier::new();
+    fake.delay = Duration::from_secs(5);
+    let bed = start(fake.clone(), cfg());
+    bed.handle.set_initialized();
+    for i in 0..20 {
+        bed.handle.update_service(&svc(i)).unwrap();
+        bed.handle.sync_now();
+        advance(Duration::from_millis(700)).await;
+        bed.settle().await;
+    }
+    // Let time run on its own until everything queued has synced.
+    sleep(Duration::from_secs(20)).await;
+    let n = fake.log.lock().unwrap().syncs.len();
+    assert!((2..=4).contains(&n), "{n} syncs");
+    assert_eq!(fake.log.lock().unwrap().max_running, 1);
+    // The last sync saw every service.
+    assert_eq!(bed.syncs().last().unwrap().1, 20);
+    // On demand with nothing pending still syncs.
+    sleep(Duration::from_secs(2)).await;
+    bed.handle.sync_now();
+    sleep(Duration::from_secs(7)).await;
+    assert_eq!(fake.log.lock().unwrap().syncs.len(), n + 1);
+    bed.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_goes_bad_when_a_queued_update_is_stuck() {
+    let mut fake = FakeProxier::new();
+    fake.delay = Duration::from_secs(100);
+    let bed = start(fake, cfg());
+    let health = bed.handle.health();
+    assert!(
+        health.is_healthy(),
+        "a proxier that never synced starts healthy"
+    );
+    bed.handle.set_initialized();
+    bed.settle().await;
+    // The first sync is stuck for 100 s; an update queued meanwhile ages.
+    bed.handle.update_service(&svc(1)).unwrap();
+    advance(Duration::from_secs(59)).await;
+    assert!(health.is_healthy());
+    advance(Duration::from_secs(2)).await;
+    assert!(
+        !health.is_healthy(),
+        "queued for longer than 2 × sync period"
+    );
+    advance(Duration::from_secs(40)).await;
+    bed.settle().await;
+    assert!(health.is_healthy());
+    bed.stop().await;
+}

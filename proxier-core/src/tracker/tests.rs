@@ -1,0 +1,405 @@
+use std::net::IpAddr;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::input::{PortSpec, ServiceType, SliceEndpoint, SlicePort};
+
+fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> Service {
+    Service {
+        namespace: "ns".into(),
+        name: name.into(),
+        service_type: ServiceType::ClusterIp,
+        cluster_ips: vec![ip.parse().unwrap()],
+        ports: ports
+            .iter()
+            .map(|(n, p, proto)| PortSpec {
+                name: n.to_string(),
+                protocol: Some(*proto),
+                port: *p,
+                node_port: 0,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn slice(
+    name: &str,
+    svc: &str,
+    port: (&str, u16, Protocol),
+    eps: &[(&str, bool, Option<&str>)],
+) -> EndpointSlice {
+    EndpointSlice {
+        namespace: "ns".into(),
+        name: name.into(),
+        service_name: svc.into(),
+        address_type: IpFamily::V4,
+        ports: vec![SlicePort {
+            name: port.0.into(),
+            port: Some(port.1),
+            protocol: Some(port.2),
+        }],
+        endpoints: eps
+            .iter()
+            .map(|(ip, ready, node)| SliceEndpoint {
+                addresses: vec![ip.parse().unwrap()],
+                ready: Some(*ready),
+                node_name: node.map(str::to_string),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn key(name: &str, port: &str, proto: Protocol) -> ServicePortName {
+    ServicePortName::new("ns", name, port, proto)
+}
+
+fn addrs(s: &Snapshot, k: &ServicePortName) -> Vec<String> {
+    s.endpoints_of(k)
+        .iter()
+        .map(|e| e.addr.to_string())
+        .collect()
+}
+
+#[test]
+fn add_update_delete_service() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    assert!(
+        t.update_service(&svc("a", "10.96.0.1", &[("http", 80, Protocol::Tcp)]))
+            .unwrap()
+    );
+    let (s, c) = t.apply();
+    assert_eq!(s.services.len(), 1);
+    assert!(c.updated_services.contains(&NamespacedName::new("ns", "a")));
+
+    // Update: a port is added and one changes protocol.
+    t.update_service(&svc(
+        "a",
+        "10.96.0.1",
+        &[("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)],
+    ))
+    .unwrap();
+    let (s, _) = t.apply();
+    assert_eq!(s.services.len(), 2);
+
+    // Removing the UDP port reports its cluster IP as stale.
+    t.update_service(&svc("a", "10.96.0.1", &[("http", 80, Protocol::Tcp)]))
+        .unwrap();
+    let (s, c) = t.apply();
+    assert_eq!(s.services.len(), 1);
+    assert_eq!(
+        c.deleted_udp_cluster_ips.iter().collect::<Vec<_>>(),
+        vec![&"10.96.0.1".parse::<IpAddr>().unwrap()]
+    );
+
+    assert!(t.delete_service("ns", "a"));
+    let (s, c) = t.apply();
+    assert!(s.services.is_empty());
+    assert_eq!(c.updated_services.len(), 1);
+}
+
+#[test]
+fn changes_that_cancel_out_vanish() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let a = svc("a", "10.96.0.1", &[("", 80, Protocol::Tcp)]);
+    // Add then delete before a sync: nothing pending.
+    t.update_service(&a).unwrap();
+    t.delete_service("ns", "a");
+    assert!(!t.has_pending());
+    let (_, c) = t.apply();
+    assert!(c.is_empty());
+
+    // Update then revert: nothing pending.
+    t.update_service(&a).unwrap();
+    t.apply();
+    let mut b = a.clone();
+    b.ports[0].port = 81;
+    t.update_service(&b).unwrap();
+    assert!(t.has_pending());
+    t.update_service(&a).unwrap();
+    assert!(!t.has_pending());
+
+    // Same for slices.
+    let s1 = slice(
+        "a-1",
+        "a",
+        ("", 8080, Protocol::Tcp),
+        &[("10.0.0.1", true, None)],
+    );
+    t.update_endpoint_slice(&s1).unwrap();
+    t.delete_endpoint_slice("ns", "a-1");
+    assert!(!t.has_pending());
+    t.update_endpoint_slice(&s1).unwrap();
+    t.apply();
+    let mut s2 = s1.clone();
+    s2.endpoints[0].ready = Some(false);
+    assert!(t.update_endpoint_slice(&s2).unwrap());
+    assert!(t.update_endpoint_slice(&s1).unwrap());
+    assert!(!t.has_pending());
+    // Re-sending the applied object changes nothing.
+    assert!(!t.update_endpoint_slice(&s1).unwrap());
+}
+
+#[test]
+fn slices_merge_dedup_and_order() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let p = ("p", 8080, Protocol::Tcp);
+    t.update_endpoint_slice(&slice(
+        "a-1",
+        "a",
+        p,
+        &[
+            ("10.0.0.10", true, None),
+            ("10.0.0.2", true, Some("node-1")),
+        ],
+    ))
+    .unwrap();
+    t.update_endpoint_slice(&slice(
+        "a-2",
+        "a",
+        p,
+        &[("10.0.0.3", true, None), ("10.0.0.2", false, None)],
+    ))
+    .unwrap();
+    let (s, c) = t.apply();
+    let k = key("a", "p", Protocol::Tcp);
+    // Sorted as text (kube-proxy's order), deduplicated; the later slice's
+    // (non-terminating) copy of 10.0.0.2 wins.
+    assert_eq!(
+        addrs(&s, &k),
+        vec!["10.0.0.10:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+    );
+    let dup = &s.endpoints_of(&k)[1];
+    assert!(!dup.is_ready());
+    assert!(!dup.is_local());
+    assert_eq!(c.local_endpoints_changed.len(), 0);
+
+    // A terminating duplicate does not replace the earlier one.
+    let mut s3 = slice("a-3", "a", p, &[("10.0.0.3", false, None)]);
+    s3.endpoints[0].terminating = Some(true);
+    t.update_endpoint_slice(&s3).unwrap();
+    let (s, _) = t.apply();
+    assert!(s.endpoints_of(&k)[2].is_ready());
+
+    // Removing one slice keeps the others.
+    t.delete_endpoint_slice("ns", "a-1");
+    let (s, _) = t.apply();
+    assert_eq!(addrs(&s, &k), vec!["10.0.0.2:8080", "10.0.0.3:8080"]);
+}
+
+#[test]
+fn local_ready_counts_and_udp_staleness() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let p = ("dns", 53, Protocol::Udp);
+    t.update_endpoint_slice(&slice(
+        "a-1",
+        "a",
+        p,
+        &[
+            ("10.0.0.1", true, Some("node-1")),
+            ("10.0.0.2", true, Some("node-2")),
+        ],
+    ))
+    .unwrap();
+    let (s, c) = t.apply();
+    let nn = NamespacedName::new("ns", "a");
+    assert_eq!(c.local_endpoints_changed.get(&nn), Some(&1));
+    assert_eq!(s.local_ready_endpoints(&nn), 1);
+    assert_eq!(
+        c.newly_active_udp_services,
+        vec![key("a", "dns", Protocol::Udp)]
+    );
+
+    t.update_endpoint_slice(&slice("a-1", "a", p, &[("10.0.0.2", true, Some("node-2"))]))
+        .unwrap();
+    let (s, c) = t.apply();
+    assert_eq!(c.local_endpoints_changed.get(&nn), Some(&0));
+    assert_eq!(s.local_ready_endpoints(&nn), 0);
+    assert_eq!(
+        c.deleted_udp_endpoints,
+        vec![StaleEndpoint {
+            service: key("a", "dns", Protocol::Udp),
+            endpoint: "10.0.0.1:53".parse().unwrap()
+        }]
+    );
+    assert!(c.newly_active_udp_services.is_empty());
+}
+
+#[test]
+fn other_family_and_slice_moving_between_services() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let mut v6 = slice("a-1", "a", ("", 80, Protocol::Tcp), &[]);
+    v6.address_type = IpFamily::V6;
+    v6.endpoints.push(SliceEndpoint {
+        addresses: vec!["fd00::1".parse().unwrap()],
+        ..Default::default()
+    });
+    assert!(!t.update_endpoint_slice(&v6).unwrap());
+    // A dual-stack service yields only the v4 cluster IP here.
+    let mut d = svc("a", "10.96.0.1", &[("", 80, Protocol::Tcp)]);
+    d.cluster_ips.push("fd00::1".parse().unwrap());
+    t.update_service(&d).unwrap();
+    let (s, _) = t.apply();
+    assert_eq!(
+        s.services.values().next().unwrap().cluster_ip.to_string(),
+        "10.96.0.1"
+    );
+    // An IPv6-only service yields nothing for the v4 tracker.
+    let mut only6 = svc("b", "fd00::2", &[("", 80, Protocol::Tcp)]);
+    only6.cluster_ips = vec!["fd00::2".parse().unwrap()];
+    t.update_service(&only6).unwrap();
+    let (s, _) = t.apply();
+    assert_eq!(s.services.len(), 1);
+
+    let p = ("", 80, Protocol::Tcp);
+    t.update_endpoint_slice(&slice("x", "a", p, &[("10.0.0.1", true, None)]))
+        .unwrap();
+    t.apply();
+    t.update_endpoint_slice(&slice("x", "b", p, &[("10.0.0.1", true, None)]))
+        .unwrap();
+    let (s, c) = t.apply();
+    assert!(s.endpoints_of(&key("a", "", Protocol::Tcp)).is_empty());
+    assert_eq!(s.endpoints_of(&key("b", "", Protocol::Tcp)).len(), 1);
+    assert_eq!(c.updated_services.len(), 2);
+}
+
+#[test]
+fn node_changes() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let mut n = Node {
+        name: "node-1".into(),
+        ..Default::default()
+    };
+    n.labels
+        .insert(crate::input::LABEL_TOPOLOGY_ZONE.into(), "zone-a".into());
+    assert!(t.update_node(&n).unwrap());
+    let (s, c) = t.apply();
+    assert!(c.node_changed);
+    assert_eq!(s.node.zone.as_deref(), Some("zone-a"));
+    assert!(!t.update_node(&n).unwrap());
+    let other = Node {
+        name: "node-2".into(),
+        ..Default::default()
+    };
+    assert!(!t.update_node(&other).unwrap());
+}
+
+#[test]
+fn invalid_update_keeps_last_good_version() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let good = svc("a", "10.96.0.1", &[("", 80, Protocol::Tcp)]);
+    t.update_service(&good).unwrap();
+    t.update_service(&svc("b", "10.96.0.2", &[("", 80, Protocol::Tcp)]))
+        .unwrap();
+    t.apply();
+    let mut bad = good.clone();
+    bad.ports[0].port = 0;
+    let err = t.update_service(&bad).unwrap_err();
+    assert_eq!(err.object, "ns/a");
+    assert_eq!(err.field, "spec.ports[0].port");
+    assert!(!t.has_pending());
+    let (s, _) = t.apply();
+    assert_eq!(s.services.len(), 2);
+}
+
+// --- property: any event sequence ends in the state of the final objects ---
+
+#[derive(Debug, Clone)]
+enum Ev {
+    Svc(u8, u8),
+    DelSvc(u8),
+    Slice(u8, u8, u8),
+    DelSlice(u8),
+    Apply,
+}
+
+fn gen_svc(i: u8, v: u8) -> Service {
+    let proto = if v.is_multiple_of(2) {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    let mut s = svc(
+        &format!("s{i}"),
+        &format!("10.96.0.{}", i + 1),
+        &[("p", 80 + (v % 3) as u16, proto)],
+    );
+    if v.is_multiple_of(5) {
+        s.ports.push(PortSpec {
+            name: "q".into(),
+            protocol: Some(Protocol::Udp),
+            port: 53,
+            node_port: 0,
+        });
+    }
+    s
+}
+
+fn gen_slice(j: u8, owner: u8, v: u8) -> EndpointSlice {
+    let eps: Vec<(String, bool, Option<&str>)> = (0..(v % 4))
+        .map(|k| {
+            (
+                format!("10.0.{j}.{}", k + 1),
+                !(v as u32 + k as u32).is_multiple_of(3),
+                if k % 2 == 0 { Some("node-1") } else { None },
+            )
+        })
+        .collect();
+    let eps: Vec<(&str, bool, Option<&str>)> =
+        eps.iter().map(|(a, b, c)| (a.as_str(), *b, *c)).collect();
+    let proto = if v.is_multiple_of(2) {
+        Protocol::Tcp
+    } else {
+        Protocol::Udp
+    };
+    slice(
+        &format!("sl{j}"),
+        &format!("s{}", owner % 3),
+        ("p", 8080, proto),
+        &eps,
+    )
+}
+
+fn ev() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        (0u8..3, any::<u8>()).prop_map(|(i, v)| Ev::Svc(i, v)),
+        (0u8..3).prop_map(Ev::DelSvc),
+        (0u8..4, any::<u8>(), any::<u8>()).prop_map(|(j, o, v)| Ev::Slice(j, o, v)),
+        (0u8..4).prop_map(Ev::DelSlice),
+        Just(Ev::Apply),
+    ]
+}
+
+proptest! {
+    #[test]
+    fn any_sequence_ends_in_the_final_state(events in proptest::collection::vec(ev(), 0..60)) {
+        let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+        let mut svcs: BTreeMap<u8, Service> = BTreeMap::new();
+        let mut slices: BTreeMap<u8, EndpointSlice> = BTreeMap::new();
+        for e in events {
+            match e {
+                Ev::Svc(i, v) => { let s = gen_svc(i, v); t.update_service(&s).unwrap(); svcs.insert(i, s); }
+                Ev::DelSvc(i) => { t.delete_service("ns", &format!("s{i}")); svcs.remove(&i); }
+                Ev::Slice(j, o, v) => { let s = gen_slice(j, o, v); t.update_endpoint_slice(&s).unwrap(); slices.insert(j, s); }
+                Ev::DelSlice(j) => { t.delete_endpoint_slice("ns", &format!("sl{j}")); slices.remove(&j); }
+                Ev::Apply => { t.apply(); }
+            }
+        }
+        let (got, _) = t.apply();
+        let mut fresh = ChangeTracker::new(IpFamily::V4, "node-1");
+        for s in svcs.values() { fresh.update_service(s).unwrap(); }
+        for s in slices.values() { fresh.update_endpoint_slice(s).unwrap(); }
+        let (want, _) = fresh.apply();
+        prop_assert_eq!(&got.services, &want.services);
+        // Compare endpoint lists with their conditions.
+        let g: Vec<(ServicePortName, Vec<String>)> = got.endpoints.iter().map(|(k, v)| (k.clone(), v.iter().map(|e| format!("{e:?}")).collect())).collect();
+        let w: Vec<(ServicePortName, Vec<String>)> = want.endpoints.iter().map(|(k, v)| (k.clone(), v.iter().map(|e| format!("{e:?}")).collect())).collect();
+        prop_assert_eq!(g, w);
+        for nn in svcs.values().map(|s| NamespacedName::new("ns", s.name.as_str())) {
+            prop_assert_eq!(got.local_ready_endpoints(&nn), want.local_ready_endpoints(&nn));
+        }
+        prop_assert!(!t.has_pending());
+    }
+}

@@ -1,0 +1,157 @@
+//! Validation: the checks the API server would have made, so that nothing
+//! that could not appear in a real cluster ever reaches a rule.
+//!
+//! Every error names the object (`kind namespace/name`), the field (in the
+//! API's own path syntax, `spec.ports[1].port`) and the offending value.
+
+use std::fmt;
+
+/// The kind of object an error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    /// A Service.
+    Service,
+    /// A discovery/v1 EndpointSlice.
+    EndpointSlice,
+    /// A Node.
+    Node,
+    /// Something whose kind could not be read.
+    Unknown,
+}
+
+impl fmt::Display for ObjectKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ObjectKind::Service => "Service",
+            ObjectKind::EndpointSlice => "EndpointSlice",
+            ObjectKind::Node => "Node",
+            ObjectKind::Unknown => "object",
+        })
+    }
+}
+
+/// An object that was rejected: it changes nothing, every other object
+/// keeps working.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} {object}: {field}: {reason} (got {value:?})")]
+pub struct ValidationError {
+    /// What kind of object.
+    pub kind: ObjectKind,
+    /// `namespace/name` (or the node's name).
+    pub object: String,
+    /// The field path, e.g. `spec.ports[0].port`.
+    pub field: String,
+    /// The offending value, as text.
+    pub value: String,
+    /// Why it is rejected.
+    pub reason: String,
+}
+
+/// Builds errors for one object.
+#[derive(Debug, Clone)]
+pub(crate) struct ErrCtx {
+    pub kind: ObjectKind,
+    pub object: String,
+}
+
+impl ErrCtx {
+    pub fn new(kind: ObjectKind, namespace: &str, name: &str) -> Self {
+        let object = if namespace.is_empty() {
+            name.to_string()
+        } else {
+            format!("{namespace}/{name}")
+        };
+        ErrCtx { kind, object }
+    }
+
+    pub fn err(
+        &self,
+        field: impl Into<String>,
+        value: impl fmt::Display,
+        reason: impl Into<String>,
+    ) -> ValidationError {
+        ValidationError {
+            kind: self.kind,
+            object: self.object.clone(),
+            field: field.into(),
+            value: value.to_string(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn is_alnum_lower(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+/// A DNS-1123 label: 1..=63 of `[a-z0-9-]`, starting and ending
+/// alphanumeric (namespaces, port names).
+pub fn is_dns1123_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && is_alnum_lower(b[0])
+        && is_alnum_lower(b[b.len() - 1])
+        && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
+}
+
+/// A DNS-1035 label: a DNS-1123 label that starts with a letter (service
+/// names).
+pub fn is_dns1035_label(s: &str) -> bool {
+    is_dns1123_label(s) && s.as_bytes()[0].is_ascii_lowercase()
+}
+
+/// A DNS-1123 subdomain: dot-separated labels, at most 253 characters
+/// (EndpointSlice and Node names).
+pub fn is_dns1123_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|l| {
+            let b = l.as_bytes();
+            !b.is_empty()
+                && is_alnum_lower(b[0])
+                && is_alnum_lower(b[b.len() - 1])
+                && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
+        })
+}
+
+/// A label value: empty, or 1..=63 of `[A-Za-z0-9_.-]` starting and ending
+/// alphanumeric (zones, hints).
+pub fn is_label_value(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.is_empty() {
+        return true;
+    }
+    b.len() <= 63
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_' || c == b'.')
+}
+
+/// A port name as Kubernetes allows it on a Service: a DNS-1123 label.
+pub fn is_port_name(s: &str) -> bool {
+    is_dns1123_label(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(is_dns1123_label("ns-1"));
+        assert!(!is_dns1123_label("-ns"));
+        assert!(!is_dns1123_label("Ns"));
+        assert!(!is_dns1123_label(&"a".repeat(64)));
+        assert!(is_dns1035_label("svc1"));
+        assert!(!is_dns1035_label("1svc"));
+        assert!(is_dns1123_subdomain("node-1.example.com"));
+        assert!(!is_dns1123_subdomain("node..x"));
+        assert!(!is_dns1123_subdomain("--flag"));
+        assert!(is_label_value("us-east-1a"));
+        assert!(is_label_value(""));
+        assert!(!is_label_value("a\"b"));
+        assert!(!is_label_value("a\nb"));
+    }
+}
