@@ -1,0 +1,25 @@
+//! # proxier-testbed
+//!
+//! The bench every backend proves itself on: real kernels, real packets.
+//!
+//! - [`netns`]: network namespaces made and removed by the tests;
+//! - [`runtime`]: a tokio runtime on a thread inside a namespace, so a
+//!   proxier (and every socket and process it creates) lives there;
+//! - [`topology`]: node, client pod, endpoint pods, external clients and a
+//!   remote node, joined by veths, never touching the root namespace;
+//! - [`traffic`]: identity servers and clients that tell a reply from a
+//!   refusal from a timeout;
+//! - [`vm`]: a Debian cloud kernel under qemu, for what the host kernel
+//!   lacks (IPVS, dummy links).
+//!
+//! Needs root. Not published.
+
+pub mod netns;
+pub mod runtime;
+pub mod topology;
+pub mod traffic;
+
+pub use netns::Netns;
+pub use runtime::NsRuntime;
+pub use topology::{Plan, Topology, Where};
+pub use traffic::Outcome;
