@@ -18,6 +18,7 @@ pub mod netns;
 pub mod runtime;
 pub mod topology;
 pub mod traffic;
+pub mod vm;
 
 pub use netns::Netns;
 pub use runtime::NsRuntime;
