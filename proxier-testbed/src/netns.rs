@@ -81,10 +81,10 @@ pub fn remove_stale() {
             continue;
         };
         let pid: Option<u32> = rest.split('x').next().and_then(|p| p.parse().ok());
-        if let Some(pid) = pid {
-            if !pid_alive(pid) {
-                let _ = ip(&["netns", "del", &name]);
-            }
+        if let Some(pid) = pid
+            && !pid_alive(pid)
+        {
+            let _ = ip(&["netns", "del", &name]);
         }
     }
 }

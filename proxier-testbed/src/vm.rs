@@ -66,7 +66,7 @@ fn which(name: &str) -> io::Result<PathBuf> {
     for dir in ["/usr/sbin", "/usr/bin", "/sbin", "/bin"] {
         let p = Path::new(dir).join(name);
         if p.exists() {
-            return Ok(std::fs::canonicalize(p)?);
+            return std::fs::canonicalize(p);
         }
     }
     Err(io::Error::other(format!("{name} not installed")))
@@ -79,7 +79,7 @@ fn ldd(path: &Path) -> io::Result<Vec<PathBuf>> {
         .filter_map(|l| {
             let l = l.trim();
             let p = match l.split_once("=>") {
-                Some((_, r)) => r.trim().split_whitespace().next()?,
+                Some((_, r)) => r.split_whitespace().next()?,
                 None => l.split_whitespace().next()?,
             };
             p.starts_with('/').then(|| PathBuf::from(p))
