@@ -474,8 +474,7 @@ impl ChangeTracker {
         svc: &NamespacedName,
         applied: &BTreeMap<Arc<str>, Arc<SliceData>>,
     ) -> BTreeMap<ServicePortName, Arc<[Endpoint]>> {
-        let mut by_port: BTreeMap<ServicePortName, (Vec<Endpoint>, HashMap<SocketAddr, usize>)> =
-            BTreeMap::new();
+        let mut by_port: BTreeMap<ServicePortName, Vec<Endpoint>> = BTreeMap::new();
         for data in applied.values() {
             for (pname, port, proto) in &data.ports {
                 let key = ServicePortName {
@@ -483,34 +482,26 @@ impl ChangeTracker {
                     port: pname.clone(),
                     protocol: *proto,
                 };
-                let (list, index) = by_port.entry(key).or_default();
+                let list = by_port.entry(key).or_default();
                 for e in &data.endpoints {
-                    let addr = SocketAddr::new(e.ip, *port);
                     let local = e.node_name.as_deref() == Some(&*self.node_name);
-                    let mut ep = Endpoint::new(addr, e.ready, e.serving, e.terminating, local);
+                    let mut ep = Endpoint::new(
+                        SocketAddr::new(e.ip, *port),
+                        e.ready,
+                        e.serving,
+                        e.terminating,
+                        local,
+                    );
                     ep.node_name = e.node_name.clone();
                     ep.zone = e.zone.clone();
                     ep.hints = e.hints.clone();
-                    match index.get(&addr) {
-                        Some(&i) => {
-                            if !ep.is_terminating() {
-                                list[i] = ep;
-                            }
-                        }
-                        None => {
-                            index.insert(addr, list.len());
-                            list.push(ep);
-                        }
-                    }
+                    list.push(ep);
                 }
             }
         }
         by_port
             .into_iter()
-            .map(|(k, (mut list, _))| {
-                list.sort_by_cached_key(|e| e.addr.to_string());
-                (k, Arc::from(list))
-            })
+            .map(|(k, list)| (k, Arc::from(sort_dedup(list))))
             .collect()
     }
 
@@ -621,6 +612,78 @@ impl ChangeTracker {
             }
         }
     }
+}
+
+/// `ip:port` as text, on the stack: the order kube-proxy sorts by.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct TextKey([u8; 56], u8);
+
+impl TextKey {
+    fn of(a: &SocketAddr) -> TextKey {
+        let mut buf = [0u8; 56];
+        let n = match a {
+            // The common case, without `fmt` (a fifth of a cold build).
+            SocketAddr::V4(v4) => {
+                let mut n = 0;
+                for (i, o) in v4.ip().octets().iter().enumerate() {
+                    if i > 0 {
+                        buf[n] = b'.';
+                        n += 1;
+                    }
+                    n += put_dec(&mut buf[n..], u32::from(*o));
+                }
+                buf[n] = b':';
+                n + 1 + put_dec(&mut buf[n + 1..], u32::from(v4.port()))
+            }
+            SocketAddr::V6(_) => {
+                use std::io::Write;
+                let mut cur = std::io::Cursor::new(&mut buf[..]);
+                let _ = write!(cur, "{a}");
+                cur.position() as usize
+            }
+        };
+        // Bytes after the text are zero, so arrays compare like strings.
+        TextKey(buf, n as u8)
+    }
+}
+
+fn put_dec(buf: &mut [u8], mut v: u32) -> usize {
+    let mut tmp = [0u8; 10];
+    let mut n = 0;
+    loop {
+        tmp[n] = b'0' + (v % 10) as u8;
+        n += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        buf[i] = tmp[n - 1 - i];
+    }
+    n
+}
+
+/// Sorts endpoints by `ip:port` text and merges duplicates: a later copy
+/// (a later slice, by name) replaces an earlier one unless it is
+/// terminating, as kube-proxy's slice cache does.
+fn sort_dedup(mut list: Vec<Endpoint>) -> Vec<Endpoint> {
+    if list.len() > 1 {
+        // Stable: copies of one address stay in slice order.
+        list.sort_by_cached_key(|e| TextKey::of(&e.addr));
+    }
+    let mut out: Vec<Endpoint> = Vec::with_capacity(list.len());
+    for ep in list {
+        match out.last_mut() {
+            Some(prev) if prev.addr == ep.addr => {
+                if !ep.is_terminating() {
+                    *prev = ep;
+                }
+            }
+            _ => out.push(ep),
+        }
+    }
+    out
 }
 
 fn local_ready_ips(built: &BTreeMap<ServicePortName, Arc<[Endpoint]>>) -> u32 {

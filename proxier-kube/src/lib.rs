@@ -102,10 +102,10 @@ impl Kind for EndpointSlice {
 
 impl Kind for Node {
     fn apply(h: &RunnerHandle, n: &Self, node: &str) {
-        if n.name_any() == node {
-            if let Err(e) = h.update_node(&node_from_k8s(n)) {
-                tracing::error!(error = %e, "skipping Node");
-            }
+        if n.name_any() == node
+            && let Err(e) = h.update_node(&node_from_k8s(n))
+        {
+            tracing::error!(error = %e, "skipping Node");
         }
     }
     fn delete(h: &RunnerHandle, _: &(String, String)) {

@@ -1,0 +1,83 @@
+//! Workloads shared by the benches: N ClusterIP services (optionally with
+//! node ports), 10 endpoints each, as plain values.
+//!
+//! Sizes come from `PROXIER_BENCH_SIZES` (comma-separated, default
+//! `100,1000,10000`); CI runs `100` as a smoke test.
+
+use proxier_core::{
+    EndpointSlice, IpFamily, PortSpec, Protocol, Service, ServiceType, SliceEndpoint, SlicePort,
+};
+
+/// Bench sizes (services).
+pub fn sizes() -> Vec<usize> {
+    std::env::var("PROXIER_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| vec![100, 1000, 10000])
+}
+
+/// Service `i`: `ns/svc-i`, cluster IP `10.96.x.y`, port 80/TCP, node port
+/// `30000 + i % 2768` when `node_ports`.
+pub fn service(i: usize, node_ports: bool) -> Service {
+    let ip = [10, 96 + (i >> 16) as u8, (i >> 8) as u8, i as u8];
+    let ip = if ip[3] == 0 {
+        [ip[0], ip[1] + 100, ip[2], 1]
+    } else {
+        ip
+    };
+    Service {
+        namespace: "bench".into(),
+        name: format!("svc-{i}"),
+        service_type: if node_ports {
+            ServiceType::NodePort
+        } else {
+            ServiceType::ClusterIp
+        },
+        cluster_ips: vec![ip.into()],
+        ports: vec![PortSpec {
+            name: "http".into(),
+            protocol: Some(Protocol::Tcp),
+            port: 80,
+            node_port: if node_ports {
+                30000 + (i % 2768) as u16
+            } else {
+                0
+            },
+        }],
+        ..Default::default()
+    }
+}
+
+/// The EndpointSlice of service `i`: `eps` endpoints from `10.128.0.0/9`,
+/// target port 8080; `generation` shifts the last endpoint's address.
+pub fn slice(i: usize, eps: usize, generation: u32) -> EndpointSlice {
+    let endpoints = (0..eps)
+        .map(|k| {
+            let n = (i * eps + k) as u32 + if k + 1 == eps { generation * 7919 } else { 0 };
+            let ip = [10, 128 | ((n >> 16) & 0x7f) as u8, (n >> 8) as u8, n as u8];
+            SliceEndpoint {
+                addresses: vec![ip.into()],
+                ready: Some(true),
+                node_name: Some(if k % 3 == 0 {
+                    "node-1".into()
+                } else {
+                    "node-2".into()
+                }),
+                ..Default::default()
+            }
+        })
+        .collect();
+    EndpointSlice {
+        namespace: "bench".into(),
+        name: format!("svc-{i}-abcde"),
+        service_name: format!("svc-{i}"),
+        address_type: IpFamily::V4,
+        ports: vec![SlicePort {
+            name: "http".into(),
+            port: Some(8080),
+            protocol: Some(Protocol::Tcp),
+        }],
+        endpoints,
+    }
+}
