@@ -324,9 +324,7 @@ impl Topology {
         dst: SocketAddr,
         timeout: Duration,
     ) -> Outcome {
-        self.ns_of(from)
-            .enter(move || traffic::tcp_request(src, dst, timeout))
-            .unwrap_or_else(|e| Outcome::Error(e.to_string()))
+        self.request(from, Protocol::Tcp, src, dst, timeout)
     }
 
     /// One UDP request from `from` to `dst`.
@@ -337,9 +335,21 @@ impl Topology {
         dst: SocketAddr,
         timeout: Duration,
     ) -> Outcome {
-        self.ns_of(from)
-            .enter(move || traffic::udp_request(src, dst, timeout))
-            .unwrap_or_else(|e| Outcome::Error(e.to_string()))
+        self.request(from, Protocol::Udp, src, dst, timeout)
+    }
+
+    /// One request of `proto` from `from` to `dst`.
+    pub fn request(
+        &self,
+        from: Where,
+        proto: Protocol,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+        timeout: Duration,
+    ) -> Outcome {
+        self.requests(from, proto, src, dst, 1, timeout)
+            .pop()
+            .unwrap_or(Outcome::Error("no request made".into()))
     }
 
     /// `n` requests of one protocol, each on a new connection or socket.
