@@ -125,6 +125,30 @@ impl FakeProxier {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// Spawns a [`Runner`](crate::Runner) driving a clone of this fake on
+    /// the current tokio runtime, with a short minimum interval (tests of
+    /// sources use this).
+    pub fn spawn_runner(
+        &self,
+        family: crate::IpFamily,
+        node: &str,
+        min_sync_period: std::time::Duration,
+    ) -> (
+        crate::RunnerHandle,
+        tokio::task::JoinHandle<Box<dyn Proxier>>,
+    ) {
+        let cfg = crate::RunnerConfig {
+            min_sync_period,
+            ..Default::default()
+        };
+        let (runner, handle) = crate::Runner::new(
+            crate::ChangeTracker::new(family, node),
+            Box::new(self.clone()),
+            cfg,
+        );
+        (handle, tokio::spawn(runner.run(std::future::pending())))
+    }
 }
 
 #[async_trait]

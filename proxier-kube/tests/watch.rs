@@ -13,7 +13,7 @@ use futures::StreamExt;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use hyper::{Request, Response};
-use proxier_core::{ChangeTracker, FakeProxier, IpFamily, Runner, RunnerConfig};
+use proxier_core::{FakeProxier, IpFamily};
 use proxier_kube::KubeSource;
 use serde_json::{Value, json};
 
@@ -187,16 +187,7 @@ async fn lists_watches_bookmarks_and_relists_after_410() {
     let config = kube::Config::new(format!("http://{addr}").parse().unwrap());
     let client = kube::Client::try_from(config).unwrap();
     let fake = FakeProxier::new();
-    let cfg = RunnerConfig {
-        min_sync_period: Duration::from_millis(10),
-        ..Default::default()
-    };
-    let (runner, handle) = Runner::new(
-        ChangeTracker::new(IpFamily::V4, "node-1"),
-        Box::new(fake.clone()),
-        cfg,
-    );
-    let runner = tokio::spawn(runner.run(std::future::pending()));
+    let (handle, runner) = fake.spawn_runner(IpFamily::V4, "node-1", Duration::from_millis(10));
     let source = tokio::spawn(KubeSource::new(client, "node-1").run(handle.clone()));
 
     // The end state: only b, with one endpoint, zone from the node.

@@ -3,8 +3,6 @@ use std::time::Duration;
 use super::*;
 use crate::model::IpFamily;
 use crate::proxier::{FakeProxier, SyncRequest};
-use crate::runner::{Runner, RunnerConfig};
-use crate::tracker::ChangeTracker;
 
 const GOOD: &str = r#"
 apiVersion: v1
@@ -80,16 +78,7 @@ async fn source_feeds_the_runner_and_follows_changes() {
     let file = dir.path().join("m.yaml");
     std::fs::write(&file, GOOD).unwrap();
     let fake = FakeProxier::new();
-    let cfg = RunnerConfig {
-        min_sync_period: Duration::from_millis(10),
-        ..Default::default()
-    };
-    let (runner, handle) = Runner::new(
-        ChangeTracker::new(IpFamily::V4, "node-1"),
-        Box::new(fake.clone()),
-        cfg,
-    );
-    let runner = tokio::spawn(runner.run(std::future::pending()));
+    let (handle, runner) = fake.spawn_runner(IpFamily::V4, "node-1", Duration::from_millis(10));
     let src = tokio::spawn(
         ManifestSource::new(&file, "node-1")
             .with_interval(Duration::from_millis(20))
