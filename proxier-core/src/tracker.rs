@@ -89,9 +89,17 @@ impl Snapshot {
         &'a self,
         nn: &'a NamespacedName,
     ) -> impl Iterator<Item = &'a Arc<ServicePort>> + 'a {
+        // Keys sort by service first, and the empty port name with the
+        // first protocol is the smallest key of a service: a range lookup,
+        // not a scan of every service.
+        let first = ServicePortName {
+            service: nn.clone(),
+            port: Arc::from(""),
+            protocol: Protocol::Tcp,
+        };
         self.services
-            .iter()
-            .filter(move |(k, _)| &k.service == nn)
+            .range(first..)
+            .take_while(move |(k, _)| &k.service == nn)
             .map(|(_, v)| v)
     }
 

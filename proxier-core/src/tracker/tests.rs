@@ -403,3 +403,25 @@ proptest! {
         prop_assert!(!t.has_pending());
     }
 }
+
+#[test]
+fn ports_of_finds_exactly_one_services_ports() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    for (name, ip) in [("a", "10.96.0.1"), ("b", "10.96.0.2"), ("c", "10.96.0.3")] {
+        t.update_service(&svc(
+            name,
+            ip,
+            &[
+                ("dns", 53, Protocol::Udp),
+                ("http", 80, Protocol::Tcp),
+                ("sctp", 99, Protocol::Sctp),
+            ],
+        ))
+        .unwrap();
+    }
+    let (s, _) = t.apply();
+    let nn = NamespacedName::new("ns", "b");
+    let got: Vec<String> = s.ports_of(&nn).map(|p| p.name.to_string()).collect();
+    assert_eq!(got, vec!["ns/b:dns", "ns/b:http", "ns/b:sctp"]);
+    assert_eq!(s.ports_of(&NamespacedName::new("ns", "zz")).count(), 0);
+}
