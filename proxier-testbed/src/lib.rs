@@ -2,6 +2,7 @@
 //!
 //! The bench every backend proves itself on: real kernels, real packets.
 //!
+//! - [`objects`]: short builders for Services and EndpointSlices;
 //! - [`netns`]: network namespaces made and removed by the tests;
 //! - [`runtime`]: a tokio runtime on a thread inside a namespace, so a
 //!   proxier (and every socket and process it creates) lives there;
@@ -9,13 +10,17 @@
 //!   remote node, joined by veths, never touching the root namespace;
 //! - [`traffic`]: identity servers and clients that tell a reply from a
 //!   refusal from a timeout;
+//! - [`suite`]: the behaviour suite every backend runs, and its feature
+//!   table;
 //! - [`vm`]: a Debian cloud kernel under qemu, for what the host kernel
 //!   lacks (IPVS, dummy links).
 //!
 //! Needs root. Not published.
 
 pub mod netns;
+pub mod objects;
 pub mod runtime;
+pub mod suite;
 pub mod topology;
 pub mod traffic;
 pub mod vm;

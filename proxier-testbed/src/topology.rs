@@ -159,6 +159,9 @@ impl Topology {
             "link set eth0 up".into(),
             "link set eth1 up".into(),
             format!("route add 10.0.2.0/24 via {REMOTE_NODE_IP}"),
+            // Like a real node, a default route (the node's own traffic to
+            // a cluster IP is routed before it is DNATed).
+            format!("route add default via {REMOTE_NODE_IP}"),
         ];
         for (k, p) in pods.iter().enumerate() {
             let (n, _) = pod_net(k);
@@ -181,7 +184,10 @@ impl Topology {
         let mut remote_cmds = vec![
             format!("addr add {REMOTE_NODE_IP}/24 dev eth0"),
             "link set eth0 up".into(),
-            format!("route add default via {NODE_IP2}"),
+            // Not a default route: traffic the node sends out by default
+            // ends here (unreachable) instead of looping back.
+            format!("route add 10.0.0.0/16 via {NODE_IP2}"),
+            format!("route add 192.168.50.0/24 via {NODE_IP2}"),
         ];
         for i in 0..plan.remote_pods {
             remote_cmds.push(format!("addr add 10.0.2.{}/32 dev lo", 10 + i));

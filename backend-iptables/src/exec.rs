@@ -1,0 +1,441 @@
+//! The kernel seam: running `iptables-restore`, listing chains, and
+//! deleting conntrack entries. [`Iptables`] and [`Conntrack`] are narrow
+//! traits; [`IptablesCmd`] and [`ConntrackCmd`] run the real tools, and
+//! [`crate::fake`] holds in-memory fakes for unit tests.
+//!
+//! Check by hand with `iptables-save -t nat`, `iptables -t nat -S CHAIN`,
+//! `nft list chains ip` and `conntrack -L -p udp`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use proxier_core::IpFamily;
+use tokio::io::AsyncWriteExt;
+use tokio::process::Command;
+
+/// Which iptables implementation programs the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// `iptables-legacy` (x_tables blobs, `/run/xtables.lock`).
+    Legacy,
+    /// `iptables-nft` (nf_tables underneath).
+    Nft,
+}
+
+impl Variant {
+    /// `legacy` or `nft`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Variant::Legacy => "legacy",
+            Variant::Nft => "nft",
+        }
+    }
+}
+
+impl fmt::Display for Variant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A command that failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{command}: {detail}")]
+pub struct ExecError {
+    /// The command line.
+    pub command: String,
+    /// Exit status (None: killed or not started).
+    pub status: Option<i32>,
+    /// What it said, and for a restore the input line at fault.
+    pub detail: String,
+}
+
+/// The iptables seam: everything the backend asks of the kernel's
+/// packet filter.
+#[async_trait]
+pub trait Iptables: Send + Sync + fmt::Debug {
+    /// Which implementation this is.
+    fn variant(&self) -> Variant;
+
+    /// `iptables-restore -w 5 -W 100000 [--noflush]` with `payload` (one
+    /// `*table` … `COMMIT` block) on stdin. Atomic per table.
+    async fn restore(&self, table: &str, payload: &str, noflush: bool) -> Result<(), ExecError>;
+
+    /// `iptables -t TABLE -S CHAIN`: the chain's rules as `-A` lines (the
+    /// `-P`/`-N` line dropped), or `None` when the chain does not exist.
+    async fn list_rules(&self, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError>;
+
+    /// The policy of a built-in chain (`ACCEPT`, `DROP`).
+    async fn policy(&self, table: &str, chain: &str) -> Result<String, ExecError>;
+
+    /// The name of every chain in `table` (`nft list chains`, or the
+    /// `:CHAIN` lines of `iptables-save -t TABLE`).
+    async fn list_chains(&self, table: &str) -> Result<Vec<String>, ExecError>;
+}
+
+/// The real tools, run as child processes (in the caller's network
+/// namespace).
+#[derive(Debug, Clone)]
+pub struct IptablesCmd {
+    family: IpFamily,
+    variant: Variant,
+    /// `-w SECONDS` for the xtables lock (legacy only; nft has none).
+    pub lock_wait_secs: u32,
+}
+
+async fn run(
+    program: &str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<(Option<i32>, String, String), ExecError> {
+    let command = format!("{program} {}", args.join(" "));
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| ExecError {
+        command: command.clone(),
+        status: None,
+        detail: format!("cannot start: {e}"),
+    })?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped");
+        let input = input.to_owned();
+        // Write concurrently with reading the output (large inputs).
+        tokio::spawn(async move {
+            let _ = pipe.write_all(input.as_bytes()).await;
+            let _ = pipe.shutdown().await;
+        });
+    }
+    let out = child.wait_with_output().await.map_err(|e| ExecError {
+        command: command.clone(),
+        status: None,
+        detail: e.to_string(),
+    })?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// For a restore that failed with "Error occurred at line: N", the lines
+/// around N (kube-proxy logs the same).
+pub fn restore_context(stderr: &str, payload: &str) -> String {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("Error occurred at line: "))
+        .and_then(|n| n.trim().parse::<usize>().ok());
+    let mut detail = stderr.trim().replace('\n', "; ");
+    if let Some(n) = line {
+        let lines: Vec<&str> = payload.lines().collect();
+        let lo = n.saturating_sub(2);
+        let hi = (n + 1).min(lines.len());
+        for (i, l) in lines.iter().enumerate().take(hi).skip(lo) {
+            detail.push_str(&format!(
+                "\n  {:>6}{} {l}",
+                i + 1,
+                if i + 1 == n { ">" } else { ":" }
+            ));
+        }
+    }
+    detail
+}
+
+impl IptablesCmd {
+    /// The tools of `variant` for `family`.
+    pub fn new(family: IpFamily, variant: Variant) -> Self {
+        IptablesCmd {
+            family,
+            variant,
+            lock_wait_secs: 5,
+        }
+    }
+
+    /// Uses what `iptables --version` reports (`(nf_tables)` or
+    /// `(legacy)`): the variant the machine's alternatives point at.
+    pub async fn detect(family: IpFamily) -> Result<Self, ExecError> {
+        let prog = match family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        let (status, out, err) = run(prog, &["--version"], None).await?;
+        let variant = if out.contains("nf_tables") {
+            Variant::Nft
+        } else if status == Some(0) {
+            Variant::Legacy
+        } else {
+            return Err(ExecError {
+                command: format!("{prog} --version"),
+                status,
+                detail: err,
+            });
+        };
+        Ok(Self::new(family, variant))
+    }
+
+    fn prog(&self, suffix: &str) -> String {
+        let base = match self.family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        format!("{base}-{}{suffix}", self.variant.as_str())
+    }
+
+    fn wait_args(&self) -> Vec<String> {
+        vec![
+            "-w".into(),
+            self.lock_wait_secs.to_string(),
+            "-W".into(),
+            "100000".into(),
+        ]
+    }
+
+    async fn save_chains(&self, table: &str) -> Result<Vec<String>, ExecError> {
+        let prog = self.prog("-save");
+        let (status, out, err) = run(&prog, &["-t", table], None).await?;
+        if status != Some(0) {
+            return Err(ExecError {
+                command: format!("{prog} -t {table}"),
+                status,
+                detail: err,
+            });
+        }
+        Ok(out
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_owned)
+            .collect())
+    }
+}
+
+/// Parses `nft list chains <family>` output: the chain names of `table`.
+pub fn parse_nft_chains(out: &str, table: &str) -> Vec<String> {
+    let mut in_table = false;
+    let mut chains = Vec::new();
+    for line in out.lines() {
+        let t = line.trim();
+        if let Some(rest) = t.strip_prefix("table ") {
+            in_table = rest.split_whitespace().nth(1) == Some(table);
+        } else if let Some(rest) = t.strip_prefix("chain ")
+            && in_table
+            && let Some(name) = rest.split_whitespace().next()
+        {
+            chains.push(name.trim_matches('"').to_owned());
+        }
+    }
+    chains
+}
+
+#[async_trait]
+impl Iptables for IptablesCmd {
+    fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    async fn restore(&self, table: &str, payload: &str, noflush: bool) -> Result<(), ExecError> {
+        let prog = self.prog("-restore");
+        let mut args = self.wait_args();
+        if noflush {
+            args.push("--noflush".into());
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, _out, err) = run(&prog, &argv, Some(payload)).await?;
+        if status == Some(0) {
+            Ok(())
+        } else {
+            Err(ExecError {
+                command: format!("{prog} {} (table {table})", argv.join(" ")),
+                status,
+                detail: restore_context(&err, payload),
+            })
+        }
+    }
+
+    async fn list_rules(&self, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
+        let prog = self.prog("");
+        let mut args = self.wait_args();
+        args.truncate(2);
+        args.extend(["-t".into(), table.into(), "-S".into(), chain.into()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, out, err) = run(&prog, &argv, None).await?;
+        match status {
+            Some(0) => Ok(Some(
+                out.lines()
+                    .filter(|l| l.starts_with("-A "))
+                    .map(str::to_owned)
+                    .collect(),
+            )),
+            Some(1) if err.contains("No chain") || err.contains("does not exist") => Ok(None),
+            _ => Err(ExecError {
+                command: format!("{prog} {}", argv.join(" ")),
+                status,
+                detail: err,
+            }),
+        }
+    }
+
+    async fn policy(&self, table: &str, chain: &str) -> Result<String, ExecError> {
+        let prog = self.prog("");
+        let (status, out, err) = run(&prog, &["-w", "5", "-t", table, "-S", chain], None).await?;
+        if status != Some(0) {
+            return Err(ExecError {
+                command: format!("{prog} -t {table} -S {chain}"),
+                status,
+                detail: err,
+            });
+        }
+        Ok(out
+            .lines()
+            .find_map(|l| l.strip_prefix("-P "))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("ACCEPT")
+            .to_owned())
+    }
+
+    async fn list_chains(&self, table: &str) -> Result<Vec<String>, ExecError> {
+        if self.variant == Variant::Nft {
+            // `iptables-nft-save` at 100,000 chains takes minutes (and was
+            // seen to crash); `nft list chains` lists names only.
+            let fam = match self.family {
+                IpFamily::V4 => "ip",
+                IpFamily::V6 => "ip6",
+            };
+            if let Ok((Some(0), out, _)) = run("nft", &["list", "chains", fam], None).await {
+                return Ok(parse_nft_chains(&out, table));
+            }
+        }
+        self.save_chains(table).await
+    }
+}
+
+/// One set of conntrack entries to delete (kube-proxy's
+/// `ClearEntriesFor*`), always UDP.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConntrackFilter {
+    /// `--orig-dst`.
+    pub orig_dst: Option<IpAddr>,
+    /// `--orig-port-dst`.
+    pub orig_port_dst: Option<u16>,
+    /// `--dst-nat` (the endpoint the entry was DNATed to).
+    pub dst_nat: Option<IpAddr>,
+}
+
+impl ConntrackFilter {
+    /// The `conntrack -D` arguments.
+    pub fn args(&self, family: IpFamily) -> Vec<String> {
+        let mut a: Vec<String> = vec!["-D".into(), "-f".into()];
+        a.push(match family {
+            IpFamily::V4 => "ipv4".into(),
+            IpFamily::V6 => "ipv6".into(),
+        });
+        a.extend(["-p".into(), "udp".into()]);
+        if let Some(ip) = self.orig_dst {
+            a.extend(["--orig-dst".into(), ip.to_string()]);
+        }
+        if let Some(p) = self.orig_port_dst {
+            a.extend(["--orig-port-dst".into(), p.to_string()]);
+        }
+        if let Some(ip) = self.dst_nat {
+            a.extend(["--dst-nat".into(), ip.to_string()]);
+        }
+        a
+    }
+}
+
+/// The conntrack seam.
+#[async_trait]
+pub trait Conntrack: Send + Sync + fmt::Debug {
+    /// Deletes the entries matching `filter`; returns how many.
+    async fn delete(&self, family: IpFamily, filter: &ConntrackFilter) -> Result<usize, ExecError>;
+}
+
+/// The `conntrack` tool (conntrack-tools).
+///
+/// Why the tool and not netlink: cleanup runs only when UDP services or
+/// endpoints go away, a handful of calls per sync; `conntrack -D` with a
+/// filter runs the kernel-side filtered delete, and no maintained Rust
+/// crate speaks ctnetlink yet (`netlink-packet-netfilter` has no
+/// conntrack messages).
+#[derive(Debug, Clone, Default)]
+pub struct ConntrackCmd;
+
+#[async_trait]
+impl Conntrack for ConntrackCmd {
+    async fn delete(&self, family: IpFamily, filter: &ConntrackFilter) -> Result<usize, ExecError> {
+        let args = filter.args(family);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (status, out, err) = run("conntrack", &argv, None).await?;
+        // "conntrack v1.4.7 (conntrack-tools): N flow entries have been deleted."
+        let deleted = err
+            .lines()
+            .chain(out.lines())
+            .find_map(|l| {
+                let (_, rest) = l.split_once("): ")?;
+                rest.split_whitespace().next()?.parse::<usize>().ok()
+            })
+            .unwrap_or(0);
+        match status {
+            Some(0) => Ok(deleted),
+            // Exit 1 with nothing deleted is "no such entries", not an error.
+            Some(1) if deleted == 0 && err.contains("0 flow entries") => Ok(0),
+            _ => Err(ExecError {
+                command: format!("conntrack {}", argv.join(" ")),
+                status,
+                detail: err,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nft_chain_listing() {
+        let out = "table ip filter {\n\tchain INPUT {\n\t\ttype filter hook input priority filter; policy accept;\n\t}\n\tchain KUBE-SERVICES {\n\t}\n}\ntable ip nat {\n\tchain KUBE-SERVICES {\n\t}\n\tchain KUBE-SEP-ABC {\n\t}\n}\n";
+        assert_eq!(
+            parse_nft_chains(out, "nat"),
+            vec!["KUBE-SERVICES", "KUBE-SEP-ABC"]
+        );
+        assert_eq!(
+            parse_nft_chains(out, "filter"),
+            vec!["INPUT", "KUBE-SERVICES"]
+        );
+        assert!(parse_nft_chains(out, "mangle").is_empty());
+    }
+
+    #[test]
+    fn restore_error_shows_the_line() {
+        let payload = "*nat\n:A - [0:0]\n-A A -j NOPE\nCOMMIT\n";
+        let d = restore_context(
+            "iptables-restore: line 3 failed\nError occurred at line: 3\n",
+            payload,
+        );
+        assert!(d.contains("3> -A A -j NOPE"), "{d}");
+        assert!(d.contains("2: :A - [0:0]"), "{d}");
+    }
+
+    #[test]
+    fn conntrack_args() {
+        let f = ConntrackFilter {
+            orig_dst: Some("10.96.0.10".parse().unwrap()),
+            orig_port_dst: None,
+            dst_nat: Some("10.0.1.6".parse().unwrap()),
+        };
+        assert_eq!(
+            f.args(IpFamily::V4).join(" "),
+            "-D -f ipv4 -p udp --orig-dst 10.96.0.10 --dst-nat 10.0.1.6"
+        );
+    }
+}

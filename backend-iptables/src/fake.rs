@@ -1,0 +1,313 @@
+//! In-memory fakes of the kernel seam, for unit tests of the sync logic.
+//!
+//! [`FakeIptables`] applies `iptables-restore` input with the real tool's
+//! rules: `--noflush` or not, `:CHAIN` creates or flushes, `-X` refuses a
+//! chain that is still referenced, a jump to a missing chain fails the
+//! whole table, and a failed restore changes nothing. It is a model, not
+//! a substitute: the kernel tests run the real tools.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use proxier_core::IpFamily;
+
+use crate::exec::{Conntrack, ConntrackFilter, ExecError, Iptables, Variant};
+
+const BUILTIN_TARGETS: [&str; 9] = [
+    "ACCEPT",
+    "DROP",
+    "REJECT",
+    "RETURN",
+    "MARK",
+    "MASQUERADE",
+    "DNAT",
+    "SNAT",
+    "LOG",
+];
+
+/// One table: chain → (policy for built-ins, rules without `-A CHAIN`).
+pub type Table = BTreeMap<String, (Option<String>, Vec<String>)>;
+
+/// What the fake holds and saw.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// Tables by name.
+    pub tables: BTreeMap<String, Table>,
+    /// Every restore: table, payload, noflush.
+    pub restores: Vec<(String, String, bool)>,
+    /// Fail the next N restores (as a held lock would).
+    pub fail_next: usize,
+}
+
+/// An in-memory iptables.
+#[derive(Debug)]
+pub struct FakeIptables {
+    variant: Variant,
+    /// Shared state.
+    pub state: Mutex<FakeState>,
+}
+
+fn builtins(table: &str) -> &'static [&'static str] {
+    match table {
+        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
+        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        _ => &[],
+    }
+}
+
+fn empty_table(table: &str) -> Table {
+    builtins(table)
+        .iter()
+        .map(|c| (c.to_string(), (Some("ACCEPT".to_string()), Vec::new())))
+        .collect()
+}
+
+fn target(rule: &str) -> Option<&str> {
+    let mut w = rule.split_whitespace();
+    while let Some(x) = w.next() {
+        if x == "-j" {
+            return w.next();
+        }
+    }
+    None
+}
+
+impl FakeIptables {
+    /// An empty machine.
+    pub fn new(variant: Variant) -> Self {
+        FakeIptables {
+            variant,
+            state: Mutex::new(FakeState::default()),
+        }
+    }
+
+    /// A copy of one table.
+    pub fn table(&self, table: &str) -> Table {
+        let st = self.state.lock().expect("lock");
+        st.tables
+            .get(table)
+            .cloned()
+            .unwrap_or_else(|| empty_table(table))
+    }
+
+    /// The rules of one chain as `iptables -S` prints them.
+    pub fn rules(&self, table: &str, chain: &str) -> Vec<String> {
+        self.table(table)
+            .get(chain)
+            .map(|(_, r)| r.iter().map(|x| format!("-A {chain} {x}")).collect())
+            .unwrap_or_default()
+    }
+
+    /// Checks a table for dangling jumps; every chain of `owned` that no
+    /// rule jumps to is reported too (unused chains).
+    pub fn check(table: &Table) -> Result<(), String> {
+        for (c, (_, rules)) in table {
+            for r in rules {
+                if let Some(t) = target(r)
+                    && !BUILTIN_TARGETS.contains(&t)
+                    && !table.contains_key(t)
+                {
+                    return Err(format!("{c}: jump to missing chain {t}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(
+        table_name: &str,
+        current: &Table,
+        payload: &str,
+        noflush: bool,
+    ) -> Result<Table, (usize, String)> {
+        let mut t = if noflush {
+            current.clone()
+        } else {
+            let mut t = empty_table(table_name);
+            for (c, (p, _)) in current {
+                if let Some(p) = p {
+                    t.insert(c.clone(), (Some(p.clone()), Vec::new()));
+                }
+            }
+            t
+        };
+        let mut in_table = false;
+        let mut committed = false;
+        for (i, line) in payload.lines().enumerate() {
+            let n = i + 1;
+            let line = line.trim_end();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if let Some(name) = line.strip_prefix('*') {
+                if name != table_name {
+                    return Err((n, format!("unexpected table {name}")));
+                }
+                in_table = true;
+                continue;
+            }
+            if !in_table {
+                return Err((n, "no table".into()));
+            }
+            if line == "COMMIT" {
+                committed = true;
+                in_table = false;
+                continue;
+            }
+            if let Some(decl) = line.strip_prefix(':') {
+                let mut w = decl.split_whitespace();
+                let chain = w.next().ok_or((n, "empty chain line".to_string()))?;
+                let policy = w.next().unwrap_or("-");
+                let e = t.entry(chain.to_string()).or_insert((None, Vec::new()));
+                e.1.clear();
+                if policy != "-" {
+                    e.0 = Some(policy.to_string());
+                }
+                continue;
+            }
+            let mut parts = line.splitn(3, ' ');
+            let cmd = parts.next().unwrap_or("");
+            let chain = parts.next().ok_or((n, "no chain".to_string()))?.to_string();
+            let rest = parts.next().unwrap_or("").to_string();
+            match cmd {
+                "-A" => {
+                    let rules = &mut t
+                        .get_mut(&chain)
+                        .ok_or((n, format!("Chain '{chain}' does not exist")))?
+                        .1;
+                    rules.push(rest);
+                }
+                "-I" => {
+                    let (pos, rule) = match rest.split_once(' ') {
+                        Some((p, r)) if p.parse::<usize>().is_ok() => {
+                            (p.parse::<usize>().unwrap_or(1), r.to_string())
+                        }
+                        _ => (1, rest.clone()),
+                    };
+                    let rules = &mut t
+                        .get_mut(&chain)
+                        .ok_or((n, format!("Chain '{chain}' does not exist")))?
+                        .1;
+                    if pos == 0 || pos > rules.len() + 1 {
+                        return Err((n, "index of insertion too big".into()));
+                    }
+                    rules.insert(pos - 1, rule);
+                }
+                "-D" => {
+                    let rules = &mut t
+                        .get_mut(&chain)
+                        .ok_or((n, format!("Chain '{chain}' does not exist")))?
+                        .1;
+                    let at = rules.iter().position(|r| *r == rest).ok_or((
+                        n,
+                        "Bad rule (does a matching rule exist in that chain?)".to_string(),
+                    ))?;
+                    rules.remove(at);
+                }
+                "-X" => {
+                    let (p, rules) = t
+                        .get(&chain)
+                        .ok_or((n, format!("Chain '{chain}' does not exist")))?;
+                    if p.is_some() {
+                        return Err((n, "cannot delete built-in chain".into()));
+                    }
+                    if !rules.is_empty() {
+                        return Err((n, format!("Directory not empty: {chain}")));
+                    }
+                    if t.iter()
+                        .any(|(_, (_, rs))| rs.iter().any(|r| target(r) == Some(chain.as_str())))
+                    {
+                        return Err((n, format!("Device or resource busy: {chain} is referenced")));
+                    }
+                    t.remove(&chain);
+                }
+                _ => return Err((n, format!("unknown command {cmd}"))),
+            }
+        }
+        if !committed {
+            return Err((payload.lines().count(), "no COMMIT".into()));
+        }
+        Self::check(&t).map_err(|e| (payload.lines().count(), e))?;
+        Ok(t)
+    }
+}
+
+#[async_trait]
+impl Iptables for FakeIptables {
+    fn variant(&self) -> Variant {
+        self.variant
+    }
+
+    async fn restore(&self, table: &str, payload: &str, noflush: bool) -> Result<(), ExecError> {
+        let mut st = self.state.lock().expect("lock");
+        st.restores
+            .push((table.to_string(), payload.to_string(), noflush));
+        let err = |status, detail: String| ExecError {
+            command: format!("fake-iptables-restore (table {table})"),
+            status: Some(status),
+            detail,
+        };
+        if st.fail_next > 0 {
+            st.fail_next -= 1;
+            return Err(err(
+                4,
+                "Another app is currently holding the xtables lock".into(),
+            ));
+        }
+        let current = st
+            .tables
+            .get(table)
+            .cloned()
+            .unwrap_or_else(|| empty_table(table));
+        match Self::apply(table, &current, payload, noflush) {
+            Ok(t) => {
+                st.tables.insert(table.to_string(), t);
+                Ok(())
+            }
+            Err((line, msg)) => Err(err(
+                1,
+                crate::exec::restore_context(
+                    &format!("{msg}\nError occurred at line: {line}\n"),
+                    payload,
+                ),
+            )),
+        }
+    }
+
+    async fn list_rules(&self, table: &str, chain: &str) -> Result<Option<Vec<String>>, ExecError> {
+        let t = self.table(table);
+        Ok(t.get(chain)
+            .map(|(_, r)| r.iter().map(|x| format!("-A {chain} {x}")).collect()))
+    }
+
+    async fn policy(&self, table: &str, chain: &str) -> Result<String, ExecError> {
+        Ok(self
+            .table(table)
+            .get(chain)
+            .and_then(|(p, _)| p.clone())
+            .unwrap_or_else(|| "ACCEPT".into()))
+    }
+
+    async fn list_chains(&self, table: &str) -> Result<Vec<String>, ExecError> {
+        Ok(self.table(table).keys().cloned().collect())
+    }
+}
+
+/// Records conntrack deletions.
+#[derive(Debug, Default)]
+pub struct FakeConntrack {
+    /// Every filter asked for.
+    pub deleted: Mutex<Vec<(IpFamily, ConntrackFilter)>>,
+}
+
+#[async_trait]
+impl Conntrack for FakeConntrack {
+    async fn delete(&self, family: IpFamily, filter: &ConntrackFilter) -> Result<usize, ExecError> {
+        self.deleted
+            .lock()
+            .expect("lock")
+            .push((family, filter.clone()));
+        Ok(0)
+    }
+}

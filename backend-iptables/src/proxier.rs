@@ -1,0 +1,637 @@
+//! The [`Proxier`]: renders, diffs against what the kernel holds, and
+//! applies with one `iptables-restore` per table.
+//!
+//! - **Full sync** (first, on the runner's full period, after a failure,
+//!   after the node changed): every owned chain is rewritten, the jump
+//!   rules from the built-in chains are re-made, and chains found in the
+//!   kernel that are no longer wanted are deleted.
+//! - **Partial sync**: only the chains whose text changed are written
+//!   (a one-endpoint change writes the service's `KUBE-SVC-` chain and the
+//!   new or removed `KUBE-SEP-`); fixed chains only when their text
+//!   changed. A sync with no change runs no command at all.
+//! - **iptables-nft at scale**: `iptables-nft-restore --noflush` costs
+//!   O(chains declared × chains in the table) in user space (measured:
+//!   22,000 chains 16 s, 110,000 chains > 5 min). Above
+//!   [`IptablesProxier::with_flush_threshold`] chains, a full sync of the
+//!   nat table is one restore *without* `--noflush` that carries every
+//!   foreign chain and rule along (read with `iptables -S CHAIN`, never
+//!   with `iptables-save`, which at that size takes minutes): 10,000 × 10
+//!   in about 10 s. Foreign rule counters restart from zero then.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use proxier_core::{IpFamily, Proxier, ProxierError, SyncRequest, SyncStats};
+
+use crate::exec::{Conntrack, ConntrackFilter, ExecError, Iptables, Variant};
+use crate::names;
+use crate::render::{Config, Ruleset, is_large_cluster, jump_rules};
+
+/// Built-in chains of the tables this backend writes.
+fn builtin_chains(table: &str) -> &'static [&'static str] {
+    match table {
+        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
+        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        _ => &[],
+    }
+}
+
+/// The target of a rule (`-j TARGET`).
+fn target(rule: &str) -> Option<&str> {
+    let mut words = rule.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "-j" {
+            return words.next();
+        }
+    }
+    None
+}
+
+/// What the last sync wrote.
+#[derive(Debug, Default)]
+struct Written {
+    ruleset: Ruleset,
+}
+
+/// kube-proxy's iptables mode.
+#[derive(Debug)]
+pub struct IptablesProxier {
+    cfg: Config,
+    ipt: Arc<dyn Iptables>,
+    ct: Arc<dyn Conntrack>,
+    written: Option<Written>,
+    need_full: bool,
+    flush_threshold: usize,
+    sysctls_done: bool,
+    name: String,
+}
+
+/// What one restore will do.
+#[derive(Debug, Default)]
+struct Plan {
+    filter: Option<(String, bool)>,
+    nat: Option<(String, bool)>,
+    lines: usize,
+}
+
+impl IptablesProxier {
+    /// A proxier writing through `ipt` and cleaning conntrack through
+    /// `ct`. Fails if the config has a value that cannot reach a rule.
+    pub fn new(
+        cfg: Config,
+        ipt: Arc<dyn Iptables>,
+        ct: Arc<dyn Conntrack>,
+    ) -> Result<Self, crate::render::ConfigError> {
+        cfg.validate()?;
+        let name = format!(
+            "iptables-{}{}",
+            ipt.variant(),
+            if cfg.family == IpFamily::V6 {
+                "-ipv6"
+            } else {
+                ""
+            }
+        );
+        Ok(IptablesProxier {
+            cfg,
+            ipt,
+            ct,
+            written: None,
+            need_full: true,
+            flush_threshold: 5000,
+            sysctls_done: false,
+            name,
+        })
+    }
+
+    /// On iptables-nft, a full sync that declares more than `chains` nat
+    /// chains uses one restore without `--noflush` (see the module
+    /// documentation). Default 5,000; `usize::MAX` never does.
+    pub fn with_flush_threshold(mut self, chains: usize) -> Self {
+        self.flush_threshold = chains;
+        self
+    }
+
+    /// The rendering configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// What the last successful sync wrote, if any.
+    pub fn ruleset(&self) -> Option<&Ruleset> {
+        self.written.as_ref().map(|w| &w.ruleset)
+    }
+
+    fn err(&self, what: &str, e: ExecError) -> ProxierError {
+        ProxierError::with_source(self.name.clone(), what.to_string(), e)
+    }
+
+    fn sysctls(&mut self) -> Result<(), ProxierError> {
+        if self.sysctls_done {
+            return Ok(());
+        }
+        if let Ok(v) =
+            std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
+        {
+            self.cfg.tcp_be_liberal = v.trim() != "0";
+        }
+        if self.cfg.localhost_node_ports && self.cfg.family == IpFamily::V4 {
+            let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
+            if std::fs::read_to_string(path)
+                .map(|v| v.trim() != "1")
+                .unwrap_or(true)
+            {
+                std::fs::write(path, "1").map_err(|e| {
+                    ProxierError::with_source(self.name.clone(), format!("sysctl {path}=1"), e)
+                })?;
+            }
+        }
+        self.sysctls_done = true;
+        Ok(())
+    }
+
+    /// `-D` lines for every rule of ours found in the built-in chains of
+    /// `table`, and the foreign rules per built-in chain.
+    async fn builtin_rules(
+        &self,
+        table: &str,
+    ) -> Result<(Vec<String>, BTreeMap<&'static str, Vec<String>>), ProxierError> {
+        let mut ours = Vec::new();
+        let mut foreign = BTreeMap::new();
+        for chain in builtin_chains(table) {
+            let rules = self
+                .ipt
+                .list_rules(table, chain)
+                .await
+                .map_err(|e| self.err("listing built-in chain", e))?
+                .unwrap_or_default();
+            let mut f = Vec::new();
+            for r in rules {
+                if target(&r).is_some_and(|t| names::is_fixed_chain(table, t)) {
+                    ours.push(format!("-D{}", &r[2..]));
+                } else {
+                    f.push(r);
+                }
+            }
+            foreign.insert(*chain, f);
+        }
+        Ok((ours, foreign))
+    }
+
+    /// Our jump rules for `table`, as `-I CHAIN 1 …` lines (inserted in
+    /// reverse so they end up in list order, ahead of foreign rules).
+    fn jump_inserts(&self, table: &str) -> Vec<String> {
+        jump_rules(&self.cfg)
+            .into_iter()
+            .rev()
+            .filter(|(t, _, _)| *t == table)
+            .map(|(_, chain, rule)| format!("-I {chain} 1 {rule}"))
+            .collect()
+    }
+
+    /// Full-sync payload for one table in `--noflush` mode.
+    async fn full_noflush(
+        &self,
+        table: &str,
+        fixed: &[(&'static str, String)],
+        service_chains: &[(&str, &str)],
+        stale: &[String],
+    ) -> Result<String, ProxierError> {
+        let (delete_jumps, _) = self.builtin_rules(table).await?;
+        let mut out = format!("*{table}\n");
+        for (c, _) in fixed {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for (c, _) in service_chains {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for c in stale {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for l in delete_jumps.iter().chain(self.jump_inserts(table).iter()) {
+            out.push_str(l);
+            out.push('\n');
+        }
+        for (_, b) in fixed {
+            out.push_str(b);
+        }
+        for (_, b) in service_chains {
+            out.push_str(b);
+        }
+        for c in stale {
+            let _ = writeln!(out, "-X {c}");
+        }
+        out.push_str("COMMIT\n");
+        Ok(out)
+    }
+
+    /// Full-sync payload for one table written without `--noflush`: the
+    /// foreign chains and rules are read and written back unchanged.
+    async fn full_flush(
+        &self,
+        table: &str,
+        fixed: &[(&'static str, String)],
+        service_chains: &[(&str, &str)],
+        with_jumps: bool,
+    ) -> Result<String, ProxierError> {
+        let (_, builtin_foreign) = self.builtin_rules(table).await?;
+        let chains = self
+            .ipt
+            .list_chains(table)
+            .await
+            .map_err(|e| self.err("listing chains", e))?;
+        let mut out = format!("*{table}\n");
+        for c in builtin_chains(table) {
+            let policy = self
+                .ipt
+                .policy(table, c)
+                .await
+                .map_err(|e| self.err("reading chain policy", e))?;
+            let _ = writeln!(out, ":{c} {policy} [0:0]");
+        }
+        let foreign: Vec<&String> = chains
+            .iter()
+            .filter(|c| {
+                !names::is_owned_chain(table, c) && !builtin_chains(table).contains(&c.as_str())
+            })
+            .collect();
+        for c in &foreign {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for (c, _) in fixed {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for (c, _) in service_chains {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        // Our jumps first (kube-proxy prepends them), then what was there.
+        for (t, chain, rule) in jump_rules(&self.cfg) {
+            if with_jumps && t == table {
+                let _ = writeln!(out, "-A {chain} {rule}");
+            }
+        }
+        for rules in builtin_foreign.values() {
+            for r in rules {
+                out.push_str(r);
+                out.push('\n');
+            }
+        }
+        for c in &foreign {
+            let rules = self
+                .ipt
+                .list_rules(table, c)
+                .await
+                .map_err(|e| self.err("listing foreign chain", e))?
+                .unwrap_or_default();
+            for r in rules {
+                out.push_str(&r);
+                out.push('\n');
+            }
+        }
+        for (_, b) in fixed {
+            out.push_str(b);
+        }
+        for (_, b) in service_chains {
+            out.push_str(b);
+        }
+        out.push_str("COMMIT\n");
+        Ok(out)
+    }
+
+    async fn plan_full(&self, new: &Ruleset) -> Result<Plan, ProxierError> {
+        let mut plan = Plan::default();
+        let service_chains: Vec<(&str, &str)> = new
+            .services
+            .values()
+            .flat_map(|f| f.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())))
+            .collect();
+        let filter = self.full_noflush("filter", &new.filter, &[], &[]).await?;
+        let nat =
+            if self.ipt.variant() == Variant::Nft && service_chains.len() > self.flush_threshold {
+                (
+                    self.full_flush("nat", &new.nat, &service_chains, true)
+                        .await?,
+                    false,
+                )
+            } else {
+                let active: HashSet<&str> = new.nat_chains().collect();
+                let stale: Vec<String> = self
+                    .ipt
+                    .list_chains("nat")
+                    .await
+                    .map_err(|e| self.err("listing nat chains", e))?
+                    .into_iter()
+                    .filter(|c| names::is_service_chain(c) && !active.contains(c.as_str()))
+                    .collect();
+                (
+                    self.full_noflush("nat", &new.nat, &service_chains, &stale)
+                        .await?,
+                    true,
+                )
+            };
+        plan.lines = filter.lines().count() + nat.0.lines().count();
+        plan.filter = Some((filter, true));
+        plan.nat = Some(nat);
+        Ok(plan)
+    }
+
+    fn plan_partial(
+        &self,
+        prev: &Ruleset,
+        new: &Ruleset,
+        changed: &BTreeSet<proxier_core::NamespacedName>,
+    ) -> Plan {
+        let mut plan = Plan::default();
+        let fixed_changes = |old: &[(&'static str, String)],
+                             new: &[(&'static str, String)]|
+         -> Vec<(&'static str, String)> {
+            new.iter()
+                .filter(|(c, b)| {
+                    old.iter()
+                        .find(|(o, _)| o == c)
+                        .map(|(_, ob)| ob != b)
+                        .unwrap_or(true)
+                })
+                .cloned()
+                .collect()
+        };
+        let filter = fixed_changes(&prev.filter, &new.filter);
+        if !filter.is_empty() {
+            let mut out = String::from("*filter\n");
+            for (c, _) in &filter {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for (_, b) in &filter {
+                out.push_str(b);
+            }
+            out.push_str("COMMIT\n");
+            plan.lines += out.lines().count();
+            plan.filter = Some((out, true));
+        }
+
+        let mut chains: Vec<(&str, &str)> = fixed_changes(&prev.nat, &new.nat)
+            .into_iter()
+            .map(|(c, _)| {
+                let body = &new.nat.iter().find(|(n, _)| *n == c).expect("fixed").1;
+                (c, body.as_str())
+            })
+            .collect();
+        let mut stale: Vec<&str> = Vec::new();
+        for nn in changed {
+            let old: BTreeMap<&str, &str> = ports_of(prev, nn)
+                .flat_map(|f| f.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())))
+                .collect();
+            let now: BTreeMap<&str, &str> = ports_of(new, nn)
+                .flat_map(|f| f.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())))
+                .collect();
+            for (c, b) in &now {
+                if old.get(c) != Some(b) {
+                    chains.push((c, b));
+                }
+            }
+            stale.extend(old.keys().filter(|c| !now.contains_key(*c)));
+        }
+        if !chains.is_empty() || !stale.is_empty() {
+            let mut out = String::from("*nat\n");
+            for (c, _) in &chains {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for c in &stale {
+                let _ = writeln!(out, ":{c} - [0:0]");
+            }
+            for (_, b) in &chains {
+                out.push_str(b);
+            }
+            for c in &stale {
+                let _ = writeln!(out, "-X {c}");
+            }
+            out.push_str("COMMIT\n");
+            plan.lines += out.lines().count();
+            plan.nat = Some((out, true));
+        }
+        plan
+    }
+
+    async fn apply(&self, plan: &Plan) -> Result<(), ProxierError> {
+        for (table, p) in [("filter", &plan.filter), ("nat", &plan.nat)] {
+            if let Some((payload, noflush)) = p {
+                self.ipt
+                    .restore(table, payload, *noflush)
+                    .await
+                    .map_err(|e| self.err(&format!("restoring table {table}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn clear_conntrack(&self, req: &SyncRequest) {
+        if self.cfg.family != req.snapshot.family {
+            return;
+        }
+        let mut filters: BTreeSet<ConntrackFilter> = BTreeSet::new();
+        let by_ip = |ip: IpAddr| ConntrackFilter {
+            orig_dst: Some(ip),
+            orig_port_dst: None,
+            dst_nat: None,
+        };
+        for ip in &req.changes.deleted_udp_cluster_ips {
+            filters.insert(by_ip(*ip));
+        }
+        for name in &req.changes.newly_active_udp_services {
+            if let Some(svc) = req.snapshot.services.get(name) {
+                filters.insert(by_ip(svc.cluster_ip));
+                for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+                    filters.insert(by_ip(*ip));
+                }
+                if svc.node_port != 0 {
+                    filters.insert(ConntrackFilter {
+                        orig_dst: None,
+                        orig_port_dst: Some(svc.node_port),
+                        dst_nat: None,
+                    });
+                }
+            }
+        }
+        for stale in &req.changes.deleted_udp_endpoints {
+            if let Some(svc) = req.snapshot.services.get(&stale.service) {
+                let ep = Some(stale.endpoint.ip());
+                for ip in std::iter::once(&svc.cluster_ip)
+                    .chain(&svc.external_ips)
+                    .chain(&svc.load_balancer_ips)
+                {
+                    filters.insert(ConntrackFilter {
+                        orig_dst: Some(*ip),
+                        orig_port_dst: None,
+                        dst_nat: ep,
+                    });
+                }
+                if svc.node_port != 0 {
+                    filters.insert(ConntrackFilter {
+                        orig_dst: None,
+                        orig_port_dst: Some(svc.node_port),
+                        dst_nat: ep,
+                    });
+                }
+            }
+        }
+        for f in &filters {
+            match self.ct.delete(self.cfg.family, f).await {
+                Ok(n) if n > 0 => {
+                    tracing::debug!(backend = %self.name, ?f, deleted = n, "conntrack entries deleted")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(backend = %self.name, error = %e, "conntrack cleanup failed")
+                }
+            }
+        }
+    }
+}
+
+fn ports_of<'a>(
+    r: &'a Ruleset,
+    nn: &'a proxier_core::NamespacedName,
+) -> impl Iterator<Item = &'a Arc<crate::render::Fragment>> + 'a {
+    let first = proxier_core::ServicePortName {
+        service: nn.clone(),
+        port: Arc::from(""),
+        protocol: proxier_core::Protocol::Tcp,
+    };
+    r.services
+        .range(first..)
+        .take_while(move |(k, _)| &k.service == nn)
+        .map(|(_, v)| v)
+}
+
+#[async_trait]
+impl Proxier for IptablesProxier {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
+        if req.snapshot.family != self.cfg.family {
+            return Err(ProxierError::new(
+                self.name.clone(),
+                format!(
+                    "snapshot is {}, this proxier is {}",
+                    req.snapshot.family.as_str(),
+                    self.cfg.family.as_str()
+                ),
+            ));
+        }
+        let mut full = req.full || self.need_full || req.changes.node_changed;
+        let prev = match &self.written {
+            Some(w) if !full => {
+                if req.changes.is_empty() {
+                    let (f, n) = w.ruleset.rule_counts();
+                    return Ok(SyncStats {
+                        objects: f + n,
+                        written: 0,
+                        full: false,
+                    });
+                }
+                if w.ruleset.large_cluster != is_large_cluster(&self.cfg, &req.snapshot) {
+                    full = true;
+                }
+                Some(&w.ruleset)
+            }
+            _ => {
+                full = true;
+                None
+            }
+        };
+        let new = match prev {
+            Some(prev) if !full => Ruleset::render_changed(
+                &self.cfg,
+                &req.snapshot,
+                prev,
+                &req.changes.updated_services,
+            ),
+            _ => Ruleset::render(&self.cfg, &req.snapshot),
+        };
+        for e in &new.errors {
+            tracing::error!(backend = %self.name, error = %e, "service skipped");
+        }
+        let result = async {
+            let plan = if full {
+                self.sysctls()?;
+                self.plan_full(&new).await?
+            } else {
+                self.plan_partial(
+                    &self.written.as_ref().expect("partial").ruleset,
+                    &new,
+                    &req.changes.updated_services,
+                )
+            };
+            self.apply(&plan).await?;
+            Ok::<usize, ProxierError>(plan.lines)
+        }
+        .await;
+        match result {
+            Ok(lines) => {
+                self.need_full = false;
+                let (f, n) = new.rule_counts();
+                self.written = Some(Written { ruleset: new });
+                self.clear_conntrack(req).await;
+                Ok(SyncStats {
+                    objects: f + n,
+                    written: lines,
+                    full,
+                })
+            }
+            Err(e) => {
+                // The restore is atomic per table: what was written before
+                // is still in force. Only a full sync is safe from here.
+                self.need_full = true;
+                Err(e)
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) -> Result<(), ProxierError> {
+        for table in ["filter", "nat"] {
+            let chains = self
+                .ipt
+                .list_chains(table)
+                .await
+                .map_err(|e| self.err("listing chains", e))?;
+            let owned: Vec<&String> = chains
+                .iter()
+                .filter(|c| names::is_owned_chain(table, c))
+                .collect();
+            let (delete_jumps, _) = self.builtin_rules(table).await?;
+            if owned.is_empty() && delete_jumps.is_empty() {
+                continue;
+            }
+            let payload =
+                if self.ipt.variant() == Variant::Nft && owned.len() > self.flush_threshold {
+                    (self.full_flush(table, &[], &[], false).await?, false)
+                } else {
+                    let mut out = format!("*{table}\n");
+                    for c in &owned {
+                        let _ = writeln!(out, ":{c} - [0:0]");
+                    }
+                    for l in &delete_jumps {
+                        out.push_str(l);
+                        out.push('\n');
+                    }
+                    for c in &owned {
+                        let _ = writeln!(out, "-X {c}");
+                    }
+                    out.push_str("COMMIT\n");
+                    (out, true)
+                };
+            self.ipt
+                .restore(table, &payload.0, payload.1)
+                .await
+                .map_err(|e| self.err(&format!("cleaning table {table}"), e))?;
+        }
+        self.written = None;
+        self.need_full = true;
+        Ok(())
+    }
+}

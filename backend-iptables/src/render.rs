@@ -1,0 +1,931 @@
+//! Rendering: a [`Snapshot`] becomes kube-proxy's rules, in memory, with no
+//! I/O. Every service port renders to a [`Fragment`] (its rules in the
+//! fixed chains, and its own chains); a [`Ruleset`] is the fragments plus
+//! the fixed chains assembled from them. Partial syncs re-render only the
+//! services that changed and reuse the other fragments.
+//!
+//! The text is `iptables-restore` input, rule for rule what kube-proxy
+//! v1.31 writes (`iptables-save -t nat` shows the same lines).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use imbl::OrdMap;
+use ipnet::IpNet;
+use proxier_core::{Endpoint, IpFamily, NamespacedName, ServicePort, ServicePortName, Snapshot};
+
+use crate::names::{self, ServiceChains, endpoint_chain};
+
+/// How kube-proxy decides that traffic comes from a pod
+/// (`--detect-local-mode`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LocalDetector {
+    /// No detection: only masquerade-all masquerades cluster IP traffic.
+    #[default]
+    None,
+    /// `ClusterCIDR`: sources inside these CIDRs are pods.
+    ClusterCidr(Vec<IpNet>),
+    /// `InterfaceNamePrefix`: packets entering through `prefix+` come from
+    /// pods. The prefix is checked by [`Config::validate`].
+    InterfacePrefix(String),
+}
+
+/// What the renderer needs to know about the node and the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The family of every rule (`iptables` or `ip6tables`).
+    pub family: IpFamily,
+    /// `--masquerade-bit` (0..=31, default 14 ⇒ mark `0x4000`).
+    pub masquerade_bit: u8,
+    /// `--masquerade-all`: masquerade all cluster IP traffic.
+    pub masquerade_all: bool,
+    /// `--detect-local-mode` and its CIDRs or prefix.
+    pub local_detector: LocalDetector,
+    /// `--nodeport-addresses`; empty means every local address.
+    pub node_port_addresses: Vec<IpNet>,
+    /// This node's addresses (node ports restricted by CIDR, and the
+    /// source-range hairpin of kube-proxy's `KUBE-FW-` chains).
+    pub node_ips: Vec<IpAddr>,
+    /// `--iptables-localhost-nodeports` (IPv4 only; needs
+    /// `net.ipv4.conf.all.route_localnet=1`, which the proxier sets).
+    pub localhost_node_ports: bool,
+    /// Append `--random-fully` to MASQUERADE.
+    pub random_fully: bool,
+    /// `nf_conntrack_tcp_be_liberal` is set: omit the INVALID drop rule.
+    pub tcp_be_liberal: bool,
+    /// Above this many endpoints, per-endpoint comments are dropped
+    /// (kube-proxy's `largeClusterEndpointsThreshold`, 1,000).
+    pub large_cluster_threshold: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            family: IpFamily::V4,
+            masquerade_bit: 14,
+            masquerade_all: false,
+            local_detector: LocalDetector::None,
+            node_port_addresses: Vec::new(),
+            node_ips: Vec::new(),
+            localhost_node_ports: true,
+            random_fully: false,
+            tcp_be_liberal: false,
+            large_cluster_threshold: 1000,
+        }
+    }
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("iptables config: {field}: {reason} (got {value:?})")]
+pub struct ConfigError {
+    /// The flag or field.
+    pub field: &'static str,
+    /// The value given.
+    pub value: String,
+    /// Why it was refused.
+    pub reason: &'static str,
+}
+
+impl Config {
+    /// Checks every value that reaches a rule.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field, value: String, reason| {
+            Err(ConfigError {
+                field,
+                value,
+                reason,
+            })
+        };
+        if self.masquerade_bit > 31 {
+            return err(
+                "masquerade_bit",
+                self.masquerade_bit.to_string(),
+                "must be 0..=31",
+            );
+        }
+        match &self.local_detector {
+            LocalDetector::ClusterCidr(cidrs) => {
+                if let Some(c) = cidrs.iter().find(|c| !self.family_of_net(c)) {
+                    return err("cluster_cidr", c.to_string(), "wrong IP family");
+                }
+            }
+            LocalDetector::InterfacePrefix(p) => {
+                let ok = !p.is_empty()
+                    && p.len() < 15
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+                if !ok {
+                    return err(
+                        "interface_prefix",
+                        p.clone(),
+                        "not an interface name prefix",
+                    );
+                }
+            }
+            LocalDetector::None => {}
+        }
+        if let Some(c) = self
+            .node_port_addresses
+            .iter()
+            .find(|c| !self.family_of_net(c))
+        {
+            return err("node_port_addresses", c.to_string(), "wrong IP family");
+        }
+        Ok(())
+    }
+
+    fn family_of_net(&self, n: &IpNet) -> bool {
+        self.family.matches(&n.addr())
+    }
+
+    /// The masquerade mark, `1 << masquerade_bit`.
+    pub fn mark(&self) -> u32 {
+        1u32 << self.masquerade_bit
+    }
+
+    fn localhost_node_ports(&self) -> bool {
+        self.localhost_node_ports && self.family == IpFamily::V4
+    }
+
+    fn node_ports_match_all(&self) -> bool {
+        self.node_port_addresses.is_empty()
+            || self.node_port_addresses.iter().any(|n| n.prefix_len() == 0)
+    }
+}
+
+/// Rules one service port contributes, and its own chains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// Lines for nat `KUBE-SERVICES`.
+    pub nat_services: String,
+    /// Lines for nat `KUBE-NODEPORTS`.
+    pub nat_nodeports: String,
+    /// Lines for filter `KUBE-SERVICES`.
+    pub filter_services: String,
+    /// Lines for filter `KUBE-EXTERNAL-SERVICES`.
+    pub filter_external: String,
+    /// Lines for filter `KUBE-NODEPORTS`.
+    pub filter_nodeports: String,
+    /// Lines for filter `KUBE-PROXY-FIREWALL`.
+    pub filter_firewall: String,
+    /// The service's nat chains (`KUBE-SVC-`, `KUBE-SVL-`, `KUBE-EXT-`,
+    /// `KUBE-FW-`, `KUBE-SEP-`), name and rule lines, in write order.
+    pub chains: Vec<(String, String)>,
+}
+
+/// A service that could not be rendered (its name would not be safe in a
+/// rule). It is left out; the others are rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("service port {service:?}: {reason}; not rendered")]
+pub struct RenderError {
+    /// The service port, as text.
+    pub service: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+/// Fixed chains of one table: name and rule lines, in declaration order.
+pub type FixedChains = Vec<(&'static str, String)>;
+
+/// The whole desired state: every fragment, and the fixed chains'
+/// bodies assembled from them.
+#[derive(Debug, Clone, Default)]
+pub struct Ruleset {
+    /// Per service port.
+    pub services: OrdMap<ServicePortName, Arc<Fragment>>,
+    /// Body of each filter fixed chain, in declaration order.
+    pub filter: FixedChains,
+    /// Body of each nat fixed chain, in declaration order.
+    pub nat: FixedChains,
+    /// Whether per-endpoint comments were dropped (more endpoints than
+    /// the large-cluster threshold).
+    pub large_cluster: bool,
+    /// Services that were refused.
+    pub errors: Vec<RenderError>,
+}
+
+/// The characters a name may carry into a comment: what Kubernetes
+/// allows in namespaces, service names and port names, and nothing that
+/// could end a word or a line in `iptables-restore` input.
+fn safe_text(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with('-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./:".contains(&b))
+}
+
+fn check_name(name: &ServicePortName) -> Result<String, RenderError> {
+    let text = name.to_string();
+    if safe_text(&text) {
+        Ok(text)
+    } else {
+        Err(RenderError {
+            service: text,
+            reason: "name has characters that cannot appear in an iptables comment",
+        })
+    }
+}
+
+/// `computeProbability`: `1/n` with ten decimals.
+pub fn probability(n: usize) -> String {
+    format!("{:.10}", 1.0 / n as f64)
+}
+
+struct Probabilities(Vec<String>);
+
+impl Probabilities {
+    fn get(&mut self, n: usize) -> &str {
+        while self.0.len() <= n {
+            let k = self.0.len();
+            self.0.push(if k == 0 {
+                String::new()
+            } else {
+                probability(k)
+            });
+        }
+        &self.0[n]
+    }
+}
+
+/// Writes ` -m comment --comment TEXT`, quoting when there is a space
+/// (as kube-proxy writes it). `text` is made only of safe names and
+/// fixed words.
+fn comment(out: &mut String, text: &str) {
+    out.push_str(" -m comment --comment ");
+    if text.contains(' ') {
+        out.push('"');
+        out.push_str(text);
+        out.push('"');
+    } else {
+        out.push_str(text);
+    }
+}
+
+/// ` -m P -p P -d IP --dport PORT`
+fn match_dst(out: &mut String, proto: &str, ip: IpAddr, port: u16) {
+    let _ = write!(out, " -m {proto} -p {proto} -d {ip} --dport {port}");
+}
+
+fn jump(out: &mut String, target: &str) {
+    out.push_str(" -j ");
+    out.push_str(target);
+    out.push('\n');
+}
+
+struct Renderer<'a> {
+    cfg: &'a Config,
+    snap: &'a Snapshot,
+    large: bool,
+    probs: Probabilities,
+}
+
+impl Renderer<'_> {
+    fn not_local(&self, out: &mut String) {
+        match &self.cfg.local_detector {
+            LocalDetector::ClusterCidr(cidrs) => {
+                for c in cidrs {
+                    let _ = write!(out, " ! -s {c}");
+                }
+            }
+            LocalDetector::InterfacePrefix(p) => {
+                let _ = write!(out, " ! -i {p}+");
+            }
+            LocalDetector::None => {}
+        }
+    }
+
+    fn local(&self, out: &mut String) {
+        match &self.cfg.local_detector {
+            LocalDetector::ClusterCidr(cidrs) => {
+                for c in cidrs {
+                    let _ = write!(out, " -s {c}");
+                }
+            }
+            LocalDetector::InterfacePrefix(p) => {
+                let _ = write!(out, " -i {p}+");
+            }
+            LocalDetector::None => {}
+        }
+    }
+
+    fn service(&mut self, svc: &ServicePort) -> Result<Fragment, RenderError> {
+        let n = check_name(&svc.name)?;
+        let p = svc.protocol().lower();
+        let ch = ServiceChains::of(&svc.name);
+        let cat = self.snap.categorize(svc);
+        let has_endpoints = cat.has_any;
+        let cluster = cat.cluster();
+        let local = cat.local();
+        let uses_cluster_chain = !cluster.is_empty() && svc.uses_cluster_endpoints();
+        let uses_local_chain = !local.is_empty() && svc.uses_local_endpoints();
+
+        let (internal_chain, has_internal) = if svc.internal_policy_local {
+            (&ch.svl, has_endpoints && !local.is_empty())
+        } else {
+            (&ch.svc, has_endpoints)
+        };
+        let (external_policy_chain, has_external) = if svc.external_policy_local {
+            (&ch.svl, has_endpoints && !local.is_empty())
+        } else {
+            (&ch.svc, has_endpoints)
+        };
+        let uses_ext_chain = has_endpoints && svc.externally_accessible();
+        let uses_fw_chain = has_endpoints
+            && !svc.load_balancer_ips.is_empty()
+            && !svc.load_balancer_source_ranges.is_empty();
+        let lb_chain = if uses_fw_chain { &ch.fw } else { &ch.ext };
+
+        let (int_target, int_comment, ext_target, ext_comment) = if !has_endpoints {
+            let c = format!("{n} has no endpoints");
+            ("REJECT", c.clone(), "REJECT", c)
+        } else {
+            let c = format!("{n} has no local endpoints");
+            ("DROP", c.clone(), "DROP", c)
+        };
+
+        let mut f = Fragment::default();
+
+        // 1. Cluster IP.
+        if has_internal {
+            let o = &mut f.nat_services;
+            o.push_str("-A KUBE-SERVICES");
+            comment(o, &format!("{n} cluster IP"));
+            match_dst(o, p, svc.cluster_ip, svc.port);
+            jump(o, internal_chain);
+        } else {
+            let o = &mut f.filter_services;
+            o.push_str("-A KUBE-SERVICES");
+            comment(o, &int_comment);
+            match_dst(o, p, svc.cluster_ip, svc.port);
+            jump(o, int_target);
+        }
+
+        // 2. External IPs.
+        for ip in &svc.external_ips {
+            if has_endpoints {
+                let o = &mut f.nat_services;
+                o.push_str("-A KUBE-SERVICES");
+                comment(o, &format!("{n} external IP"));
+                match_dst(o, p, *ip, svc.port);
+                jump(o, &ch.ext);
+            }
+            if !has_external {
+                let o = &mut f.filter_external;
+                o.push_str("-A KUBE-EXTERNAL-SERVICES");
+                comment(o, &ext_comment);
+                match_dst(o, p, *ip, svc.port);
+                jump(o, ext_target);
+            }
+        }
+
+        // 3. Load-balancer IPs.
+        for ip in &svc.load_balancer_ips {
+            if has_endpoints {
+                let o = &mut f.nat_services;
+                o.push_str("-A KUBE-SERVICES");
+                comment(o, &format!("{n} loadbalancer IP"));
+                match_dst(o, p, *ip, svc.port);
+                jump(o, lb_chain);
+            }
+            if uses_fw_chain {
+                let o = &mut f.filter_firewall;
+                o.push_str("-A KUBE-PROXY-FIREWALL");
+                comment(o, &format!("{n} traffic not accepted by {}", ch.fw));
+                match_dst(o, p, *ip, svc.port);
+                jump(o, "DROP");
+            }
+            if !has_external {
+                let o = &mut f.filter_external;
+                o.push_str("-A KUBE-EXTERNAL-SERVICES");
+                comment(o, &ext_comment);
+                match_dst(o, p, *ip, svc.port);
+                jump(o, ext_target);
+            }
+        }
+
+        // 4. Node port.
+        if svc.node_port != 0 {
+            if has_endpoints {
+                let o = &mut f.nat_nodeports;
+                o.push_str("-A KUBE-NODEPORTS");
+                comment(o, &n);
+                let _ = write!(o, " -m {p} -p {p} --dport {}", svc.node_port);
+                jump(o, &ch.ext);
+            }
+            if !has_external {
+                let o = &mut f.filter_external;
+                o.push_str("-A KUBE-EXTERNAL-SERVICES");
+                comment(o, &ext_comment);
+                let _ = write!(
+                    o,
+                    " -m addrtype --dst-type LOCAL -m {p} -p {p} --dport {}",
+                    svc.node_port
+                );
+                jump(o, ext_target);
+            }
+        }
+
+        // 5. Health-check node port.
+        if svc.health_check_node_port != 0 {
+            let o = &mut f.filter_nodeports;
+            o.push_str("-A KUBE-NODEPORTS");
+            comment(o, &format!("{n} health check node port"));
+            let _ = write!(o, " -m tcp -p tcp --dport {}", svc.health_check_node_port);
+            jump(o, "ACCEPT");
+        }
+
+        // 7. Internal masquerade, at the head of the internal chain.
+        let mut masq = String::new();
+        if has_internal
+            && (self.cfg.masquerade_all || self.cfg.local_detector != LocalDetector::None)
+        {
+            let _ = write!(masq, "-A {internal_chain}");
+            comment(&mut masq, &format!("{n} cluster IP"));
+            match_dst(&mut masq, p, svc.cluster_ip, svc.port);
+            if !self.cfg.masquerade_all {
+                self.not_local(&mut masq);
+            }
+            jump(&mut masq, names::KUBE_MARK_MASQ);
+        }
+
+        // 8. External traffic chain.
+        if uses_ext_chain {
+            let mut o = String::new();
+            let ext = &ch.ext;
+            if !svc.external_policy_local {
+                let _ = write!(o, "-A {ext}");
+                comment(
+                    &mut o,
+                    &format!("masquerade traffic for {n} external destinations"),
+                );
+                jump(&mut o, names::KUBE_MARK_MASQ);
+            } else {
+                if self.cfg.local_detector != LocalDetector::None {
+                    let _ = write!(o, "-A {ext}");
+                    comment(
+                        &mut o,
+                        &format!("pod traffic for {n} external destinations"),
+                    );
+                    self.local(&mut o);
+                    jump(&mut o, &ch.svc);
+                }
+                let _ = write!(o, "-A {ext}");
+                comment(
+                    &mut o,
+                    &format!("masquerade LOCAL traffic for {n} external destinations"),
+                );
+                o.push_str(" -m addrtype --src-type LOCAL");
+                jump(&mut o, names::KUBE_MARK_MASQ);
+                let _ = write!(o, "-A {ext}");
+                comment(
+                    &mut o,
+                    &format!("route LOCAL traffic for {n} external destinations"),
+                );
+                o.push_str(" -m addrtype --src-type LOCAL");
+                jump(&mut o, &ch.svc);
+            }
+            if has_external {
+                let _ = write!(o, "-A {ext}");
+                jump(&mut o, external_policy_chain);
+            }
+            f.chains.push((ext.clone(), o));
+        }
+
+        // 9. Firewall chain.
+        if uses_fw_chain {
+            let mut o = String::new();
+            let mut allow_from_node = false;
+            for src in &svc.load_balancer_source_ranges {
+                let _ = write!(o, "-A {}", ch.fw);
+                comment(&mut o, &format!("{n} loadbalancer IP"));
+                let _ = write!(o, " -s {src}");
+                jump(&mut o, &ch.ext);
+                allow_from_node |= self.cfg.node_ips.iter().any(|ip| src.contains(ip));
+            }
+            if allow_from_node {
+                for ip in &svc.load_balancer_ips {
+                    let _ = write!(o, "-A {}", ch.fw);
+                    comment(&mut o, &format!("{n} loadbalancer IP"));
+                    let _ = write!(o, " -s {ip}");
+                    jump(&mut o, &ch.ext);
+                }
+            }
+            let _ = write!(o, "-A {}", ch.fw);
+            comment(
+                &mut o,
+                &format!("other traffic to {n} will be dropped by KUBE-PROXY-FIREWALL"),
+            );
+            o.push('\n');
+            f.chains.push((ch.fw.clone(), o));
+        }
+
+        // 10. Policy chains, then 11. one chain per endpoint.
+        // Each endpoint's chain name is hashed once, however many policy
+        // chains use it.
+        let mut sep_names: std::collections::HashMap<SocketAddr, String> = Default::default();
+        let mut sep_of = |ep: &Endpoint| -> String {
+            if let Some(s) = sep_names.get(&ep.addr) {
+                return s.clone();
+            }
+            let s = endpoint_chain(&svc.name, ep.addr);
+            sep_names.insert(ep.addr, s.clone());
+            s
+        };
+        if uses_cluster_chain {
+            let mut o = if *internal_chain == ch.svc {
+                std::mem::take(&mut masq)
+            } else {
+                String::new()
+            };
+            self.endpoint_rules(&mut o, &n, svc, &ch.svc, cluster, &mut sep_of);
+            f.chains.push((ch.svc.clone(), o));
+        }
+        if uses_local_chain {
+            let mut o = if *internal_chain == ch.svl {
+                std::mem::take(&mut masq)
+            } else {
+                String::new()
+            };
+            self.endpoint_rules(&mut o, &n, svc, &ch.svl, local, &mut sep_of);
+            f.chains.push((ch.svl.clone(), o));
+        }
+        for ep in &cat.all_reachable {
+            let sep = sep_of(ep);
+            let mut o = String::new();
+            let _ = write!(o, "-A {sep}");
+            if !self.large {
+                comment(&mut o, &n);
+            }
+            let _ = write!(o, " -s {}", ep.ip());
+            jump(&mut o, names::KUBE_MARK_MASQ);
+            let _ = write!(o, "-A {sep}");
+            if !self.large {
+                comment(&mut o, &n);
+            }
+            if svc.sticky_seconds().is_some() {
+                let _ = write!(o, " -m recent --name {sep} --set");
+            }
+            let _ = writeln!(o, " -m {p} -p {p} -j DNAT --to-destination {}", ep.addr);
+            f.chains.push((sep, o));
+        }
+        Ok(f)
+    }
+
+    fn endpoint_rules(
+        &mut self,
+        o: &mut String,
+        n: &str,
+        svc: &ServicePort,
+        chain: &str,
+        eps: &[&Endpoint],
+        sep_of: &mut impl FnMut(&Endpoint) -> String,
+    ) {
+        let seps: Vec<(SocketAddr, String)> = eps.iter().map(|e| (e.addr, sep_of(e))).collect();
+        if let Some(secs) = svc.sticky_seconds() {
+            for (addr, sep) in &seps {
+                let _ = write!(o, "-A {chain}");
+                if !self.large {
+                    comment(o, &format!("{n} -> {addr}"));
+                }
+                let _ = write!(
+                    o,
+                    " -m recent --name {sep} --rcheck --seconds {secs} --reap"
+                );
+                jump(o, sep);
+            }
+        }
+        let count = seps.len();
+        for (i, (addr, sep)) in seps.iter().enumerate() {
+            let _ = write!(o, "-A {chain}");
+            if !self.large {
+                comment(o, &format!("{n} -> {addr}"));
+            }
+            if i + 1 < count {
+                let prob = self.probs.get(count - i);
+                let _ = write!(o, " -m statistic --mode random --probability {prob}");
+            }
+            jump(o, sep);
+        }
+    }
+}
+
+/// Renders one service port (for tests and tools).
+pub fn render_service(
+    cfg: &Config,
+    snap: &Snapshot,
+    svc: &ServicePort,
+    large_cluster: bool,
+) -> Result<Fragment, RenderError> {
+    Renderer {
+        cfg,
+        snap,
+        large: large_cluster,
+        probs: Probabilities(Vec::new()),
+    }
+    .service(svc)
+}
+
+/// Whether `snap` is in kube-proxy's large-cluster mode under `cfg`.
+pub fn is_large_cluster(cfg: &Config, snap: &Snapshot) -> bool {
+    snap.endpoint_count() > cfg.large_cluster_threshold
+}
+
+impl Ruleset {
+    /// Renders everything from scratch.
+    pub fn render(cfg: &Config, snap: &Snapshot) -> Ruleset {
+        Self::render_from(cfg, snap, None)
+    }
+
+    /// Renders `snap`, reusing the fragments of `prev` for every service
+    /// not in `changed` (a partial sync). The caller must render from
+    /// scratch when the node, the config or the large-cluster mode changed.
+    pub fn render_changed(
+        cfg: &Config,
+        snap: &Snapshot,
+        prev: &Ruleset,
+        changed: &std::collections::BTreeSet<NamespacedName>,
+    ) -> Ruleset {
+        Self::render_from(cfg, snap, Some((prev, changed)))
+    }
+
+    fn render_from(
+        cfg: &Config,
+        snap: &Snapshot,
+        prev: Option<(&Ruleset, &std::collections::BTreeSet<NamespacedName>)>,
+    ) -> Ruleset {
+        let large = is_large_cluster(cfg, snap);
+        let mut r = Renderer {
+            cfg,
+            snap,
+            large,
+            probs: Probabilities(Vec::new()),
+        };
+        let mut errors = Vec::new();
+        let mut render_one = |svc: &ServicePort, errors: &mut Vec<RenderError>| match r.service(svc)
+        {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                errors.push(e);
+                None
+            }
+        };
+        let services = match prev {
+            None => {
+                let mut m = OrdMap::new();
+                for (k, svc) in &snap.services {
+                    if let Some(f) = render_one(svc, &mut errors) {
+                        m.insert(k.clone(), f);
+                    }
+                }
+                m
+            }
+            Some((prev, changed)) => {
+                let mut m = prev.services.clone();
+                for nn in changed {
+                    let first = ServicePortName {
+                        service: nn.clone(),
+                        port: Arc::from(""),
+                        protocol: proxier_core::Protocol::Tcp,
+                    };
+                    let stale: Vec<ServicePortName> = m
+                        .range(first..)
+                        .take_while(|(k, _)| &k.service == nn)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in stale {
+                        m.remove(&k);
+                    }
+                    for svc in snap.ports_of(nn) {
+                        if let Some(f) = render_one(svc, &mut errors) {
+                            m.insert(svc.name.clone(), f);
+                        }
+                    }
+                }
+                m
+            }
+        };
+        let (filter, nat) = assemble(cfg, &services);
+        Ruleset {
+            services,
+            filter,
+            nat,
+            large_cluster: large,
+            errors,
+        }
+    }
+
+    /// Every nat chain this ruleset declares (fixed and per service).
+    pub fn nat_chains(&self) -> impl Iterator<Item = &str> {
+        self.nat.iter().map(|(c, _)| *c).chain(
+            self.services
+                .values()
+                .flat_map(|f| f.chains.iter().map(|(c, _)| c.as_str())),
+        )
+    }
+
+    /// Number of rules in each table (filter, nat).
+    pub fn rule_counts(&self) -> (usize, usize) {
+        let lines = |s: &str| s.bytes().filter(|&b| b == b'\n').count();
+        let filter = self.filter.iter().map(|(_, b)| lines(b)).sum();
+        let nat = self.nat.iter().map(|(_, b)| lines(b)).sum::<usize>()
+            + self
+                .services
+                .values()
+                .flat_map(|f| f.chains.iter())
+                .map(|(_, b)| lines(b))
+                .sum::<usize>();
+        (filter, nat)
+    }
+
+    /// The whole ruleset as `iptables-restore` input (both tables, every
+    /// chain declared): what a full sync from nothing would write, and
+    /// what the golden tests compare.
+    pub fn to_restore_input(&self) -> String {
+        let mut out = String::from("*filter\n");
+        for (c, _) in &self.filter {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for (_, b) in &self.filter {
+            out.push_str(b);
+        }
+        out.push_str("COMMIT\n*nat\n");
+        for c in self.nat_chains() {
+            let _ = writeln!(out, ":{c} - [0:0]");
+        }
+        for (_, b) in &self.nat {
+            out.push_str(b);
+        }
+        for f in self.services.values() {
+            for (_, b) in &f.chains {
+                out.push_str(b);
+            }
+        }
+        out.push_str("COMMIT\n");
+        out
+    }
+}
+
+/// Builds the fixed chains' bodies from the fragments.
+fn assemble(
+    cfg: &Config,
+    services: &OrdMap<ServicePortName, Arc<Fragment>>,
+) -> (FixedChains, FixedChains) {
+    let mark = cfg.mark();
+    let cat = |pick: fn(&Fragment) -> &String| -> String {
+        let mut s = String::with_capacity(services.values().map(|f| pick(f).len()).sum());
+        for f in services.values() {
+            s.push_str(pick(f));
+        }
+        s
+    };
+
+    let mut filter = vec![
+        (names::KUBE_SERVICES, cat(|f| &f.filter_services)),
+        (names::KUBE_EXTERNAL_SERVICES, cat(|f| &f.filter_external)),
+        (names::KUBE_FORWARD, String::new()),
+        (names::KUBE_NODEPORTS, cat(|f| &f.filter_nodeports)),
+        (names::KUBE_PROXY_FIREWALL, cat(|f| &f.filter_firewall)),
+    ];
+    {
+        let fwd = &mut filter[2].1;
+        if !cfg.tcp_be_liberal {
+            fwd.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
+        }
+        let _ = writeln!(
+            fwd,
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
+        );
+        fwd.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+    }
+    if cfg.localhost_node_ports() {
+        filter.push((
+            names::KUBE_FIREWALL,
+            "-A KUBE-FIREWALL -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP\n".into(),
+        ));
+    }
+
+    let mut nat_services = cat(|f| &f.nat_services);
+    let tail = "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\"";
+    if cfg.node_ports_match_all() {
+        nat_services.push_str(tail);
+        nat_services.push_str(" -m addrtype --dst-type LOCAL");
+        match cfg.family {
+            IpFamily::V6 => nat_services.push_str(" ! -d ::1/128"),
+            IpFamily::V4 if !cfg.localhost_node_ports() => {
+                nat_services.push_str(" ! -d 127.0.0.0/8")
+            }
+            IpFamily::V4 => {}
+        }
+        nat_services.push_str(" -j KUBE-NODEPORTS\n");
+    } else {
+        for ip in cfg
+            .node_ips
+            .iter()
+            .filter(|ip| cfg.node_port_addresses.iter().any(|n| n.contains(*ip)))
+            .filter(|ip| !ip.is_loopback() || cfg.localhost_node_ports())
+        {
+            let _ = writeln!(nat_services, "{tail} -d {ip} -j KUBE-NODEPORTS");
+        }
+    }
+    let mut postrouting = String::new();
+    let _ = writeln!(
+        postrouting,
+        "-A KUBE-POSTROUTING -m mark ! --mark {mark:#x}/{mark:#x} -j RETURN"
+    );
+    let _ = writeln!(
+        postrouting,
+        "-A KUBE-POSTROUTING -j MARK --xor-mark {mark:#x}"
+    );
+    postrouting.push_str(
+        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE",
+    );
+    if cfg.random_fully {
+        postrouting.push_str(" --random-fully");
+    }
+    postrouting.push('\n');
+    let nat = vec![
+        (names::KUBE_SERVICES, nat_services),
+        (names::KUBE_NODEPORTS, cat(|f| &f.nat_nodeports)),
+        (names::KUBE_POSTROUTING, postrouting),
+        (
+            names::KUBE_MARK_MASQ,
+            format!("-A KUBE-MARK-MASQ -j MARK --or-mark {mark:#x}\n"),
+        ),
+    ];
+    (filter, nat)
+}
+
+/// The jump rules from the built-in chains into this backend's chains
+/// (kube-proxy's `iptablesJumpChains`): table, chain, rule arguments.
+pub fn jump_rules(cfg: &Config) -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut v = vec![
+        (
+            "filter",
+            "INPUT",
+            "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+        ),
+        (
+            "filter",
+            "FORWARD",
+            "-m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES",
+        ),
+        (
+            "filter",
+            "INPUT",
+            "-m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS",
+        ),
+        (
+            "filter",
+            "FORWARD",
+            "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        ),
+        (
+            "filter",
+            "OUTPUT",
+            "-m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        ),
+        (
+            "filter",
+            "FORWARD",
+            "-m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD",
+        ),
+        (
+            "filter",
+            "INPUT",
+            "-m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
+        ),
+        (
+            "filter",
+            "OUTPUT",
+            "-m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
+        ),
+        (
+            "filter",
+            "FORWARD",
+            "-m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL",
+        ),
+        (
+            "nat",
+            "OUTPUT",
+            "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        ),
+        (
+            "nat",
+            "PREROUTING",
+            "-m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES",
+        ),
+        (
+            "nat",
+            "POSTROUTING",
+            "-m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING",
+        ),
+    ];
+    if cfg.localhost_node_ports() {
+        // kube-proxy's `iptablesKubeletJumpChains` (no comment).
+        v.push(("filter", "INPUT", "-j KUBE-FIREWALL"));
+        v.push(("filter", "OUTPUT", "-j KUBE-FIREWALL"));
+    }
+    v
+}

@@ -1,0 +1,14 @@
+//! The behaviour suite on iptables-legacy, with real packets in namespaces.
+
+mod common;
+
+use proxier_testbed::suite::Backend;
+
+static BACKEND: Backend = Backend {
+    name: "iptables (legacy)",
+    make: common::make_legacy,
+    unsupported: &[],
+    leftovers: common::leftovers_legacy,
+};
+
+proxier_testbed::behaviour_suite!(&BACKEND);

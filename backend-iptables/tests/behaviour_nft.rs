@@ -1,0 +1,14 @@
+//! The behaviour suite on iptables-nft, with real packets in namespaces.
+
+mod common;
+
+use proxier_testbed::suite::Backend;
+
+static BACKEND: Backend = Backend {
+    name: "iptables (nft)",
+    make: common::make_nft,
+    unsupported: &[],
+    leftovers: common::leftovers_nft,
+};
+
+proxier_testbed::behaviour_suite!(&BACKEND);

@@ -1,0 +1,59 @@
+//! Shared by the kernel tests: building the real proxier for the test bed.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use backend_iptables::{
+    Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
+};
+use proxier_core::{IpFamily, Proxier};
+use proxier_testbed::Topology;
+use proxier_testbed::suite::Env;
+
+/// The proxier for a scenario, with the given variant.
+pub fn make(env: &Env, variant: Variant) -> IptablesProxier {
+    let cfg = Config {
+        local_detector: LocalDetector::ClusterCidr(vec![env.cluster_cidr]),
+        node_ips: env.node_ips.clone(),
+        node_port_addresses: env.node_port_addresses.clone(),
+        ..Config::default()
+    };
+    IptablesProxier::new(
+        cfg,
+        Arc::new(IptablesCmd::new(IpFamily::V4, variant)),
+        Arc::new(ConntrackCmd),
+    )
+    .expect("config")
+}
+
+pub fn make_nft(env: &Env) -> Box<dyn Proxier> {
+    Box::new(make(env, Variant::Nft))
+}
+
+pub fn make_legacy(env: &Env) -> Box<dyn Proxier> {
+    Box::new(make(env, Variant::Legacy))
+}
+
+/// `iptables-<variant>-save` in the node namespace.
+pub fn save(topo: &Topology, variant: Variant) -> String {
+    topo.node_exec(&format!("iptables-{}-save", variant.as_str()), &[])
+        .expect("iptables-save")
+}
+
+/// Every KUBE- line in the node namespace.
+pub fn kube_lines(topo: &Topology, variant: Variant) -> Vec<String> {
+    save(topo, variant)
+        .lines()
+        .filter(|l| l.contains("KUBE-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+pub fn leftovers_nft(topo: &Topology) -> Vec<String> {
+    kube_lines(topo, Variant::Nft)
+}
+
+pub fn leftovers_legacy(topo: &Topology) -> Vec<String> {
+    kube_lines(topo, Variant::Legacy)
+}

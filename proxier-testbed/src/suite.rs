@@ -1,0 +1,778 @@
+//! The behaviour suite: one set of scenarios, written once, that every
+//! backend runs through the [`Proxier`] trait on a real [`Topology`] with
+//! real TCP and UDP traffic.
+//!
+//! A backend test file expands [`behaviour_suite!`](crate::behaviour_suite)
+//! with a [`Backend`]: one `#[test]` per [`Feature`]. A feature the backend
+//! declares unsupported is not run; it is recorded as such. Every run
+//! writes its result to `target/proxier-features/`, and
+//! `cargo run -p proxier-testbed --bin feature-table` turns those into the
+//! README's feature table.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use proxier_core::{
+    ChangeTracker, EndpointSlice, IpFamily, Protocol, Proxier, Service, ServiceType,
+    SessionAffinity, SyncRequest, SyncStats, TrafficPolicy,
+};
+
+use crate::objects::{ep, service, slice, terminating};
+use crate::topology::{NODE_IP, NODE_IP2, Plan, Topology, Where};
+use crate::traffic::{Outcome, udp_exchange};
+
+/// One row of the feature table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Feature {
+    /// ClusterIP over TCP, targetPort ≠ port, spread over endpoints.
+    ClusterIpTcp,
+    /// ClusterIP over UDP.
+    ClusterIpUdp,
+    /// Several ports and protocols on one service.
+    MultiPort,
+    /// A service without endpoints refuses (REJECT), it does not time out.
+    NoEndpointsRejected,
+    /// NodePort on every node address.
+    NodePort,
+    /// NodePort restricted by `--nodeport-addresses`.
+    NodePortAddresses,
+    /// `externalIPs`.
+    ExternalIps,
+    /// LoadBalancer ingress IPs with `loadBalancerSourceRanges`.
+    LoadBalancerSourceRanges,
+    /// ClientIP session affinity.
+    SessionAffinity,
+    /// `externalTrafficPolicy: Local`.
+    ExternalTrafficPolicyLocal,
+    /// `internalTrafficPolicy: Local`.
+    InternalTrafficPolicyLocal,
+    /// Fallback to serving-but-terminating endpoints.
+    TerminatingFallback,
+    /// An endpoint reaching its own service.
+    Hairpin,
+    /// External traffic to remote endpoints is masqueraded.
+    MasqueradeExternal,
+    /// Endpoints change under traffic: new TCP connections follow, UDP
+    /// flows move off a removed endpoint (conntrack cleanup).
+    EndpointChurn,
+    /// A deleted service stops answering.
+    ServiceDeleted,
+    /// `cleanup` leaves no trace.
+    Cleanup,
+}
+
+impl Feature {
+    /// Every feature, in table order.
+    pub const ALL: [Feature; 17] = [
+        Feature::ClusterIpTcp,
+        Feature::ClusterIpUdp,
+        Feature::MultiPort,
+        Feature::NoEndpointsRejected,
+        Feature::NodePort,
+        Feature::NodePortAddresses,
+        Feature::ExternalIps,
+        Feature::LoadBalancerSourceRanges,
+        Feature::SessionAffinity,
+        Feature::ExternalTrafficPolicyLocal,
+        Feature::InternalTrafficPolicyLocal,
+        Feature::TerminatingFallback,
+        Feature::Hairpin,
+        Feature::MasqueradeExternal,
+        Feature::EndpointChurn,
+        Feature::ServiceDeleted,
+        Feature::Cleanup,
+    ];
+
+    /// The row label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Feature::ClusterIpTcp => "ClusterIP, TCP (targetPort ≠ port)",
+            Feature::ClusterIpUdp => "ClusterIP, UDP",
+            Feature::MultiPort => "several ports and protocols per service",
+            Feature::NoEndpointsRejected => "no endpoints → refused, not a timeout",
+            Feature::NodePort => "NodePort (every node address)",
+            Feature::NodePortAddresses => "NodePort restricted by --nodeport-addresses",
+            Feature::ExternalIps => "externalIPs",
+            Feature::LoadBalancerSourceRanges => "LoadBalancer IP + loadBalancerSourceRanges",
+            Feature::SessionAffinity => "sessionAffinity: ClientIP",
+            Feature::ExternalTrafficPolicyLocal => "externalTrafficPolicy: Local (source kept)",
+            Feature::InternalTrafficPolicyLocal => "internalTrafficPolicy: Local",
+            Feature::TerminatingFallback => "terminating-endpoint fallback",
+            Feature::Hairpin => "hairpin (endpoint → own service)",
+            Feature::MasqueradeExternal => "masquerade of external traffic",
+            Feature::EndpointChurn => "endpoint churn (TCP follows, UDP conntrack cleared)",
+            Feature::ServiceDeleted => "deleted service stops answering",
+            Feature::Cleanup => "cleanup leaves no trace",
+        }
+    }
+
+    /// A stable identifier (file names, test names).
+    pub fn id(self) -> String {
+        format!("{self:?}")
+    }
+}
+
+/// What a scenario tells the backend's constructor.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The node's name.
+    pub node_name: String,
+    /// The node's addresses.
+    pub node_ips: Vec<IpAddr>,
+    /// The cluster (pod) CIDR.
+    pub cluster_cidr: IpNet,
+    /// `--nodeport-addresses` (empty: all).
+    pub node_port_addresses: Vec<IpNet>,
+}
+
+/// A backend under test.
+pub struct Backend {
+    /// Its name in the table (`iptables (nft)`).
+    pub name: &'static str,
+    /// Builds the proxier; called on the node namespace's runtime.
+    pub make: fn(&Env) -> Box<dyn Proxier>,
+    /// Features it does not support.
+    pub unsupported: &'static [Feature],
+    /// What the backend left in the node namespace (rules, listeners):
+    /// empty after `cleanup`.
+    pub leftovers: fn(&Topology) -> Vec<String>,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend").field("name", &self.name).finish()
+    }
+}
+
+const T: Duration = Duration::from_millis(1500);
+const SHORT: Duration = Duration::from_millis(400);
+const CIP: &str = "10.96.0.10";
+const TCP: Protocol = Protocol::Tcp;
+const UDP: Protocol = Protocol::Udp;
+const PORT: u16 = 80;
+const TARGET: u16 = 8080;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("ip")
+}
+
+/// A running scenario: the topology, the tracker and the proxier.
+pub struct Ctx {
+    /// The namespaces.
+    pub topo: Topology,
+    tracker: ChangeTracker,
+    proxier: Option<Box<dyn Proxier>>,
+    synced: bool,
+    backend: &'static Backend,
+}
+
+impl std::fmt::Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("backend", &self.backend.name)
+            .finish()
+    }
+}
+
+impl Ctx {
+    /// Builds the topology and the proxier.
+    pub fn new(backend: &'static Backend, node_port_addresses: Vec<IpNet>) -> Ctx {
+        let mut topo = Topology::build(Plan {
+            ext_clients: 8,
+            ..Plan::default()
+        })
+        .expect("topology");
+        let env = Env {
+            node_name: topo.plan.node_name.clone(),
+            node_ips: vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)],
+            cluster_cidr: crate::topology::CLUSTER_CIDR.parse().expect("cidr"),
+            node_port_addresses,
+        };
+        let make = backend.make;
+        let proxier = topo.node_rt().block_on(async move { make(&env) });
+        let tracker = ChangeTracker::new(IpFamily::V4, &topo.plan.node_name);
+        Ctx {
+            topo,
+            tracker,
+            proxier: Some(proxier),
+            synced: false,
+            backend,
+        }
+    }
+
+    /// Starts identity servers (TCP and UDP on `TARGET`) at `wheres`.
+    pub fn serve(&mut self, wheres: &[Where], port: u16) {
+        for w in wheres {
+            self.topo.serve(*w, port, TCP).expect("tcp server");
+            self.topo.serve(*w, port, UDP).expect("udp server");
+        }
+    }
+
+    /// Feeds objects to the tracker and syncs.
+    pub fn apply(&mut self, services: &[Service], slices: &[EndpointSlice]) -> SyncStats {
+        for s in services {
+            self.tracker.update_service(s).expect("valid service");
+        }
+        for s in slices {
+            self.tracker.update_endpoint_slice(s).expect("valid slice");
+        }
+        self.sync()
+    }
+
+    /// Deletes a service and its slice, and syncs.
+    pub fn delete(&mut self, ns: &str, name: &str) -> SyncStats {
+        self.tracker.delete_service(ns, name);
+        self.tracker.delete_endpoint_slice(ns, &format!("{name}-1"));
+        self.sync()
+    }
+
+    /// One sync of what the tracker holds (full the first time).
+    pub fn sync(&mut self) -> SyncStats {
+        let (snapshot, changes) = self.tracker.apply();
+        let req = SyncRequest {
+            snapshot,
+            changes,
+            full: !self.synced,
+        };
+        let mut p = self.proxier.take().expect("proxier");
+        let (p, r) = self.topo.node_rt().block_on(async move {
+            let r = p.sync(&req).await;
+            (p, r)
+        });
+        self.proxier = Some(p);
+        self.synced = true;
+        r.unwrap_or_else(|e| panic!("{} sync failed: {e:#?}", self.backend.name))
+    }
+
+    /// Runs the backend's cleanup.
+    pub fn cleanup(&mut self) {
+        let mut p = self.proxier.take().expect("proxier");
+        let (p, r) = self.topo.node_rt().block_on(async move {
+            let r = p.cleanup().await;
+            (p, r)
+        });
+        self.proxier = Some(p);
+        r.unwrap_or_else(|e| panic!("{} cleanup failed: {e}", self.backend.name));
+    }
+
+    /// `n` requests; panics unless every one got a reply.
+    pub fn replies(
+        &self,
+        from: Where,
+        proto: Protocol,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+        n: usize,
+    ) -> Vec<Outcome> {
+        let out = self.topo.requests(from, proto, src, dst, n, T);
+        for o in &out {
+            assert!(
+                matches!(o, Outcome::Reply { .. }),
+                "{from:?} → {dst} {proto}: {o:?} (all: {out:?})"
+            );
+        }
+        out
+    }
+
+    /// The servers that answered.
+    pub fn servers(out: &[Outcome]) -> BTreeSet<IpAddr> {
+        out.iter()
+            .filter_map(|o| o.server())
+            .map(|s| s.ip())
+            .collect()
+    }
+
+    fn ip_of(&self, w: Where) -> IpAddr {
+        self.topo.ip_of(w)
+    }
+}
+
+impl Drop for Ctx {
+    fn drop(&mut self) {
+        // Leave nothing in the node namespace even when a scenario failed
+        // (the namespace goes anyway; this also exercises cleanup).
+        if let Some(mut p) = self.proxier.take()
+            && !std::thread::panicking()
+        {
+            let _ = self
+                .topo
+                .node_rt()
+                .block_on(async move { p.cleanup().await });
+        }
+    }
+}
+
+fn sa(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(ip, port)
+}
+
+fn web(name: &str, cip: &str) -> Service {
+    service(
+        "default",
+        name,
+        cip,
+        &[("http", PORT, TCP), ("dns", 53, UDP)],
+    )
+}
+
+fn web_slice(name: &str, ctx: &Ctx, eps: &[Where]) -> EndpointSlice {
+    let endpoints = eps
+        .iter()
+        .map(|w| ep(ctx.ip_of(*w), ctx.topo.node_name_of(*w)))
+        .collect();
+    slice(
+        "default",
+        name,
+        &[("http", TARGET, TCP), ("dns", TARGET, UDP)],
+        endpoints,
+    )
+}
+
+const ALL_EPS: [Where; 4] = [
+    Where::Local(0),
+    Where::Local(1),
+    Where::Remote(0),
+    Where::Remote(1),
+];
+
+fn node_port(mut s: Service, np: u16) -> Service {
+    s.service_type = ServiceType::NodePort;
+    s.ports[0].node_port = np;
+    s.ports[1].node_port = np;
+    s
+}
+
+/// Runs one feature's scenario against `backend`; records the result.
+pub fn run(feature: Feature, backend: &'static Backend) {
+    let result_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-features");
+    let _ = std::fs::create_dir_all(&result_dir);
+    let file = result_dir.join(format!(
+        "{}.{}",
+        backend.name.replace([' ', '(', ')'], "_"),
+        feature.id()
+    ));
+    let record = |verdict: &str| {
+        let _ = std::fs::write(
+            &file,
+            format!("{}\t{}\t{verdict}\n", backend.name, feature.id()),
+        );
+    };
+    if backend.unsupported.contains(&feature) {
+        record("unsupported");
+        eprintln!(
+            "{}: {} is declared unsupported; not run",
+            backend.name,
+            feature.label()
+        );
+        return;
+    }
+    record("fail");
+    let npa = if feature == Feature::NodePortAddresses {
+        vec!["192.168.50.0/24".parse().expect("cidr")]
+    } else {
+        Vec::new()
+    };
+    let mut ctx = Ctx::new(backend, npa);
+    scenario(feature, &mut ctx);
+    record("pass");
+}
+
+fn scenario(feature: Feature, ctx: &mut Ctx) {
+    let cip = ip(CIP);
+    match feature {
+        Feature::ClusterIpTcp | Feature::ClusterIpUdp => {
+            let proto = if feature == Feature::ClusterIpTcp {
+                TCP
+            } else {
+                UDP
+            };
+            let port = if proto == TCP { PORT } else { 53 };
+            ctx.serve(&ALL_EPS, TARGET);
+            let s = web("web", CIP);
+            let sl = web_slice("web", ctx, &ALL_EPS);
+            ctx.apply(&[s], &[sl]);
+            let out = ctx.replies(Where::ClientPod, proto, None, sa(cip, port), 40);
+            let servers = Ctx::servers(&out);
+            let all: BTreeSet<IpAddr> = ALL_EPS.iter().map(|w| ctx.ip_of(*w)).collect();
+            assert!(servers.is_subset(&all), "{servers:?}");
+            assert!(
+                servers.len() >= 3,
+                "40 requests should spread over 4 endpoints: {servers:?}"
+            );
+            for o in &out {
+                assert_eq!(o.server().map(|s| s.port()), Some(TARGET));
+            }
+            // From the node itself (OUTPUT path) too.
+            ctx.replies(Where::Node, proto, None, sa(cip, port), 5);
+        }
+        Feature::MultiPort => {
+            ctx.serve(&[Where::Local(0)], TARGET);
+            ctx.serve(&[Where::Local(0)], 9090);
+            let s = service(
+                "default",
+                "multi",
+                CIP,
+                &[("http", 80, TCP), ("alt", 81, TCP), ("dns", 53, UDP)],
+            );
+            let e = ep(ctx.ip_of(Where::Local(0)), "node-1");
+            let sl = slice(
+                "default",
+                "multi",
+                &[
+                    ("http", TARGET, TCP),
+                    ("alt", 9090, TCP),
+                    ("dns", TARGET, UDP),
+                ],
+                vec![e],
+            );
+            ctx.apply(&[s], &[sl]);
+            let a = ctx.replies(Where::ClientPod, TCP, None, sa(cip, 80), 3);
+            let b = ctx.replies(Where::ClientPod, TCP, None, sa(cip, 81), 3);
+            let c = ctx.replies(Where::ClientPod, UDP, None, sa(cip, 53), 3);
+            assert!(
+                a.iter()
+                    .all(|o| o.server().map(|s| s.port()) == Some(TARGET))
+            );
+            assert!(b.iter().all(|o| o.server().map(|s| s.port()) == Some(9090)));
+            assert!(
+                c.iter()
+                    .all(|o| o.server().map(|s| s.port()) == Some(TARGET))
+            );
+            // A port the service does not have is not proxied.
+            let other = ctx.topo.tcp(Where::ClientPod, None, sa(cip, 82), SHORT);
+            assert!(other.server().is_none(), "{other:?}");
+        }
+        Feature::NoEndpointsRejected => {
+            ctx.apply(&[web("empty", CIP)], &[]);
+            let t0 = std::time::Instant::now();
+            let o = ctx.topo.tcp(
+                Where::ClientPod,
+                None,
+                sa(cip, PORT),
+                Duration::from_secs(3),
+            );
+            assert_eq!(o, Outcome::Refused, "TCP to a service without endpoints");
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "refused quickly, not timed out"
+            );
+            let o = ctx
+                .topo
+                .udp(Where::ClientPod, None, sa(cip, 53), Duration::from_secs(3));
+            assert_eq!(o, Outcome::Refused, "UDP to a service without endpoints");
+        }
+        Feature::NodePort | Feature::NodePortAddresses => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let s = node_port(web("np", CIP), 30080);
+            let sl = web_slice("np", ctx, &ALL_EPS);
+            ctx.apply(&[s], &[sl]);
+            ctx.replies(Where::Ext, TCP, None, sa(IpAddr::V4(NODE_IP), 30080), 5);
+            ctx.replies(Where::Ext, UDP, None, sa(IpAddr::V4(NODE_IP), 30080), 5);
+            let second = ctx
+                .topo
+                .tcp(Where::Ext, None, sa(IpAddr::V4(NODE_IP2), 30080), SHORT);
+            if feature == Feature::NodePort {
+                assert!(
+                    second.server().is_some(),
+                    "node port on the second node address: {second:?}"
+                );
+                ctx.replies(
+                    Where::ClientPod,
+                    TCP,
+                    None,
+                    sa(IpAddr::V4(NODE_IP), 30080),
+                    3,
+                );
+            } else {
+                assert!(
+                    second.server().is_none(),
+                    "--nodeport-addresses excludes 192.168.60.1: {second:?}"
+                );
+            }
+        }
+        Feature::ExternalIps => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let mut s = web("ext", CIP);
+            s.external_ips = vec![ip("203.0.113.10")];
+            let sl = web_slice("ext", ctx, &ALL_EPS);
+            ctx.apply(&[s], &[sl]);
+            ctx.replies(Where::Ext, TCP, None, sa(ip("203.0.113.10"), PORT), 5);
+            ctx.replies(Where::ClientPod, TCP, None, sa(ip("203.0.113.10"), PORT), 3);
+            let other = ctx
+                .topo
+                .tcp(Where::Ext, None, sa(ip("203.0.113.10"), 81), SHORT);
+            assert!(other.server().is_none(), "{other:?}");
+        }
+        Feature::LoadBalancerSourceRanges => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let mut s = node_port(web("lb", CIP), 30081);
+            s.service_type = ServiceType::LoadBalancer;
+            s.load_balancer_ips = vec![ip("198.51.100.10")];
+            s.load_balancer_source_ranges = vec![" 192.168.50.2/32 ".into()];
+            let sl = web_slice("lb", ctx, &ALL_EPS);
+            ctx.apply(&[s], &[sl]);
+            let vip = sa(ip("198.51.100.10"), PORT);
+            let allowed = ctx.topo.ext_ip(0);
+            let blocked = ctx.topo.ext_ip(1);
+            ctx.replies(Where::Ext, TCP, Some(allowed), vip, 5);
+            let o = ctx.topo.tcp(Where::Ext, Some(blocked), vip, SHORT);
+            assert!(
+                o.server().is_none(),
+                "a client outside the source ranges got through: {o:?}"
+            );
+        }
+        Feature::SessionAffinity => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let mut s = web("sticky", CIP);
+            s.external_ips = vec![ip("203.0.113.11")];
+            s.session_affinity = SessionAffinity::ClientIp {
+                timeout_seconds: 600,
+            };
+            let sl = web_slice("sticky", ctx, &ALL_EPS);
+            ctx.apply(&[s], &[sl]);
+            let out = ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 20);
+            assert_eq!(
+                Ctx::servers(&out).len(),
+                1,
+                "one client, one endpoint: {out:?}"
+            );
+            let mut chosen = BTreeSet::new();
+            for i in 0..8 {
+                let src = ctx.topo.ext_ip(i);
+                let out = ctx.replies(Where::Ext, TCP, Some(src), sa(ip("203.0.113.11"), PORT), 6);
+                let s = Ctx::servers(&out);
+                assert_eq!(s.len(), 1, "client {src} sticks to one endpoint: {s:?}");
+                chosen.extend(s);
+            }
+            assert!(
+                chosen.len() >= 2,
+                "8 clients all on one of 4 endpoints: {chosen:?}"
+            );
+        }
+        Feature::ExternalTrafficPolicyLocal => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let mut s = node_port(web("etp", CIP), 30082);
+            s.external_traffic_policy = TrafficPolicy::Local;
+            let sl = web_slice("etp", ctx, &[Where::Local(0), Where::Remote(0)]);
+            ctx.apply(&[s.clone()], &[sl]);
+            let src = ctx.topo.ext_ip(2);
+            let out = ctx.replies(
+                Where::Ext,
+                TCP,
+                Some(src),
+                sa(IpAddr::V4(NODE_IP), 30082),
+                12,
+            );
+            assert_eq!(
+                Ctx::servers(&out),
+                BTreeSet::from([ctx.ip_of(Where::Local(0))]),
+                "external traffic reaches local endpoints only"
+            );
+            assert!(
+                out.iter().all(|o| o.peer().map(|p| p.ip()) == Some(src)),
+                "client source preserved: {out:?}"
+            );
+            // Pods still reach every endpoint through the cluster IP.
+            let pod = ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 20);
+            assert!(
+                Ctx::servers(&pod).contains(&ctx.ip_of(Where::Remote(0))),
+                "{pod:?}"
+            );
+            // No local endpoint: external traffic is dropped.
+            let sl = web_slice("etp", ctx, &[Where::Remote(0)]);
+            ctx.apply(&[], &[sl]);
+            let o = ctx
+                .topo
+                .tcp(Where::Ext, Some(src), sa(IpAddr::V4(NODE_IP), 30082), SHORT);
+            assert!(
+                o.server().is_none(),
+                "no local endpoint must not answer: {o:?}"
+            );
+        }
+        Feature::InternalTrafficPolicyLocal => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let mut s = web("itp", CIP);
+            s.internal_traffic_policy = TrafficPolicy::Local;
+            let sl = web_slice(
+                "itp",
+                ctx,
+                &[Where::Local(1), Where::Remote(0), Where::Remote(1)],
+            );
+            ctx.apply(&[s], &[sl]);
+            let out = ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 12);
+            assert_eq!(
+                Ctx::servers(&out),
+                BTreeSet::from([ctx.ip_of(Where::Local(1))])
+            );
+            let sl = web_slice("itp", ctx, &[Where::Remote(0)]);
+            ctx.apply(&[], &[sl]);
+            let o = ctx.topo.tcp(Where::ClientPod, None, sa(cip, PORT), SHORT);
+            assert!(
+                o.server().is_none(),
+                "no local endpoint must not answer: {o:?}"
+            );
+        }
+        Feature::TerminatingFallback => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let s = web("term", CIP);
+            let (a, b) = (ctx.ip_of(Where::Local(0)), ctx.ip_of(Where::Local(1)));
+            let sl = slice(
+                "default",
+                "term",
+                &[("http", TARGET, TCP), ("dns", TARGET, UDP)],
+                vec![
+                    terminating(a, "node-1", true),
+                    terminating(b, "node-1", false),
+                ],
+            );
+            ctx.apply(&[s], &[sl]);
+            let out = ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 10);
+            assert_eq!(
+                Ctx::servers(&out),
+                BTreeSet::from([a]),
+                "only the serving terminating endpoint"
+            );
+        }
+        Feature::Hairpin => {
+            ctx.serve(&[Where::Local(0)], TARGET);
+            let s = web("hair", CIP);
+            let sl = web_slice("hair", ctx, &[Where::Local(0)]);
+            ctx.apply(&[s], &[sl]);
+            let me = ctx.ip_of(Where::Local(0));
+            let out = ctx.replies(Where::Local(0), TCP, None, sa(cip, PORT), 3);
+            assert!(out.iter().all(|o| o.server().map(|s| s.ip()) == Some(me)));
+            ctx.replies(Where::Local(0), UDP, None, sa(cip, 53), 3);
+        }
+        Feature::MasqueradeExternal => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let s = node_port(web("masq", CIP), 30083);
+            let sl = web_slice("masq", ctx, &[Where::Remote(0)]);
+            ctx.apply(&[s], &[sl]);
+            let src = ctx.topo.ext_ip(0);
+            let out = ctx.replies(
+                Where::Ext,
+                TCP,
+                Some(src),
+                sa(IpAddr::V4(NODE_IP), 30083),
+                3,
+            );
+            for o in &out {
+                let peer = o.peer().expect("peer").ip();
+                assert_ne!(peer, src, "external source must be masqueraded");
+                assert_eq!(
+                    peer,
+                    IpAddr::V4(NODE_IP2),
+                    "masqueraded to the node's address: {o:?}"
+                );
+            }
+        }
+        Feature::EndpointChurn => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let s = web("churn", CIP);
+            let sl = web_slice("churn", ctx, &[Where::Local(0)]);
+            ctx.apply(&[s], &[sl]);
+            let a = ctx.ip_of(Where::Local(0));
+            let b = ctx.ip_of(Where::Local(1));
+            let flow = ctx
+                .topo
+                .udp_open(Where::ClientPod, sa(cip, 53), T)
+                .expect("udp socket");
+            let first = udp_exchange(&flow, "1").expect("udp");
+            assert_eq!(first.server().map(|s| s.ip()), Some(a), "{first:?}");
+            let mut conn = ctx
+                .topo
+                .tcp_open(Where::ClientPod, sa(cip, PORT), T)
+                .expect("tcp");
+            let sl = web_slice("churn", ctx, &[Where::Local(1)]);
+            ctx.apply(&[], &[sl]);
+            let out = ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 5);
+            assert_eq!(
+                Ctx::servers(&out),
+                BTreeSet::from([b]),
+                "new connections follow the endpoints"
+            );
+            // The same UDP 5-tuple moves to the new endpoint once the stale
+            // conntrack entry is gone.
+            let again = udp_exchange(&flow, "2").expect("udp");
+            assert_eq!(
+                again.server().map(|s| s.ip()),
+                Some(b),
+                "UDP flow after its endpoint went away: {again:?}"
+            );
+            // The open TCP connection to the removed (still running)
+            // endpoint keeps working.
+            let o = crate::traffic::tcp_line(&mut conn, "still there");
+            assert_eq!(o.server().map(|s| s.ip()), Some(a), "{o:?}");
+            // Adding an endpoint back spreads new connections again.
+            let sl = web_slice("churn", ctx, &[Where::Local(0), Where::Local(1)]);
+            ctx.apply(&[], &[sl]);
+            let out = ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 30);
+            assert_eq!(Ctx::servers(&out), BTreeSet::from([a, b]));
+        }
+        Feature::ServiceDeleted => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let s = web("gone", CIP);
+            let sl = web_slice("gone", ctx, &ALL_EPS);
+            ctx.apply(&[s], &[sl]);
+            ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 3);
+            ctx.delete("default", "gone");
+            let o = ctx.topo.tcp(Where::ClientPod, None, sa(cip, PORT), SHORT);
+            assert!(o.server().is_none(), "deleted service still answers: {o:?}");
+        }
+        Feature::Cleanup => {
+            ctx.serve(&ALL_EPS, TARGET);
+            let mut s = node_port(web("clean", CIP), 30084);
+            s.service_type = ServiceType::LoadBalancer;
+            s.load_balancer_ips = vec![ip("198.51.100.12")];
+            s.load_balancer_source_ranges = vec!["192.168.50.0/24".into()];
+            s.session_affinity = SessionAffinity::ClientIp {
+                timeout_seconds: 60,
+            };
+            let sl = web_slice("clean", ctx, &ALL_EPS);
+            ctx.apply(&[s, web("empty", "10.96.0.11")], &[sl]);
+            ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 3);
+            assert!(
+                !(ctx.backend.leftovers)(&ctx.topo).is_empty(),
+                "the backend installed something"
+            );
+            ctx.cleanup();
+            let left = (ctx.backend.leftovers)(&ctx.topo);
+            assert!(left.is_empty(), "left after cleanup: {left:#?}");
+            let o = ctx.topo.tcp(Where::ClientPod, None, sa(cip, PORT), SHORT);
+            assert!(
+                o.server().is_none(),
+                "cleaned-up service still answers: {o:?}"
+            );
+        }
+    }
+}
+
+/// Expands to one `#[test]` per feature for a backend:
+/// `behaviour_suite!(&BACKEND);` inside a test file, where `BACKEND` is a
+/// `static` [`Backend`].
+#[macro_export]
+macro_rules! behaviour_suite {
+    ($backend:expr) => {
+        $crate::behaviour_suite!(@tests $backend;
+            cluster_ip_tcp ClusterIpTcp, cluster_ip_udp ClusterIpUdp, multi_port MultiPort,
+            no_endpoints_rejected NoEndpointsRejected, node_port NodePort,
+            node_port_addresses NodePortAddresses, external_ips ExternalIps,
+            load_balancer_source_ranges LoadBalancerSourceRanges, session_affinity SessionAffinity,
+            external_traffic_policy_local ExternalTrafficPolicyLocal,
+            internal_traffic_policy_local InternalTrafficPolicyLocal,
+            terminating_fallback TerminatingFallback, hairpin Hairpin,
+            masquerade_external MasqueradeExternal, endpoint_churn EndpointChurn,
+            service_deleted ServiceDeleted, cleanup Cleanup);
+    };
+    (@tests $backend:expr; $($name:ident $feature:ident),*) => {
+        $(
+            #[test]
+            fn $name() {
+                $crate::suite::run($crate::suite::Feature::$feature, $backend);
+            }
+        )*
+    };
+}
