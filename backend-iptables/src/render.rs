@@ -206,24 +206,28 @@ pub struct Ruleset {
     pub errors: Vec<RenderError>,
 }
 
-/// The characters a name may carry into a comment: what Kubernetes
-/// allows in namespaces, service names and port names, and nothing that
-/// could end a word or a line in `iptables-restore` input.
-fn safe_text(s: &str) -> bool {
-    !s.is_empty()
-        && !s.starts_with('-')
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-./:".contains(&b))
+/// What a namespace, service name or port name may carry into a comment:
+/// a DNS label (what Kubernetes allows), so nothing that could end a word
+/// or a line in `iptables-restore` input, or read as a flag.
+fn safe_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 253
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
 }
 
 fn check_name(name: &ServicePortName) -> Result<String, RenderError> {
-    let text = name.to_string();
-    if safe_text(&text) {
-        Ok(text)
+    let ok = safe_label(&name.service.namespace)
+        && safe_label(&name.service.name)
+        && (name.port.is_empty() || safe_label(&name.port));
+    if ok {
+        Ok(name.to_string())
     } else {
         Err(RenderError {
-            service: text,
-            reason: "name has characters that cannot appear in an iptables comment",
+            service: name.to_string(),
+            reason: "name is not a DNS label and cannot go into an iptables comment",
         })
     }
 }

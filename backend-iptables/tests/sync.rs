@@ -1,0 +1,352 @@
+//! Sync logic against the in-memory iptables (no root needed): what a
+//! full, partial and no-op sync write, failure and retry, foreign rules,
+//! cleanup, and refusing unsafe input.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use backend_iptables::fake::{FakeConntrack, FakeIptables};
+use backend_iptables::{Config, IptablesProxier, LocalDetector, Variant, names};
+use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, SyncRequest};
+use proxier_testbed::objects::{ep, service, slice};
+
+const P: [(&str, u16, Protocol); 2] = [("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)];
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+struct Rig {
+    tracker: ChangeTracker,
+    ipt: Arc<FakeIptables>,
+    ct: Arc<FakeConntrack>,
+    proxier: IptablesProxier,
+    first: bool,
+}
+
+impl Rig {
+    fn new(variant: Variant) -> Rig {
+        let ipt = Arc::new(FakeIptables::new(variant));
+        let ct = Arc::new(FakeConntrack::default());
+        let cfg = Config {
+            local_detector: LocalDetector::ClusterCidr(vec!["10.0.0.0/16".parse().unwrap()]),
+            localhost_node_ports: false,
+            ..Config::default()
+        };
+        let proxier = IptablesProxier::new(cfg, ipt.clone(), ct.clone()).unwrap();
+        Rig {
+            tracker: ChangeTracker::new(IpFamily::V4, "node-1"),
+            ipt,
+            ct,
+            proxier,
+            first: true,
+        }
+    }
+
+    fn add(&mut self, name: &str, cip: &str, eps: &[&str]) {
+        self.tracker
+            .update_service(&service("ns", name, cip, &P))
+            .unwrap();
+        let e = eps.iter().map(|a| ep(ip(a), "node-2")).collect();
+        self.tracker
+            .update_endpoint_slice(&slice("ns", name, &P, e))
+            .unwrap();
+    }
+
+    async fn sync(&mut self) -> Result<backend_iptables::exec::ExecError, proxier_core::SyncStats> {
+        let (snapshot, changes) = self.tracker.apply();
+        let req = SyncRequest {
+            snapshot,
+            changes,
+            full: self.first,
+        };
+        self.first = false;
+        match self.proxier.sync(&req).await {
+            Ok(s) => Err(s),
+            Err(e) => Ok(backend_iptables::exec::ExecError {
+                command: e.message.clone(),
+                status: None,
+                detail: format!("{e:?}"),
+            }),
+        }
+    }
+
+    fn restores(&self) -> Vec<(String, String, bool)> {
+        self.ipt.state.lock().unwrap().restores.clone()
+    }
+
+    fn chains(&self, table: &str) -> BTreeSet<String> {
+        self.ipt.table(table).keys().cloned().collect()
+    }
+}
+
+#[tokio::test]
+async fn full_partial_and_noop_syncs() {
+    let mut r = Rig::new(Variant::Nft);
+    for i in 0..5 {
+        let eps: Vec<String> = (1..=3).map(|k| format!("10.0.{i}.{k}")).collect();
+        let eps: Vec<&str> = eps.iter().map(String::as_str).collect();
+        r.add(&format!("s{i}"), &format!("10.96.0.{}", i + 1), &eps);
+    }
+    let stats = r.sync().await.unwrap_err();
+    assert!(stats.full);
+    assert_eq!(r.restores().len(), 2, "one restore per table");
+    let nat = r.ipt.table("nat");
+    FakeIptables::check(&nat).unwrap();
+    // 5 services × 2 ports × (SVC + 3 SEP) + 4 fixed + 4 built-ins.
+    assert_eq!(nat.len(), 5 * 2 * 4 + 4 + 4, "{:?}", nat.keys());
+    assert!(
+        nat["PREROUTING"]
+            .1
+            .iter()
+            .any(|r| r.ends_with("-j KUBE-SERVICES"))
+    );
+
+    // No change: no command at all.
+    let stats = r.sync().await.unwrap_err();
+    assert_eq!(stats.written, 0);
+    assert_eq!(r.restores().len(), 2);
+
+    // One endpoint replaced in one service: only that service's chains.
+    r.add("s2", "10.96.0.3", &["10.0.2.1", "10.0.2.2", "10.0.2.9"]);
+    let before = r.chains("nat");
+    let stats = r.sync().await.unwrap_err();
+    assert!(!stats.full);
+    let restores = r.restores();
+    assert_eq!(restores.len(), 3, "filter unchanged, nat only");
+    let (table, payload, noflush) = &restores[2];
+    assert_eq!(table, "nat");
+    assert!(noflush);
+    let declared: Vec<&str> = payload
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .collect();
+    // Two ports: each SVC chain rewritten, one new SEP each, one removed SEP each.
+    assert_eq!(declared.len(), 2 + 2 + 2, "{payload}");
+    assert!(
+        !payload.contains(":KUBE-SERVICES"),
+        "KUBE-SERVICES did not change: {payload}"
+    );
+    assert_eq!(payload.matches("\n-X KUBE-SEP-").count(), 2, "{payload}");
+    let after = r.chains("nat");
+    assert_eq!(before.difference(&after).count(), 2);
+    assert_eq!(after.difference(&before).count(), 2);
+    FakeIptables::check(&r.ipt.table("nat")).unwrap();
+    // The removed UDP endpoint's conntrack entries are cleared.
+    let ct = r.ct.deleted.lock().unwrap().clone();
+    assert!(
+        ct.iter()
+            .any(|(_, f)| f.dst_nat == Some(ip("10.0.2.3")) && f.orig_dst == Some(ip("10.96.0.3"))),
+        "{ct:?}"
+    );
+
+    // A new service: its chains plus KUBE-SERVICES.
+    r.add("s9", "10.96.0.99", &["10.0.9.1"]);
+    r.sync().await.unwrap_err();
+    let (_, payload, _) = r.restores().last().cloned().unwrap();
+    assert!(payload.contains(":KUBE-SERVICES - [0:0]"));
+    assert!(payload.contains("10.96.0.99"));
+    let declared = payload.lines().filter(|l| l.starts_with(':')).count();
+    assert_eq!(
+        declared,
+        1 + 2 + 2,
+        "KUBE-SERVICES and the new service's chains only: {payload}"
+    );
+
+    // A deleted service: its chains are removed.
+    r.tracker.delete_service("ns", "s9");
+    r.tracker.delete_endpoint_slice("ns", "s9-1");
+    r.sync().await.unwrap_err();
+    let nat = r.ipt.table("nat");
+    FakeIptables::check(&nat).unwrap();
+    assert!(
+        !nat["KUBE-SERVICES"]
+            .1
+            .iter()
+            .any(|l| l.contains("10.96.0.99"))
+    );
+    assert_eq!(nat.len(), 5 * 2 * 4 + 4 + 4);
+    let ct = r.ct.deleted.lock().unwrap().clone();
+    assert!(
+        ct.iter()
+            .any(|(_, f)| f.orig_dst == Some(ip("10.96.0.99")) && f.dst_nat.is_none()),
+        "{ct:?}"
+    );
+}
+
+#[tokio::test]
+async fn failed_restore_changes_nothing_then_full_sync_converges() {
+    let mut r = Rig::new(Variant::Legacy);
+    r.add("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]);
+    r.sync().await.unwrap_err();
+    let before = r.ipt.table("nat");
+
+    r.add("a", "10.96.0.1", &["10.0.0.1"]);
+    r.ipt.state.lock().unwrap().fail_next = 1;
+    let err = r.sync().await.expect("sync must fail");
+    assert!(err.detail.contains("xtables lock"), "{err:?}");
+    assert_eq!(
+        r.ipt.table("nat"),
+        before,
+        "a failed restore changes nothing"
+    );
+
+    // Nothing new pending, but the proxier knows it must resync in full.
+    let stats = r.sync().await.unwrap_err();
+    assert!(stats.full, "the sync after a failure is full");
+    let nat = r.ipt.table("nat");
+    FakeIptables::check(&nat).unwrap();
+    let seps = nat.keys().filter(|c| c.starts_with("KUBE-SEP-")).count();
+    assert_eq!(seps, 2, "one endpoint per port left: {:?}", nat.keys());
+}
+
+#[tokio::test]
+async fn foreign_rules_survive_sync_partial_flush_mode_and_cleanup() {
+    for variant in [Variant::Legacy, Variant::Nft] {
+        let mut r = Rig::new(variant);
+        let foreign = "*nat\n:DOCKER - [0:0]\n-A DOCKER -j RETURN\n-A PREROUTING -j DOCKER\n-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE\nCOMMIT\n";
+        use backend_iptables::Iptables;
+        r.ipt.restore("nat", foreign, true).await.unwrap();
+        r.ipt
+            .restore(
+                "filter",
+                "*filter\n:MINE - [0:0]\n-A INPUT -j MINE\n-A MINE -s 1.2.3.4 -j DROP\nCOMMIT\n",
+                true,
+            )
+            .await
+            .unwrap();
+        let theirs = |r: &Rig| -> Vec<(String, String)> {
+            let mut v = Vec::new();
+            for t in ["nat", "filter"] {
+                for (c, (_, rules)) in r.ipt.table(t) {
+                    if !names::is_owned_chain(t, &c) {
+                        for rule in rules.iter().filter(|x| !x.contains("-j KUBE-")) {
+                            v.push((c.clone(), rule.clone()));
+                        }
+                    }
+                }
+            }
+            v
+        };
+        let want = theirs(&r);
+        assert_eq!(want.len(), 5);
+        r.add("a", "10.96.0.1", &["10.0.0.1", "10.0.0.2"]);
+        r.sync().await.unwrap_err();
+        assert_eq!(theirs(&r), want, "{variant}: after a full sync");
+        r.add("a", "10.96.0.1", &["10.0.0.1"]);
+        r.sync().await.unwrap_err();
+        assert_eq!(theirs(&r), want, "{variant}: after a partial sync");
+
+        // Force the flush-mode path (nft at scale) with a zero threshold.
+        let cfg = r.proxier.config().clone();
+        let mut p = IptablesProxier::new(cfg, r.ipt.clone(), r.ct.clone())
+            .unwrap()
+            .with_flush_threshold(0);
+        let (snapshot, changes) = r.tracker.apply();
+        p.sync(&SyncRequest {
+            snapshot,
+            changes,
+            full: true,
+        })
+        .await
+        .unwrap();
+        assert_eq!(theirs(&r), want, "{variant}: after a flush-mode full sync");
+        FakeIptables::check(&r.ipt.table("nat")).unwrap();
+        let prerouting = &r.ipt.table("nat")["PREROUTING"].1;
+        assert_eq!(
+            prerouting
+                .iter()
+                .filter(|x| x.ends_with("-j KUBE-SERVICES"))
+                .count(),
+            1,
+            "{prerouting:?}"
+        );
+
+        r.proxier.cleanup().await.unwrap();
+        assert_eq!(theirs(&r), want, "{variant}: after cleanup");
+        for t in ["nat", "filter"] {
+            let left: Vec<String> = r
+                .ipt
+                .table(t)
+                .keys()
+                .filter(|c| c.starts_with("KUBE-"))
+                .cloned()
+                .collect();
+            assert!(left.is_empty(), "{variant} {t}: {left:?}");
+            let jumps: Vec<String> = r
+                .ipt
+                .table(t)
+                .values()
+                .flat_map(|(_, rs)| rs.iter().filter(|x| x.contains("KUBE-")).cloned())
+                .collect();
+            assert!(jumps.is_empty(), "{variant} {t}: {jumps:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unsafe_names_are_refused_and_the_rest_renders() {
+    use backend_iptables::render::Ruleset;
+    use proxier_core::{ServicePort, ServicePortName, SessionAffinity};
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    t.update_service(&service("ns", "ok", "10.96.0.1", &P))
+        .unwrap();
+    let (mut snap, _) = t.apply();
+    // Only code that bypasses validation can build such a name; the
+    // renderer still refuses it.
+    for bad in ["x\" -j ACCEPT", "x\n-A INPUT -j ACCEPT", "--flag"] {
+        let name = ServicePortName::new("ns", bad, "p", Protocol::Tcp);
+        let svc = ServicePort {
+            name: name.clone(),
+            cluster_ip: ip("10.96.0.2"),
+            port: 80,
+            node_port: 0,
+            external_ips: vec![],
+            load_balancer_ips: vec![],
+            load_balancer_source_ranges: vec![],
+            session_affinity: SessionAffinity::None,
+            external_policy_local: false,
+            internal_policy_local: false,
+            health_check_node_port: 0,
+            hints_annotation: None,
+            traffic_distribution: None,
+        };
+        snap.services.insert(name, Arc::new(svc));
+    }
+    let r = Ruleset::render(&Config::default(), &snap);
+    assert_eq!(r.errors.len(), 3, "{:?}", r.errors);
+    let text = r.to_restore_input();
+    assert!(text.contains("ns/ok:http"));
+    assert!(!text.contains("10.96.0.2"), "{text}");
+    assert!(!text.contains("-j ACCEPT\"") && !text.contains("--flag"));
+}
+
+#[test]
+fn config_values_are_checked() {
+    let bad = Config {
+        masquerade_bit: 40,
+        ..Config::default()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("masquerade_bit")
+    );
+    let bad = Config {
+        local_detector: LocalDetector::InterfacePrefix("veth -j ACCEPT".into()),
+        ..Config::default()
+    };
+    assert!(bad.validate().is_err());
+    let bad = Config {
+        node_port_addresses: vec!["fd00::/64".parse().unwrap()],
+        ..Config::default()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("wrong IP family")
+    );
+}
