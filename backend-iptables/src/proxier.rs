@@ -67,6 +67,7 @@ pub struct IptablesProxier {
     flush_threshold: usize,
     sysctls_done: bool,
     name: String,
+    last: Vec<(&'static str, String, bool)>,
 }
 
 /// What one restore will do.
@@ -104,6 +105,7 @@ impl IptablesProxier {
             flush_threshold: 5000,
             sysctls_done: false,
             name,
+            last: Vec::new(),
         })
     }
 
@@ -118,6 +120,13 @@ impl IptablesProxier {
     /// The rendering configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The `iptables-restore` inputs of the last sync that wrote
+    /// something: table, payload, `--noflush`. What an operator would
+    /// diff; the benches replay them to time the bare restore.
+    pub fn last_payloads(&self) -> &[(&'static str, String, bool)] {
+        &self.last
     }
 
     /// What the last successful sync wrote, if any.
@@ -568,11 +577,16 @@ impl Proxier for IptablesProxier {
                 )
             };
             self.apply(&plan).await?;
-            Ok::<usize, ProxierError>(plan.lines)
+            Ok::<Plan, ProxierError>(plan)
         }
         .await;
         match result {
-            Ok(lines) => {
+            Ok(plan) => {
+                let lines = plan.lines;
+                self.last = [("filter", plan.filter), ("nat", plan.nat)]
+                    .into_iter()
+                    .filter_map(|(t, p)| p.map(|(payload, noflush)| (t, payload, noflush)))
+                    .collect();
                 self.need_full = false;
                 let (f, n) = new.rule_counts();
                 self.written = Some(Written { ruleset: new });
