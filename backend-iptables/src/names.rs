@@ -72,7 +72,10 @@ const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
 /// The first 16 characters of standard base32 of SHA-256(`input`):
 /// kube-proxy's `portProtoHash` and `servicePortEndpointChainName`.
 pub fn hash16(input: &[u8]) -> [u8; 16] {
-    let digest = Sha256::digest(input);
+    base32_16(&Sha256::digest(input))
+}
+
+fn base32_16(digest: &[u8]) -> [u8; 16] {
     // 16 base32 characters are 80 bits: the first 10 bytes.
     let mut bits: u128 = 0;
     for b in &digest[..10] {
@@ -119,6 +122,13 @@ impl ServiceChains {
             fw: chain("KUBE-FW-", &h),
         }
     }
+}
+
+/// [`hash16`] of `a` followed by `b`, without joining them: the
+/// renderer's fast path for `KUBE-SEP-` names (service key, then the
+/// endpoint's `ip:port` text).
+pub fn hash16_parts(a: &str, b: &str) -> [u8; 16] {
+    base32_16(&Sha256::new().chain_update(a).chain_update(b).finalize())
 }
 
 /// `KUBE-SEP-…` of one endpoint of one service port.

@@ -170,13 +170,16 @@ impl IptablesProxier {
     ) -> Result<(Vec<String>, BTreeMap<&'static str, Vec<String>>), ProxierError> {
         let mut ours = Vec::new();
         let mut foreign = BTreeMap::new();
-        for chain in builtin_chains(table) {
-            let rules = self
-                .ipt
-                .list_rules(table, chain)
-                .await
-                .map_err(|e| self.err("listing built-in chain", e))?
-                .unwrap_or_default();
+        // One `iptables -S CHAIN` per built-in chain, all at once.
+        let listed = futures::future::try_join_all(
+            builtin_chains(table)
+                .iter()
+                .map(|c| self.ipt.list_rules(table, c)),
+        )
+        .await
+        .map_err(|e| self.err("listing built-in chain", e))?;
+        for (chain, rules) in builtin_chains(table).iter().zip(listed) {
+            let rules = rules.unwrap_or_default();
             let mut f = Vec::new();
             for r in rules {
                 if target(&r).is_some_and(|t| names::is_fixed_chain(table, t)) {
@@ -207,9 +210,27 @@ impl IptablesProxier {
         table: &str,
         fixed: &[(&'static str, String)],
         service_chains: &[(&str, &str)],
-        stale: &[String],
+        list_stale: bool,
     ) -> Result<String, ProxierError> {
-        let (delete_jumps, _) = self.builtin_rules(table).await?;
+        let (builtin, chains) = tokio::join!(self.builtin_rules(table), async {
+            if list_stale {
+                self.ipt.list_chains(table).await.map(Some)
+            } else {
+                Ok(None)
+            }
+        });
+        let (delete_jumps, _) = builtin?;
+        let active: HashSet<&str> = fixed
+            .iter()
+            .map(|(c, _)| *c)
+            .chain(service_chains.iter().map(|(c, _)| *c))
+            .collect();
+        let stale: Vec<String> = chains
+            .map_err(|e| self.err("listing chains", e))?
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| names::is_service_chain(c) && !active.contains(c.as_str()))
+            .collect();
         let mut out = format!("*{table}\n");
         for (c, _) in fixed {
             let _ = writeln!(out, ":{c} - [0:0]");
@@ -217,7 +238,7 @@ impl IptablesProxier {
         for (c, _) in service_chains {
             let _ = writeln!(out, ":{c} - [0:0]");
         }
-        for c in stale {
+        for c in &stale {
             let _ = writeln!(out, ":{c} - [0:0]");
         }
         for l in delete_jumps.iter().chain(self.jump_inserts(table).iter()) {
@@ -230,7 +251,7 @@ impl IptablesProxier {
         for (_, b) in service_chains {
             out.push_str(b);
         }
-        for c in stale {
+        for c in &stale {
             let _ = writeln!(out, "-X {c}");
         }
         out.push_str("COMMIT\n");
@@ -312,35 +333,29 @@ impl IptablesProxier {
 
     async fn plan_full(&self, new: &Ruleset) -> Result<Plan, ProxierError> {
         let mut plan = Plan::default();
-        let service_chains: Vec<(&str, &str)> = new
-            .services
-            .values()
-            .flat_map(|f| f.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())))
-            .collect();
-        let filter = self.full_noflush("filter", &new.filter, &[], &[]).await?;
-        let nat =
-            if self.ipt.variant() == Variant::Nft && service_chains.len() > self.flush_threshold {
-                (
-                    self.full_flush("nat", &new.nat, &service_chains, true)
-                        .await?,
-                    false,
-                )
-            } else {
-                let active: HashSet<&str> = new.nat_chains().collect();
-                let stale: Vec<String> = self
-                    .ipt
-                    .list_chains("nat")
-                    .await
-                    .map_err(|e| self.err("listing nat chains", e))?
-                    .into_iter()
-                    .filter(|c| names::is_service_chain(c) && !active.contains(c.as_str()))
-                    .collect();
-                (
-                    self.full_noflush("nat", &new.nat, &service_chains, &stale)
-                        .await?,
-                    true,
-                )
-            };
+        let service_chains: Vec<(&str, &str)> =
+            new.services.values().flat_map(|f| f.chains()).collect();
+        let flush =
+            self.ipt.variant() == Variant::Nft && service_chains.len() > self.flush_threshold;
+        let (filter, nat) = tokio::join!(
+            self.full_noflush("filter", &new.filter, &[], false),
+            async {
+                if flush {
+                    Ok((
+                        self.full_flush("nat", &new.nat, &service_chains, true)
+                            .await?,
+                        false,
+                    ))
+                } else {
+                    Ok::<_, ProxierError>((
+                        self.full_noflush("nat", &new.nat, &service_chains, true)
+                            .await?,
+                        true,
+                    ))
+                }
+            }
+        );
+        let (filter, nat) = (filter?, nat?);
         plan.lines = filter.lines().count() + nat.0.lines().count();
         plan.filter = Some((filter, true));
         plan.nat = Some(nat);
@@ -390,12 +405,8 @@ impl IptablesProxier {
             .collect();
         let mut stale: Vec<&str> = Vec::new();
         for nn in changed {
-            let old: BTreeMap<&str, &str> = ports_of(prev, nn)
-                .flat_map(|f| f.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())))
-                .collect();
-            let now: BTreeMap<&str, &str> = ports_of(new, nn)
-                .flat_map(|f| f.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())))
-                .collect();
+            let old: BTreeMap<&str, &str> = ports_of(prev, nn).flat_map(|f| f.chains()).collect();
+            let now: BTreeMap<&str, &str> = ports_of(new, nn).flat_map(|f| f.chains()).collect();
             for (c, b) in &now {
                 if old.get(c) != Some(b) {
                     chains.push((c, b));
@@ -424,16 +435,21 @@ impl IptablesProxier {
         plan
     }
 
-    async fn apply(&self, plan: &Plan) -> Result<(), ProxierError> {
-        for (table, p) in [("filter", &plan.filter), ("nat", &plan.nat)] {
-            if let Some((payload, noflush)) = p {
-                self.ipt
+    async fn apply<'a>(&'a self, plan: &'a Plan) -> Result<(), ProxierError> {
+        // The tables are independent (filter never jumps into nat): both
+        // restores run at once; each is atomic.
+        let one = |table: &'static str, p: &'a Option<(String, bool)>| async move {
+            match p {
+                Some((payload, noflush)) => self
+                    .ipt
                     .restore(table, payload, *noflush)
                     .await
-                    .map_err(|e| self.err(&format!("restoring table {table}"), e))?;
+                    .map_err(|e| self.err(&format!("restoring table {table}"), e)),
+                None => Ok(()),
             }
-        }
-        Ok(())
+        };
+        let (f, n) = tokio::join!(one("filter", &plan.filter), one("nat", &plan.nat));
+        f.and(n)
     }
 
     async fn clear_conntrack(&self, req: &SyncRequest) {

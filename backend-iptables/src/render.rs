@@ -15,7 +15,7 @@ use imbl::OrdMap;
 use ipnet::IpNet;
 use proxier_core::{Endpoint, IpFamily, NamespacedName, ServicePort, ServicePortName, Snapshot};
 
-use crate::names::{self, ServiceChains, endpoint_chain};
+use crate::names::{self, ServiceChains};
 
 /// How kube-proxy decides that traffic comes from a pod
 /// (`--detect-local-mode`).
@@ -170,9 +170,53 @@ pub struct Fragment {
     pub filter_nodeports: String,
     /// Lines for filter `KUBE-PROXY-FIREWALL`.
     pub filter_firewall: String,
-    /// The service's nat chains (`KUBE-SVC-`, `KUBE-SVL-`, `KUBE-EXT-`,
-    /// `KUBE-FW-`, `KUBE-SEP-`), name and rule lines, in write order.
-    pub chains: Vec<(String, String)>,
+    /// Names of the service's nat chains (`KUBE-SVC-`, `KUBE-SVL-`,
+    /// `KUBE-EXT-`, `KUBE-FW-`, `KUBE-SEP-`), concatenated.
+    names: String,
+    /// Their rule lines, concatenated.
+    bodies: String,
+    /// End of each chain's name and body in `names` and `bodies`.
+    ends: Vec<(u32, u32)>,
+    /// Rules in filter and in nat, and in the service's own chains.
+    rules: (u32, u32, u32),
+}
+
+impl Fragment {
+    /// The service's nat chains: name and rule lines, in write order.
+    pub fn chains(&self) -> impl Iterator<Item = (&str, &str)> + '_ {
+        let mut start = (0usize, 0usize);
+        self.ends.iter().map(move |&(n, b)| {
+            let (n, b) = (n as usize, b as usize);
+            let item = (&self.names[start.0..n], &self.bodies[start.1..b]);
+            start = (n, b);
+            item
+        })
+    }
+
+    /// Rules this service contributes to filter and nat.
+    pub fn rule_counts(&self) -> (usize, usize) {
+        (self.rules.0 as usize, self.rules.1 as usize)
+    }
+
+    fn push_chain(&mut self, name: &str, body: &str) {
+        self.names.push_str(name);
+        self.bodies.push_str(body);
+        self.ends
+            .push((self.names.len() as u32, self.bodies.len() as u32));
+    }
+
+    fn count(&mut self) {
+        let lines = |s: &str| s.bytes().filter(|&b| b == b'\n').count() as u32;
+        let own = lines(&self.bodies);
+        self.rules = (
+            lines(&self.filter_services)
+                + lines(&self.filter_external)
+                + lines(&self.filter_nodeports)
+                + lines(&self.filter_firewall),
+            lines(&self.nat_services) + lines(&self.nat_nodeports) + own,
+            own,
+        );
+    }
 }
 
 /// A service that could not be rendered (its name would not be safe in a
@@ -204,6 +248,7 @@ pub struct Ruleset {
     pub large_cluster: bool,
     /// Services that were refused.
     pub errors: Vec<RenderError>,
+    counts: (usize, usize),
 }
 
 /// What a namespace, service name or port name may carry into a comment:
@@ -267,9 +312,79 @@ fn comment(out: &mut String, text: &str) {
     }
 }
 
+/// ` -m comment --comment "A B C"` from parts (no allocation).
+fn comment_parts(out: &mut String, parts: &[&str]) {
+    out.push_str(" -m comment --comment ");
+    let quote = parts.iter().any(|p| p.contains(' '));
+    if quote {
+        out.push('"');
+    }
+    for p in parts {
+        out.push_str(p);
+    }
+    if quote {
+        out.push('"');
+    }
+}
+
 /// ` -m P -p P -d IP --dport PORT`
 fn match_dst(out: &mut String, proto: &str, ip: IpAddr, port: u16) {
-    let _ = write!(out, " -m {proto} -p {proto} -d {ip} --dport {port}");
+    out.push_str(" -m ");
+    out.push_str(proto);
+    out.push_str(" -p ");
+    out.push_str(proto);
+    out.push_str(" -d ");
+    push_ip(out, ip);
+    out.push_str(" --dport ");
+    push_u32(out, u32::from(port));
+}
+
+/// Decimal digits without the formatting machinery (a tenth of the
+/// render time went to `Display` for addresses).
+fn push_u32(out: &mut String, mut n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &b in &buf[i..] {
+        out.push(b as char);
+    }
+}
+
+/// An address as `Display` writes it; IPv4 by hand.
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            push_u32(out, u32::from(o[0]));
+            for b in &o[1..] {
+                out.push('.');
+                push_u32(out, u32::from(*b));
+            }
+        }
+        IpAddr::V6(_) => {
+            let _ = write!(out, "{ip}");
+        }
+    }
+}
+
+/// `ip:port`, or `[ip6]:port`, as `SocketAddr`'s `Display`.
+fn push_socket(out: &mut String, addr: SocketAddr) {
+    if addr.is_ipv6() {
+        out.push('[');
+        push_ip(out, addr.ip());
+        out.push(']');
+    } else {
+        push_ip(out, addr.ip());
+    }
+    out.push(':');
+    push_u32(out, u32::from(addr.port()));
 }
 
 fn jump(out: &mut String, target: &str) {
@@ -341,27 +456,33 @@ impl Renderer<'_> {
             && !svc.load_balancer_source_ranges.is_empty();
         let lb_chain = if uses_fw_chain { &ch.fw } else { &ch.ext };
 
-        let (int_target, int_comment, ext_target, ext_comment) = if !has_endpoints {
-            let c = format!("{n} has no endpoints");
-            ("REJECT", c.clone(), "REJECT", c)
+        let (int_target, ext_target, verdict) = if !has_endpoints {
+            ("REJECT", "REJECT", " has no endpoints")
         } else {
-            let c = format!("{n} has no local endpoints");
-            ("DROP", c.clone(), "DROP", c)
+            ("DROP", "DROP", " has no local endpoints")
         };
+        let (int_comment, ext_comment): ([&str; 2], [&str; 2]) = ([&n, verdict], [&n, verdict]);
 
-        let mut f = Fragment::default();
+        let k = cat.all_reachable.len();
+        let mut f = Fragment {
+            nat_services: String::with_capacity(160),
+            names: String::with_capacity(26 * (k + 4)),
+            bodies: String::with_capacity(400 + 330 * k),
+            ends: Vec::with_capacity(k + 4),
+            ..Fragment::default()
+        };
 
         // 1. Cluster IP.
         if has_internal {
             let o = &mut f.nat_services;
             o.push_str("-A KUBE-SERVICES");
-            comment(o, &format!("{n} cluster IP"));
+            comment_parts(o, &[&n, " cluster IP"]);
             match_dst(o, p, svc.cluster_ip, svc.port);
             jump(o, internal_chain);
         } else {
             let o = &mut f.filter_services;
             o.push_str("-A KUBE-SERVICES");
-            comment(o, &int_comment);
+            comment_parts(o, &int_comment);
             match_dst(o, p, svc.cluster_ip, svc.port);
             jump(o, int_target);
         }
@@ -371,14 +492,14 @@ impl Renderer<'_> {
             if has_endpoints {
                 let o = &mut f.nat_services;
                 o.push_str("-A KUBE-SERVICES");
-                comment(o, &format!("{n} external IP"));
+                comment_parts(o, &[&n, " external IP"]);
                 match_dst(o, p, *ip, svc.port);
                 jump(o, &ch.ext);
             }
             if !has_external {
                 let o = &mut f.filter_external;
                 o.push_str("-A KUBE-EXTERNAL-SERVICES");
-                comment(o, &ext_comment);
+                comment_parts(o, &ext_comment);
                 match_dst(o, p, *ip, svc.port);
                 jump(o, ext_target);
             }
@@ -389,21 +510,21 @@ impl Renderer<'_> {
             if has_endpoints {
                 let o = &mut f.nat_services;
                 o.push_str("-A KUBE-SERVICES");
-                comment(o, &format!("{n} loadbalancer IP"));
+                comment_parts(o, &[&n, " loadbalancer IP"]);
                 match_dst(o, p, *ip, svc.port);
                 jump(o, lb_chain);
             }
             if uses_fw_chain {
                 let o = &mut f.filter_firewall;
                 o.push_str("-A KUBE-PROXY-FIREWALL");
-                comment(o, &format!("{n} traffic not accepted by {}", ch.fw));
+                comment_parts(o, &[&n, " traffic not accepted by ", &ch.fw]);
                 match_dst(o, p, *ip, svc.port);
                 jump(o, "DROP");
             }
             if !has_external {
                 let o = &mut f.filter_external;
                 o.push_str("-A KUBE-EXTERNAL-SERVICES");
-                comment(o, &ext_comment);
+                comment_parts(o, &ext_comment);
                 match_dst(o, p, *ip, svc.port);
                 jump(o, ext_target);
             }
@@ -421,7 +542,7 @@ impl Renderer<'_> {
             if !has_external {
                 let o = &mut f.filter_external;
                 o.push_str("-A KUBE-EXTERNAL-SERVICES");
-                comment(o, &ext_comment);
+                comment_parts(o, &ext_comment);
                 let _ = write!(
                     o,
                     " -m addrtype --dst-type LOCAL -m {p} -p {p} --dport {}",
@@ -435,7 +556,7 @@ impl Renderer<'_> {
         if svc.health_check_node_port != 0 {
             let o = &mut f.filter_nodeports;
             o.push_str("-A KUBE-NODEPORTS");
-            comment(o, &format!("{n} health check node port"));
+            comment_parts(o, &[&n, " health check node port"]);
             let _ = write!(o, " -m tcp -p tcp --dport {}", svc.health_check_node_port);
             jump(o, "ACCEPT");
         }
@@ -446,7 +567,7 @@ impl Renderer<'_> {
             && (self.cfg.masquerade_all || self.cfg.local_detector != LocalDetector::None)
         {
             let _ = write!(masq, "-A {internal_chain}");
-            comment(&mut masq, &format!("{n} cluster IP"));
+            comment_parts(&mut masq, &[&n, " cluster IP"]);
             match_dst(&mut masq, p, svc.cluster_ip, svc.port);
             if !self.cfg.masquerade_all {
                 self.not_local(&mut masq);
@@ -460,32 +581,33 @@ impl Renderer<'_> {
             let ext = &ch.ext;
             if !svc.external_policy_local {
                 let _ = write!(o, "-A {ext}");
-                comment(
+                comment_parts(
                     &mut o,
-                    &format!("masquerade traffic for {n} external destinations"),
+                    &["masquerade traffic for ", &n, " external destinations"],
                 );
                 jump(&mut o, names::KUBE_MARK_MASQ);
             } else {
                 if self.cfg.local_detector != LocalDetector::None {
                     let _ = write!(o, "-A {ext}");
-                    comment(
-                        &mut o,
-                        &format!("pod traffic for {n} external destinations"),
-                    );
+                    comment_parts(&mut o, &["pod traffic for ", &n, " external destinations"]);
                     self.local(&mut o);
                     jump(&mut o, &ch.svc);
                 }
                 let _ = write!(o, "-A {ext}");
-                comment(
+                comment_parts(
                     &mut o,
-                    &format!("masquerade LOCAL traffic for {n} external destinations"),
+                    &[
+                        "masquerade LOCAL traffic for ",
+                        &n,
+                        " external destinations",
+                    ],
                 );
                 o.push_str(" -m addrtype --src-type LOCAL");
                 jump(&mut o, names::KUBE_MARK_MASQ);
                 let _ = write!(o, "-A {ext}");
-                comment(
+                comment_parts(
                     &mut o,
-                    &format!("route LOCAL traffic for {n} external destinations"),
+                    &["route LOCAL traffic for ", &n, " external destinations"],
                 );
                 o.push_str(" -m addrtype --src-type LOCAL");
                 jump(&mut o, &ch.svc);
@@ -494,7 +616,7 @@ impl Renderer<'_> {
                 let _ = write!(o, "-A {ext}");
                 jump(&mut o, external_policy_chain);
             }
-            f.chains.push((ext.clone(), o));
+            f.push_chain(ext, &o);
         }
 
         // 9. Firewall chain.
@@ -503,7 +625,7 @@ impl Renderer<'_> {
             let mut allow_from_node = false;
             for src in &svc.load_balancer_source_ranges {
                 let _ = write!(o, "-A {}", ch.fw);
-                comment(&mut o, &format!("{n} loadbalancer IP"));
+                comment_parts(&mut o, &[&n, " loadbalancer IP"]);
                 let _ = write!(o, " -s {src}");
                 jump(&mut o, &ch.ext);
                 allow_from_node |= self.cfg.node_ips.iter().any(|ip| src.contains(ip));
@@ -511,40 +633,54 @@ impl Renderer<'_> {
             if allow_from_node {
                 for ip in &svc.load_balancer_ips {
                     let _ = write!(o, "-A {}", ch.fw);
-                    comment(&mut o, &format!("{n} loadbalancer IP"));
+                    comment_parts(&mut o, &[&n, " loadbalancer IP"]);
                     let _ = write!(o, " -s {ip}");
                     jump(&mut o, &ch.ext);
                 }
             }
             let _ = write!(o, "-A {}", ch.fw);
-            comment(
+            comment_parts(
                 &mut o,
-                &format!("other traffic to {n} will be dropped by KUBE-PROXY-FIREWALL"),
+                &[
+                    "other traffic to ",
+                    &n,
+                    " will be dropped by KUBE-PROXY-FIREWALL",
+                ],
             );
             o.push('\n');
-            f.chains.push((ch.fw.clone(), o));
+            f.push_chain(&ch.fw, &o);
         }
 
-        // 10. Policy chains, then 11. one chain per endpoint.
-        // Each endpoint's chain name is hashed once, however many policy
-        // chains use it.
-        let mut sep_names: std::collections::HashMap<SocketAddr, String> = Default::default();
-        let mut sep_of = |ep: &Endpoint| -> String {
-            if let Some(s) = sep_names.get(&ep.addr) {
-                return s.clone();
-            }
-            let s = endpoint_chain(&svc.name, ep.addr);
-            sep_names.insert(ep.addr, s.clone());
-            s
+        // 10. Policy chains, then 11. one chain per endpoint. Each
+        // endpoint's chain name and text are made once.
+        let key = {
+            let mut k = String::with_capacity(n.len() + 4);
+            k.push_str(&n);
+            k.push_str(p);
+            k
         };
+        let mut seps = Seps {
+            buf: String::with_capacity(56 * k),
+            at: Vec::with_capacity(k),
+        };
+        for ep in &cat.all_reachable {
+            let start = seps.buf.len();
+            push_socket(&mut seps.buf, ep.addr);
+            let mid = seps.buf.len();
+            let hash = names::hash16_parts(&key, &seps.buf[start..mid]);
+            seps.buf.push_str("KUBE-SEP-");
+            seps.buf.extend(hash.iter().map(|&b| b as char));
+            seps.at
+                .push((ep.addr, start as u32, mid as u32, seps.buf.len() as u32));
+        }
         if uses_cluster_chain {
             let mut o = if *internal_chain == ch.svc {
                 std::mem::take(&mut masq)
             } else {
                 String::new()
             };
-            self.endpoint_rules(&mut o, &n, svc, &ch.svc, cluster, &mut sep_of);
-            f.chains.push((ch.svc.clone(), o));
+            self.endpoint_rules(&mut o, &n, svc, &ch.svc, cluster, &seps);
+            f.push_chain(&ch.svc, &o);
         }
         if uses_local_chain {
             let mut o = if *internal_chain == ch.svl {
@@ -552,28 +688,37 @@ impl Renderer<'_> {
             } else {
                 String::new()
             };
-            self.endpoint_rules(&mut o, &n, svc, &ch.svl, local, &mut sep_of);
-            f.chains.push((ch.svl.clone(), o));
+            self.endpoint_rules(&mut o, &n, svc, &ch.svl, local, &seps);
+            f.push_chain(&ch.svl, &o);
         }
+        let mut o = String::with_capacity(256);
         for ep in &cat.all_reachable {
-            let sep = sep_of(ep);
-            let mut o = String::new();
-            let _ = write!(o, "-A {sep}");
+            let (sep, text) = sep_of(&seps, ep);
+            o.clear();
+            o.push_str("-A ");
+            o.push_str(sep);
             if !self.large {
                 comment(&mut o, &n);
             }
-            let _ = write!(o, " -s {}", ep.ip());
+            o.push_str(" -s ");
+            push_ip(&mut o, ep.ip());
             jump(&mut o, names::KUBE_MARK_MASQ);
-            let _ = write!(o, "-A {sep}");
+            o.push_str("-A ");
+            o.push_str(sep);
             if !self.large {
                 comment(&mut o, &n);
             }
             if svc.sticky_seconds().is_some() {
-                let _ = write!(o, " -m recent --name {sep} --set");
+                o.push_str(" -m recent --name ");
+                o.push_str(sep);
+                o.push_str(" --set");
             }
-            let _ = writeln!(o, " -m {p} -p {p} -j DNAT --to-destination {}", ep.addr);
-            f.chains.push((sep, o));
+            let _ = write!(o, " -m {p} -p {p} -j DNAT --to-destination ");
+            o.push_str(text);
+            o.push('\n');
+            f.push_chain(sep, &o);
         }
+        f.count();
         Ok(f)
     }
 
@@ -584,14 +729,15 @@ impl Renderer<'_> {
         svc: &ServicePort,
         chain: &str,
         eps: &[&Endpoint],
-        sep_of: &mut impl FnMut(&Endpoint) -> String,
+        seps: &Seps,
     ) {
-        let seps: Vec<(SocketAddr, String)> = eps.iter().map(|e| (e.addr, sep_of(e))).collect();
         if let Some(secs) = svc.sticky_seconds() {
-            for (addr, sep) in &seps {
-                let _ = write!(o, "-A {chain}");
+            for ep in eps {
+                let (sep, text) = sep_of(seps, ep);
+                o.push_str("-A ");
+                o.push_str(chain);
                 if !self.large {
-                    comment(o, &format!("{n} -> {addr}"));
+                    comment_parts(o, &[n, " -> ", text]);
                 }
                 let _ = write!(
                     o,
@@ -600,19 +746,42 @@ impl Renderer<'_> {
                 jump(o, sep);
             }
         }
-        let count = seps.len();
-        for (i, (addr, sep)) in seps.iter().enumerate() {
-            let _ = write!(o, "-A {chain}");
+        let count = eps.len();
+        for (i, ep) in eps.iter().enumerate() {
+            let (sep, text) = sep_of(seps, ep);
+            o.push_str("-A ");
+            o.push_str(chain);
             if !self.large {
-                comment(o, &format!("{n} -> {addr}"));
+                comment_parts(o, &[n, " -> ", text]);
             }
             if i + 1 < count {
-                let prob = self.probs.get(count - i);
-                let _ = write!(o, " -m statistic --mode random --probability {prob}");
+                o.push_str(" -m statistic --mode random --probability ");
+                o.push_str(self.probs.get(count - i));
             }
             jump(o, sep);
         }
     }
+}
+
+/// Each reachable endpoint: address, `KUBE-SEP-` chain, `ip:port` text.
+/// (One buffer for the whole service: two allocations, not two per
+/// endpoint.)
+struct Seps {
+    buf: String,
+    /// Address, then where its text starts, its chain name starts, ends.
+    at: Vec<(SocketAddr, u32, u32, u32)>,
+}
+
+fn sep_of<'s>(seps: &'s Seps, ep: &Endpoint) -> (&'s str, &'s str) {
+    let &(_, a, b, c) = seps
+        .at
+        .iter()
+        .find(|(addr, ..)| *addr == ep.addr)
+        .expect("policy endpoints are reachable endpoints");
+    (
+        &seps.buf[b as usize..c as usize],
+        &seps.buf[a as usize..b as usize],
+    )
 }
 
 /// Renders one service port (for tests and tools).
@@ -677,10 +846,40 @@ impl Ruleset {
         };
         let services = match prev {
             None => {
+                // Services render independently: split them over the
+                // machine's cores.
+                let all: Vec<&Arc<ServicePort>> = snap.services.values().collect();
+                let threads = std::thread::available_parallelism()
+                    .map_or(1, |n| n.get())
+                    .min(8);
+                let chunk = all.len().div_ceil(threads).max(256);
+                let parts: Vec<Vec<Result<Fragment, RenderError>>> = std::thread::scope(|scope| {
+                    let handles: Vec<_> = all
+                        .chunks(chunk)
+                        .map(|part| {
+                            scope.spawn(move || {
+                                let mut r = Renderer {
+                                    cfg,
+                                    snap,
+                                    large,
+                                    probs: Probabilities(Vec::new()),
+                                };
+                                part.iter().map(|svc| r.service(svc)).collect::<Vec<_>>()
+                            })
+                        })
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("render thread"))
+                        .collect()
+                });
                 let mut m = OrdMap::new();
-                for (k, svc) in &snap.services {
-                    if let Some(f) = render_one(svc, &mut errors) {
-                        m.insert(k.clone(), f);
+                for (svc, f) in all.iter().zip(parts.into_iter().flatten()) {
+                    match f {
+                        Ok(f) => {
+                            m.insert(svc.name.clone(), Arc::new(f));
+                        }
+                        Err(e) => errors.push(e),
                     }
                 }
                 m
@@ -711,12 +910,20 @@ impl Ruleset {
             }
         };
         let (filter, nat) = assemble(cfg, &services);
+        let lines = |v: &FixedChains| -> usize {
+            v.iter()
+                .map(|(_, b)| b.bytes().filter(|&c| c == b'\n').count())
+                .sum()
+        };
+        let own: usize = services.values().map(|f| f.rules.2 as usize).sum();
+        let counts = (lines(&filter), lines(&nat) + own);
         Ruleset {
             services,
             filter,
             nat,
             large_cluster: large,
             errors,
+            counts,
         }
     }
 
@@ -725,22 +932,13 @@ impl Ruleset {
         self.nat.iter().map(|(c, _)| *c).chain(
             self.services
                 .values()
-                .flat_map(|f| f.chains.iter().map(|(c, _)| c.as_str())),
+                .flat_map(|f| f.chains().map(|(c, _)| c)),
         )
     }
 
     /// Number of rules in each table (filter, nat).
     pub fn rule_counts(&self) -> (usize, usize) {
-        let lines = |s: &str| s.bytes().filter(|&b| b == b'\n').count();
-        let filter = self.filter.iter().map(|(_, b)| lines(b)).sum();
-        let nat = self.nat.iter().map(|(_, b)| lines(b)).sum::<usize>()
-            + self
-                .services
-                .values()
-                .flat_map(|f| f.chains.iter())
-                .map(|(_, b)| lines(b))
-                .sum::<usize>();
-        (filter, nat)
+        self.counts
     }
 
     /// The whole ruleset as `iptables-restore` input (both tables, every
@@ -762,7 +960,7 @@ impl Ruleset {
             out.push_str(b);
         }
         for f in self.services.values() {
-            for (_, b) in &f.chains {
+            for (_, b) in f.chains() {
                 out.push_str(b);
             }
         }

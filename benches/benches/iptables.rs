@@ -8,14 +8,15 @@
 //! `PROXIER_BENCH_SIZES=1000,5000,10000 cargo bench -p benches --bench iptables`
 //! (`PROXIER_BENCH_VARIANTS=nft,legacy` chooses the variants). Needs root.
 
-use std::hint::black_box;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend_iptables::render::Ruleset;
-use backend_iptables::{Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant};
+use backend_iptables::{
+    Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
+};
 use benches::{service, sizes, slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, SyncRequest, SyncStats};
@@ -68,7 +69,12 @@ impl Kernel {
             Arc::new(ConntrackCmd),
         )
         .expect("config");
-        Kernel { rt, ns, proxier: Some(p), variant }
+        Kernel {
+            rt,
+            ns,
+            proxier: Some(p),
+            variant,
+        }
     }
 
     fn sync(&mut self, req: SyncRequest) -> (SyncStats, Duration) {
@@ -84,7 +90,11 @@ impl Kernel {
     }
 
     fn payloads(&self) -> Vec<(&'static str, String, bool)> {
-        self.proxier.as_ref().expect("proxier").last_payloads().to_vec()
+        self.proxier
+            .as_ref()
+            .expect("proxier")
+            .last_payloads()
+            .to_vec()
     }
 
     /// Bare `iptables-restore` of `payload` in this namespace, timed.
@@ -102,7 +112,12 @@ impl Kernel {
                     .stdin(Stdio::piped())
                     .spawn()
                     .expect("restore");
-                child.stdin.take().expect("stdin").write_all(payload.as_bytes()).expect("write");
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(payload.as_bytes())
+                    .expect("write");
                 let st = child.wait().expect("wait");
                 assert!(st.success(), "{prog} failed");
                 t0.elapsed()
@@ -119,11 +134,16 @@ fn bench(c: &mut Criterion) {
 
         let mut g = c.benchmark_group(format!("iptables/{n}x{EPS}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(1));
-        g.bench_function("render", |b| b.iter(|| black_box(Ruleset::render(&config(), &snap))));
+        g.bench_function("render", |b| {
+            b.iter_with_large_drop(|| Ruleset::render(&config(), &snap))
+        });
         let r = Ruleset::render(&config(), &snap);
         let (f, nat) = r.rule_counts();
         let full_input = r.to_restore_input();
-        eprintln!("RULES {n}x{EPS}: filter {f}, nat {nat}, nat chains {}", r.nat_chains().count());
+        eprintln!(
+            "RULES {n}x{EPS}: filter {f}, nat {nat}, nat chains {}",
+            r.nat_chains().count()
+        );
         g.finish();
 
         for variant in variants() {
@@ -132,7 +152,11 @@ fn bench(c: &mut Criterion) {
             t.apply();
             let mut g = c.benchmark_group(format!("iptables-{variant}/{n}x{EPS}"));
             g.sample_size(10).warm_up_time(Duration::from_millis(1));
-            let full_req = SyncRequest { snapshot: snap.clone(), changes: ChangeSet::default(), full: true };
+            let full_req = SyncRequest {
+                snapshot: snap.clone(),
+                changes: ChangeSet::default(),
+                full: true,
+            };
 
             g.bench_function("full_sync", |b| {
                 b.iter_custom(|iters| {
@@ -158,17 +182,31 @@ fn bench(c: &mut Criterion) {
             // One loaded namespace for the incremental cases.
             let mut k = Kernel::new(variant);
             let (stats, _) = k.sync(full_req.clone());
-            eprintln!("RULES iptables-{variant} {n}x{EPS}: {} rules", stats.objects);
-            let noop = SyncRequest { snapshot: snap.clone(), changes: ChangeSet::default(), full: false };
-            g.bench_function("noop_sync", |b| b.iter_custom(|iters| (0..iters).map(|_| k.sync(noop.clone()).1).sum()));
+            eprintln!(
+                "RULES iptables-{variant} {n}x{EPS}: {} rules",
+                stats.objects
+            );
+            let noop = SyncRequest {
+                snapshot: snap.clone(),
+                changes: ChangeSet::default(),
+                full: false,
+            };
+            g.bench_function("noop_sync", |b| {
+                b.iter_custom(|iters| (0..iters).map(|_| k.sync(noop.clone()).1).sum())
+            });
 
             // One endpoint changed: flip service 0's last endpoint.
             let mut generation = 0u32;
             let mut flip = |t: &mut ChangeTracker| {
                 generation ^= 1;
-                t.update_endpoint_slice(&slice(0, EPS, generation)).expect("slice");
+                t.update_endpoint_slice(&slice(0, EPS, generation))
+                    .expect("slice");
                 let (snapshot, changes) = t.apply();
-                SyncRequest { snapshot, changes, full: false }
+                SyncRequest {
+                    snapshot,
+                    changes,
+                    full: false,
+                }
             };
             g.bench_function("one_endpoint", |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| k.sync(flip(&mut t)).1).sum())
@@ -186,14 +224,20 @@ fn bench(c: &mut Criterion) {
                         .map(|_| {
                             which = !which;
                             let p = if which { &pa } else { &pb };
-                            p.iter().map(|(_, payload, nf)| k.restore(payload.clone(), *nf)).sum::<Duration>()
+                            p.iter()
+                                .map(|(_, payload, nf)| k.restore(payload.clone(), *nf))
+                                .sum::<Duration>()
                         })
                         .sum()
                 })
             });
             // Leave the kernel matching the proxier's view again.
             if which {
-                k.sync(SyncRequest { snapshot: t.snapshot().clone(), changes: ChangeSet::default(), full: true });
+                k.sync(SyncRequest {
+                    snapshot: t.snapshot().clone(),
+                    changes: ChangeSet::default(),
+                    full: true,
+                });
             }
 
             let mut next = n;
@@ -203,9 +247,15 @@ fn bench(c: &mut Criterion) {
                         .map(|_| {
                             next += 1;
                             t.update_service(&service(next, false)).expect("service");
-                            t.update_endpoint_slice(&slice(next, EPS, 0)).expect("slice");
+                            t.update_endpoint_slice(&slice(next, EPS, 0))
+                                .expect("slice");
                             let (snapshot, changes) = t.apply();
-                            k.sync(SyncRequest { snapshot, changes, full: false }).1
+                            k.sync(SyncRequest {
+                                snapshot,
+                                changes,
+                                full: false,
+                            })
+                            .1
                         })
                         .sum()
                 })

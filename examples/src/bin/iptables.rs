@@ -1,0 +1,105 @@
+//! kube-proxy's iptables mode: `iptables --manifests DIR` or against a
+//! cluster. `--once` syncs and exits; `--cleanup` removes every rule and
+//! chain this mode owns.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use backend_iptables::{
+    Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
+};
+use clap::Parser;
+use examples::cli::Common;
+use proxier_core::Proxier;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "iptables",
+    version,
+    about = "kube-proxy's iptables mode, as a proxier backend"
+)]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    /// iptables variant: auto (what `iptables --version` reports), nft, legacy.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "nft", "legacy"])]
+    iptables_variant: String,
+    /// Accept node ports on 127.0.0.1 (IPv4; sets route_localnet).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    iptables_localhost_nodeports: bool,
+    /// How pod traffic is told apart: ClusterCIDR or InterfaceNamePrefix.
+    #[arg(long, value_name = "MODE")]
+    detect_local_mode: Option<String>,
+    /// The interface prefix for --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, value_name = "PREFIX")]
+    pod_interface_name_prefix: Option<String>,
+}
+
+/// This node's addresses of `family` (`ip -j addr`).
+fn node_ips(family: proxier_core::IpFamily) -> Vec<std::net::IpAddr> {
+    let Ok(out) = std::process::Command::new("ip")
+        .args(["-j", "addr", "show"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+        return Vec::new();
+    };
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
+        .filter(|ip| family.matches(ip))
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let common = cli.common.clone();
+    examples::run::run_mode(common, async move |s| {
+        let local_detector = match cli.detect_local_mode.as_deref() {
+            None | Some("ClusterCIDR") if !s.cluster_cidr.is_empty() => {
+                LocalDetector::ClusterCidr(s.cluster_cidr.clone())
+            }
+            None | Some("ClusterCIDR") => LocalDetector::None,
+            Some("InterfaceNamePrefix") => {
+                match &cli.pod_interface_name_prefix {
+                    Some(p) => LocalDetector::InterfacePrefix(p.clone()),
+                    None => return Err(
+                        "--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix"
+                            .into(),
+                    ),
+                }
+            }
+            Some(m) => {
+                return Err(format!(
+                    "--detect-local-mode: unsupported mode {m:?} (ClusterCIDR, InterfaceNamePrefix)"
+                ));
+            }
+        };
+        let cfg = Config {
+            family: s.family,
+            masquerade_bit: s.masquerade_bit,
+            masquerade_all: s.masquerade_all,
+            local_detector,
+            node_port_addresses: s.nodeport_addresses.clone(),
+            node_ips: node_ips(s.family),
+            localhost_node_ports: cli.iptables_localhost_nodeports,
+            ..Config::default()
+        };
+        let cmd = match cli.iptables_variant.as_str() {
+            "nft" => IptablesCmd::new(s.family, Variant::Nft),
+            "legacy" => IptablesCmd::new(s.family, Variant::Legacy),
+            _ => IptablesCmd::detect(s.family)
+                .await
+                .map_err(|e| e.to_string())?,
+        };
+        let p = IptablesProxier::new(cfg, Arc::new(cmd), Arc::new(ConntrackCmd))
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(p) as Box<dyn Proxier>)
+    })
+    .await
+}

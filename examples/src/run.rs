@@ -1,0 +1,206 @@
+//! From flags and a backend to a running proxier: the source, the runner,
+//! health and metrics, `--once` and `--cleanup`.
+
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use proxier_core::{
+    ChangeTracker, ManifestSource, Proxier, ProxierError, Runner, RunnerConfig, SyncRequest,
+    SyncStats,
+};
+
+use crate::cli::{Common, Settings};
+
+/// Wraps a backend to keep the text of its last error (for `--once`).
+struct Recorder {
+    inner: Box<dyn Proxier>,
+    last_error: Arc<Mutex<Option<String>>>,
+}
+
+#[async_trait]
+impl Proxier for Recorder {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
+        let r = self.inner.sync(req).await;
+        match &r {
+            Ok(s) => tracing::info!(
+                backend = self.inner.name(),
+                full = s.full,
+                objects = s.objects,
+                written = s.written,
+                "synced"
+            ),
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut src: Option<&(dyn std::error::Error + 'static)> =
+                    e.source.as_deref().map(|s| s as _);
+                while let Some(s) = src {
+                    text.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                *self.last_error.lock().expect("lock") = Some(text);
+            }
+        }
+        r
+    }
+    async fn cleanup(&mut self) -> Result<(), ProxierError> {
+        self.inner.cleanup().await
+    }
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Starts logging (`RUST_LOG`, default `info`) on stderr.
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs a mode: `make` builds the backend from the merged settings.
+pub async fn run_mode(
+    common: Common,
+    make: impl AsyncFnOnce(&Settings) -> Result<Box<dyn Proxier>, String>,
+) -> ExitCode {
+    init_logging();
+    let settings = match common.settings() {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut proxier = match make(&settings).await {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if common.cleanup {
+        return match proxier.cleanup().await {
+            Ok(()) => {
+                tracing::info!(backend = proxier.name(), "cleaned up");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
+    let last_error = Arc::new(Mutex::new(None));
+    let tracker = ChangeTracker::new(settings.family, &settings.node_name);
+    let cfg = RunnerConfig {
+        min_sync_period: settings.min_sync_period,
+        sync_period: settings.sync_period,
+        ..RunnerConfig::default()
+    };
+    let (runner, handle) = Runner::new(
+        tracker,
+        Box::new(Recorder {
+            inner: proxier,
+            last_error: last_error.clone(),
+        }),
+        cfg,
+    );
+
+    let mut object_errors = 0usize;
+    match (&common.manifests, common.once) {
+        (Some(path), true) => {
+            match ManifestSource::new(path, settings.node_name.clone()).load_into(&handle) {
+                Ok((_, errs)) => {
+                    for e in &errs {
+                        eprintln!("error: {e}");
+                    }
+                    object_errors = errs.len();
+                }
+                Err(e) => return fail(e),
+            }
+        }
+        (Some(path), false) => {
+            if let Err(e) = std::fs::metadata(path) {
+                return fail(format!("--manifests {}: {e}", path.display()));
+            }
+            tokio::spawn(ManifestSource::new(path, settings.node_name.clone()).run(handle.clone()));
+        }
+        (None, _) => {
+            let source = match &common.kubeconfig {
+                Some(p) => proxier_kube::KubeSource::from_kubeconfig(p, settings.node_name.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => proxier_kube::KubeSource::infer(settings.node_name.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match source {
+                Ok(s) => {
+                    tokio::spawn(s.run(handle.clone()));
+                }
+                Err(e) => return fail(format!("Kubernetes API: {e} (or use --manifests PATH)")),
+            }
+        }
+    }
+
+    if common.once {
+        let mut ok = false;
+        runner
+            .run_with(std::future::pending::<()>(), |o| {
+                ok = o.ok;
+                false
+            })
+            .await;
+        if !ok {
+            let e = last_error
+                .lock()
+                .expect("lock")
+                .clone()
+                .unwrap_or_else(|| "sync failed".into());
+            return fail(e);
+        }
+        return if object_errors > 0 {
+            fail(format!(
+                "{object_errors} object(s) skipped; everything else was synced"
+            ))
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+
+    let health = match tokio::net::TcpListener::bind(settings.healthz_bind_address).await {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(format!(
+                "--healthz-bind-address {}: {e}",
+                settings.healthz_bind_address
+            ));
+        }
+    };
+    let metrics = match tokio::net::TcpListener::bind(settings.metrics_bind_address).await {
+        Ok(l) => l,
+        Err(e) => {
+            return fail(format!(
+                "--metrics-bind-address {}: {e}",
+                settings.metrics_bind_address
+            ));
+        }
+    };
+    tokio::spawn(proxier_core::serve_health(
+        health,
+        handle.health(),
+        handle.metrics(),
+    ));
+    tokio::spawn(proxier_core::serve_metrics(metrics, handle.metrics()));
+    tracing::info!(
+        node = %settings.node_name,
+        healthz = %settings.healthz_bind_address,
+        metrics = %settings.metrics_bind_address,
+        "running; Ctrl-C to stop (rules stay in place, as with kube-proxy; --cleanup removes them)"
+    );
+    runner
+        .run(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,152 @@
+//! The `iptables` binary, run as a user would: `--help`, an unknown flag,
+//! `--once` against the bundled manifest in a throwaway namespace with the
+//! rules checked afterwards, `--cleanup`, and a bad manifest.
+
+use std::process::Command;
+
+use proxier_testbed::Netns;
+
+const BIN: &str = env!("CARGO_BIN_EXE_iptables");
+
+fn manifest() -> String {
+    format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run_in(ns: &Netns, args: &[&str]) -> std::process::Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns.name(), BIN])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn help_and_unknown_flag() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--manifests",
+        "--kubeconfig",
+        "--hostname-override",
+        "--nodeport-addresses",
+        "--cluster-cidr",
+        "--masquerade-all",
+        "--once",
+        "--cleanup",
+        "--config",
+    ] {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+    let out = Command::new(BIN).arg("--no-such-flag").output().unwrap();
+    assert!(!out.status.success());
+    let out = Command::new(BIN)
+        .args(["--min-sync-period", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid duration"));
+}
+
+#[test]
+fn once_then_cleanup_in_a_namespace() {
+    for variant in ["nft", "legacy"] {
+        let ns = Netns::new("exbin").unwrap();
+        let m = manifest();
+        let out = run_in(
+            &ns,
+            &[
+                "--once",
+                "--manifests",
+                &m,
+                "--hostname-override",
+                "node-1",
+                "--cluster-cidr",
+                "10.0.0.0/16",
+                "--iptables-variant",
+                variant,
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{variant}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let save = String::from_utf8(
+            ns.exec(&format!("iptables-{variant}-save"), &["-t", "nat"])
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(save.contains("-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m comment --comment \"demo/echo:http cluster IP\"") || save.contains("demo/echo:http cluster IP"), "{save}");
+        assert_eq!(
+            save.matches("-j DNAT --to-destination 127.0.0.1").count(),
+            3,
+            "{save}"
+        );
+        let out = run_in(&ns, &["--cleanup", "--iptables-variant", variant]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let save = String::from_utf8(
+            ns.exec(&format!("iptables-{variant}-save"), &[])
+                .unwrap()
+                .stdout,
+        )
+        .unwrap();
+        assert!(
+            !save.contains("KUBE-"),
+            "{variant} after --cleanup:\n{save}"
+        );
+    }
+}
+
+#[test]
+fn bad_manifest_names_the_object_and_field() {
+    let dir = std::env::temp_dir().join(format!("proxier-badmanifest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  clusterIP: 10.96.0.20\n  clusterIPs: [10.96.0.20]\n  ports: [{name: http, port: 0, protocol: TCP}]\n",
+    )
+    .unwrap();
+    let ns = Netns::new("exbad").unwrap();
+    let out = run_in(
+        &ns,
+        &[
+            "--once",
+            "--manifests",
+            bad.to_str().unwrap(),
+            "--hostname-override",
+            "node-1",
+            "--iptables-variant",
+            "nft",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: Service"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("demo/broken") && line.contains("spec.ports[0].port"),
+        "{line}"
+    );
+    let out = run_in(
+        &ns,
+        &[
+            "--once",
+            "--manifests",
+            "/nonexistent/x.yaml",
+            "--iptables-variant",
+            "nft",
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
+    let _ = std::fs::remove_dir_all(&dir);
+}
