@@ -73,6 +73,82 @@ pub trait Iptables: Send + Sync + fmt::Debug {
     /// The name of every chain in `table` (`nft list chains`, or the
     /// `:CHAIN` lines of `iptables-save -t TABLE`).
     async fn list_chains(&self, table: &str) -> Result<Vec<String>, ExecError>;
+
+    /// The rules of the built-in chains `builtins`, and (if asked) every
+    /// chain's name: what a full sync reads before writing. By default
+    /// one `-S` per chain, all at once.
+    async fn list_table(
+        &self,
+        table: &str,
+        builtins: &[&str],
+        with_chains: bool,
+    ) -> Result<TableListing, ExecError> {
+        list_by_parts(self, table, builtins, with_chains).await
+    }
+}
+
+/// What [`Iptables::list_table`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableListing {
+    /// Every chain's name, when asked for.
+    pub chains: Option<Vec<String>>,
+    /// Rules of each built-in chain asked for, as `-A CHAIN …` lines.
+    pub builtin: Vec<(String, Vec<String>)>,
+    /// Rules of every chain, when the listing read the whole table
+    /// (`iptables-save`); `None` when only the built-ins were read.
+    pub all_rules: Option<std::collections::BTreeMap<String, Vec<String>>>,
+}
+
+async fn list_by_parts<I: Iptables + ?Sized>(
+    ipt: &I,
+    table: &str,
+    builtins: &[&str],
+    with_chains: bool,
+) -> Result<TableListing, ExecError> {
+    let rules = futures::future::try_join_all(builtins.iter().map(|c| ipt.list_rules(table, c)));
+    let chains = async {
+        if with_chains {
+            ipt.list_chains(table).await.map(Some)
+        } else {
+            Ok(None)
+        }
+    };
+    let (rules, chains) = tokio::join!(rules, chains);
+    Ok(TableListing {
+        chains: chains?,
+        builtin: builtins
+            .iter()
+            .zip(rules?)
+            .map(|(c, r)| (c.to_string(), r.unwrap_or_default()))
+            .collect(),
+        all_rules: None,
+    })
+}
+
+/// Parses `iptables-save -t TABLE` output.
+pub fn parse_save(out: &str, builtins: &[&str]) -> TableListing {
+    let chains: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix(':'))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_owned)
+        .collect();
+    let mut all: std::collections::BTreeMap<String, Vec<String>> =
+        chains.iter().map(|c| (c.clone(), Vec::new())).collect();
+    for l in out.lines().filter(|l| l.starts_with("-A ")) {
+        if let Some(c) = l.split_whitespace().nth(1) {
+            all.entry(c.to_owned()).or_default().push(l.to_owned());
+        }
+    }
+    let builtin = builtins
+        .iter()
+        .map(|c| (c.to_string(), all.get(*c).cloned().unwrap_or_default()))
+        .collect();
+    TableListing {
+        chains: Some(chains),
+        builtin,
+        all_rules: Some(all),
+    }
 }
 
 /// The real tools, run as child processes (in the caller's network
@@ -300,6 +376,29 @@ impl Iptables for IptablesCmd {
             .and_then(|l| l.split_whitespace().nth(1))
             .unwrap_or("ACCEPT")
             .to_owned())
+    }
+
+    async fn list_table(
+        &self,
+        table: &str,
+        builtins: &[&str],
+        with_chains: bool,
+    ) -> Result<TableListing, ExecError> {
+        if self.variant == Variant::Legacy {
+            // Every legacy command reads the whole table blob under the
+            // xtables lock: one save is cheaper than one `-S` per chain.
+            let prog = self.prog("-save");
+            let (status, out, err) = run(&prog, &["-t", table], None).await?;
+            if status != Some(0) {
+                return Err(ExecError {
+                    command: format!("{prog} -t {table}"),
+                    status,
+                    detail: err,
+                });
+            }
+            return Ok(parse_save(&out, builtins));
+        }
+        list_by_parts(self, table, builtins, with_chains).await
     }
 
     async fn list_chains(&self, table: &str) -> Result<Vec<String>, ExecError> {

@@ -30,7 +30,8 @@ pub mod proxier;
 pub mod render;
 
 pub use exec::{
-    Conntrack, ConntrackCmd, ConntrackFilter, ExecError, Iptables, IptablesCmd, Variant,
+    Conntrack, ConntrackCmd, ConntrackFilter, ExecError, Iptables, IptablesCmd, TableListing,
+    Variant,
 };
 pub use proxier::IptablesProxier;
 pub use render::{Config, ConfigError, LocalDetector, Ruleset};

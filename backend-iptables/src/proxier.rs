@@ -30,6 +30,10 @@ use crate::exec::{Conntrack, ConntrackFilter, ExecError, Iptables, Variant};
 use crate::names;
 use crate::render::{Config, Ruleset, is_large_cluster, jump_rules};
 
+/// The flush-mode threshold on iptables-legacy (see
+/// [`IptablesProxier::with_flush_threshold`]).
+pub const LEGACY_FLUSH_THRESHOLD: usize = usize::MAX;
+
 /// Built-in chains of the tables this backend writes.
 fn builtin_chains(table: &str) -> &'static [&'static str] {
     match table {
@@ -48,6 +52,19 @@ fn target(rule: &str) -> Option<&str> {
         }
     }
     None
+}
+
+/// What [`IptablesProxier::read_table`] found.
+#[derive(Debug, Default)]
+struct TableState {
+    /// Every chain (when asked for).
+    chains: Vec<String>,
+    /// `-D` lines for our jump rules in the built-in chains.
+    delete_jumps: Vec<String>,
+    /// Foreign rules per built-in chain.
+    foreign: BTreeMap<String, Vec<String>>,
+    /// Every chain's rules, when the listing read the whole table.
+    all_rules: Option<BTreeMap<String, Vec<String>>>,
 }
 
 /// What the last sync wrote.
@@ -96,22 +113,27 @@ impl IptablesProxier {
                 ""
             }
         );
+        let flush_threshold = match ipt.variant() {
+            Variant::Nft => 5000,
+            Variant::Legacy => LEGACY_FLUSH_THRESHOLD,
+        };
         Ok(IptablesProxier {
             cfg,
             ipt,
             ct,
             written: None,
             need_full: true,
-            flush_threshold: 5000,
+            flush_threshold,
             sysctls_done: false,
             name,
             last: Vec::new(),
         })
     }
 
-    /// On iptables-nft, a full sync that declares more than `chains` nat
-    /// chains uses one restore without `--noflush` (see the module
-    /// documentation). Default 5,000; `usize::MAX` never does.
+    /// A full sync that declares more than `chains` nat chains uses one
+    /// restore without `--noflush` (see the module documentation).
+    /// Default 5,000 on nft and [`LEGACY_FLUSH_THRESHOLD`] on legacy;
+    /// `usize::MAX` never does.
     pub fn with_flush_threshold(mut self, chains: usize) -> Self {
         self.flush_threshold = chains;
         self
@@ -162,35 +184,32 @@ impl IptablesProxier {
         Ok(())
     }
 
-    /// `-D` lines for every rule of ours found in the built-in chains of
-    /// `table`, and the foreign rules per built-in chain.
-    async fn builtin_rules(
-        &self,
-        table: &str,
-    ) -> Result<(Vec<String>, BTreeMap<&'static str, Vec<String>>), ProxierError> {
-        let mut ours = Vec::new();
-        let mut foreign = BTreeMap::new();
-        // One `iptables -S CHAIN` per built-in chain, all at once.
-        let listed = futures::future::try_join_all(
-            builtin_chains(table)
-                .iter()
-                .map(|c| self.ipt.list_rules(table, c)),
-        )
-        .await
-        .map_err(|e| self.err("listing built-in chain", e))?;
-        for (chain, rules) in builtin_chains(table).iter().zip(listed) {
-            let rules = rules.unwrap_or_default();
+    /// Reads a table before a full sync or cleanup: `-D` lines for every
+    /// rule of ours in its built-in chains, the foreign rules per built-in
+    /// chain, and (if asked) every chain's name.
+    async fn read_table(&self, table: &str, with_chains: bool) -> Result<TableState, ProxierError> {
+        let listing = self
+            .ipt
+            .list_table(table, builtin_chains(table), with_chains)
+            .await
+            .map_err(|e| self.err(&format!("reading table {table}"), e))?;
+        let mut state = TableState {
+            chains: listing.chains.unwrap_or_default(),
+            all_rules: listing.all_rules,
+            ..TableState::default()
+        };
+        for (chain, rules) in listing.builtin {
             let mut f = Vec::new();
             for r in rules {
                 if target(&r).is_some_and(|t| names::is_fixed_chain(table, t)) {
-                    ours.push(format!("-D{}", &r[2..]));
+                    state.delete_jumps.push(format!("-D{}", &r[2..]));
                 } else {
                     f.push(r);
                 }
             }
-            foreign.insert(*chain, f);
+            state.foreign.insert(chain, f);
         }
-        Ok((ours, foreign))
+        Ok(state)
     }
 
     /// Our jump rules for `table`, as `-I CHAIN 1 …` lines (inserted in
@@ -212,22 +231,15 @@ impl IptablesProxier {
         service_chains: &[(&str, &str)],
         list_stale: bool,
     ) -> Result<String, ProxierError> {
-        let (builtin, chains) = tokio::join!(self.builtin_rules(table), async {
-            if list_stale {
-                self.ipt.list_chains(table).await.map(Some)
-            } else {
-                Ok(None)
-            }
-        });
-        let (delete_jumps, _) = builtin?;
+        let state = self.read_table(table, list_stale).await?;
+        let delete_jumps = state.delete_jumps;
         let active: HashSet<&str> = fixed
             .iter()
             .map(|(c, _)| *c)
             .chain(service_chains.iter().map(|(c, _)| *c))
             .collect();
-        let stale: Vec<String> = chains
-            .map_err(|e| self.err("listing chains", e))?
-            .unwrap_or_default()
+        let stale: Vec<String> = state
+            .chains
             .into_iter()
             .filter(|c| names::is_service_chain(c) && !active.contains(c.as_str()))
             .collect();
@@ -267,12 +279,12 @@ impl IptablesProxier {
         service_chains: &[(&str, &str)],
         with_jumps: bool,
     ) -> Result<String, ProxierError> {
-        let (_, builtin_foreign) = self.builtin_rules(table).await?;
-        let chains = self
-            .ipt
-            .list_chains(table)
-            .await
-            .map_err(|e| self.err("listing chains", e))?;
+        let TableState {
+            chains,
+            foreign: builtin_foreign,
+            all_rules,
+            ..
+        } = self.read_table(table, true).await?;
         let mut out = format!("*{table}\n");
         for c in builtin_chains(table) {
             let policy = self
@@ -310,12 +322,15 @@ impl IptablesProxier {
             }
         }
         for c in &foreign {
-            let rules = self
-                .ipt
-                .list_rules(table, c)
-                .await
-                .map_err(|e| self.err("listing foreign chain", e))?
-                .unwrap_or_default();
+            let rules = match all_rules.as_ref().and_then(|a| a.get(c.as_str())) {
+                Some(r) => r.clone(),
+                None => self
+                    .ipt
+                    .list_rules(table, c)
+                    .await
+                    .map_err(|e| self.err("listing foreign chain", e))?
+                    .unwrap_or_default(),
+            };
             for r in rules {
                 out.push_str(&r);
                 out.push('\n');
@@ -335,8 +350,7 @@ impl IptablesProxier {
         let mut plan = Plan::default();
         let service_chains: Vec<(&str, &str)> =
             new.services.values().flat_map(|f| f.chains()).collect();
-        let flush =
-            self.ipt.variant() == Variant::Nft && service_chains.len() > self.flush_threshold;
+        let flush = service_chains.len() > self.flush_threshold;
         let (filter, nat) = tokio::join!(
             self.full_noflush("filter", &new.filter, &[], false),
             async {
@@ -448,6 +462,11 @@ impl IptablesProxier {
                 None => Ok(()),
             }
         };
+        if self.ipt.variant() == Variant::Legacy {
+            // Legacy restores serialize on the xtables lock anyway.
+            one("filter", &plan.filter).await?;
+            return one("nat", &plan.nat).await;
+        }
         let (f, n) = tokio::join!(one("filter", &plan.filter), one("nat", &plan.nat));
         f.and(n)
     }
@@ -624,37 +643,35 @@ impl Proxier for IptablesProxier {
 
     async fn cleanup(&mut self) -> Result<(), ProxierError> {
         for table in ["filter", "nat"] {
-            let chains = self
-                .ipt
-                .list_chains(table)
-                .await
-                .map_err(|e| self.err("listing chains", e))?;
+            let TableState {
+                chains,
+                delete_jumps,
+                ..
+            } = self.read_table(table, true).await?;
             let owned: Vec<&String> = chains
                 .iter()
                 .filter(|c| names::is_owned_chain(table, c))
                 .collect();
-            let (delete_jumps, _) = self.builtin_rules(table).await?;
             if owned.is_empty() && delete_jumps.is_empty() {
                 continue;
             }
-            let payload =
-                if self.ipt.variant() == Variant::Nft && owned.len() > self.flush_threshold {
-                    (self.full_flush(table, &[], &[], false).await?, false)
-                } else {
-                    let mut out = format!("*{table}\n");
-                    for c in &owned {
-                        let _ = writeln!(out, ":{c} - [0:0]");
-                    }
-                    for l in &delete_jumps {
-                        out.push_str(l);
-                        out.push('\n');
-                    }
-                    for c in &owned {
-                        let _ = writeln!(out, "-X {c}");
-                    }
-                    out.push_str("COMMIT\n");
-                    (out, true)
-                };
+            let payload = if owned.len() > self.flush_threshold {
+                (self.full_flush(table, &[], &[], false).await?, false)
+            } else {
+                let mut out = format!("*{table}\n");
+                for c in &owned {
+                    let _ = writeln!(out, ":{c} - [0:0]");
+                }
+                for l in &delete_jumps {
+                    out.push_str(l);
+                    out.push('\n');
+                }
+                for c in &owned {
+                    let _ = writeln!(out, "-X {c}");
+                }
+                out.push_str("COMMIT\n");
+                (out, true)
+            };
             self.ipt
                 .restore(table, &payload.0, payload.1)
                 .await

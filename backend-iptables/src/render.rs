@@ -691,32 +691,37 @@ impl Renderer<'_> {
             self.endpoint_rules(&mut o, &n, svc, &ch.svl, local, &seps);
             f.push_chain(&ch.svl, &o);
         }
-        let mut o = String::with_capacity(256);
         for ep in &cat.all_reachable {
             let (sep, text) = sep_of(&seps, ep);
-            o.clear();
+            // Written straight into the fragment (most of the bytes).
+            let o = &mut f.bodies;
             o.push_str("-A ");
             o.push_str(sep);
             if !self.large {
-                comment(&mut o, &n);
+                comment(o, &n);
             }
             o.push_str(" -s ");
-            push_ip(&mut o, ep.ip());
-            jump(&mut o, names::KUBE_MARK_MASQ);
+            push_ip(o, ep.ip());
+            jump(o, names::KUBE_MARK_MASQ);
             o.push_str("-A ");
             o.push_str(sep);
             if !self.large {
-                comment(&mut o, &n);
+                comment(o, &n);
             }
             if svc.sticky_seconds().is_some() {
                 o.push_str(" -m recent --name ");
                 o.push_str(sep);
                 o.push_str(" --set");
             }
-            let _ = write!(o, " -m {p} -p {p} -j DNAT --to-destination ");
+            o.push_str(" -m ");
+            o.push_str(p);
+            o.push_str(" -p ");
+            o.push_str(p);
+            o.push_str(" -j DNAT --to-destination ");
             o.push_str(text);
             o.push('\n');
-            f.push_chain(sep, &o);
+            f.names.push_str(sep);
+            f.ends.push((f.names.len() as u32, f.bodies.len() as u32));
         }
         f.count();
         Ok(f)

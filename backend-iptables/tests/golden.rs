@@ -314,3 +314,44 @@ fn large_clusters_drop_endpoint_comments() {
         "service comments stay"
     );
 }
+
+#[test]
+fn masquerade_all_and_interface_detection() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    let p = [("http", 80, TCP)];
+    t.update_service(&service("ns", "a", "10.96.0.1", &p))
+        .unwrap();
+    t.update_endpoint_slice(&slice("ns", "a", &p, vec![ep(ip("10.1.0.1"), "node-2")]))
+        .unwrap();
+    let snap = t.apply().0;
+    let all = Config {
+        masquerade_all: true,
+        masquerade_bit: 5,
+        ..Config::default()
+    };
+    let text = Ruleset::render(&all, &snap).to_restore_input();
+    check_consistency(&text);
+    assert!(
+        text.contains("-A KUBE-SVC-")
+            && text.contains("-m tcp -p tcp -d 10.96.0.1 --dport 80 -j KUBE-MARK-MASQ"),
+        "masquerade-all marks every cluster IP packet: {text}"
+    );
+    assert!(
+        text.contains("-A KUBE-MARK-MASQ -j MARK --or-mark 0x20"),
+        "bit 5 is 0x20: {text}"
+    );
+    let iface = Config {
+        local_detector: LocalDetector::InterfacePrefix("veth".into()),
+        ..Config::default()
+    };
+    let text = Ruleset::render(&iface, &snap).to_restore_input();
+    assert!(
+        text.contains("--dport 80 ! -i veth+ -j KUBE-MARK-MASQ"),
+        "{text}"
+    );
+    let none = Ruleset::render(&Config::default(), &snap).to_restore_input();
+    assert!(
+        !none.contains("cluster IP\" -m tcp -p tcp -d 10.96.0.1 --dport 80 -j KUBE-MARK-MASQ"),
+        "no detector, no masquerade-all: no internal masquerade"
+    );
+}

@@ -196,6 +196,11 @@ fn foreign_rules_survive_nft_flush_mode() {
 }
 
 #[test]
+fn foreign_rules_survive_legacy_flush_mode() {
+    foreign_rules_survive(Variant::Legacy, 0);
+}
+
+#[test]
 fn foreign_rules_survive_legacy() {
     foreign_rules_survive(Variant::Legacy, usize::MAX);
 }
