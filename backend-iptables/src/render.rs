@@ -198,6 +198,16 @@ impl Fragment {
         (self.rules.0 as usize, self.rules.1 as usize)
     }
 
+    /// Same rules in the fixed chains.
+    fn fixed_eq(&self, other: &Fragment) -> bool {
+        self.nat_services == other.nat_services
+            && self.nat_nodeports == other.nat_nodeports
+            && self.filter_services == other.filter_services
+            && self.filter_external == other.filter_external
+            && self.filter_nodeports == other.filter_nodeports
+            && self.filter_firewall == other.filter_firewall
+    }
+
     fn push_chain(&mut self, name: &str, body: &str) {
         self.names.push_str(name);
         self.bodies.push_str(body);
@@ -249,6 +259,7 @@ pub struct Ruleset {
     /// Services that were refused.
     pub errors: Vec<RenderError>,
     counts: (usize, usize),
+    fixed_counts: (usize, usize),
 }
 
 /// What a namespace, service name or port name may carry into a comment:
@@ -891,6 +902,7 @@ impl Ruleset {
             }
             Some((prev, changed)) => {
                 let mut m = prev.services.clone();
+                let mut fixed_same = true;
                 for nn in changed {
                     let first = ServicePortName {
                         service: nn.clone(),
@@ -902,14 +914,34 @@ impl Ruleset {
                         .take_while(|(k, _)| &k.service == nn)
                         .map(|(k, _)| k.clone())
                         .collect();
+                    let mut old: Vec<Arc<Fragment>> = Vec::new();
                     for k in stale {
-                        m.remove(&k);
+                        old.extend(m.remove(&k));
                     }
+                    let mut now: Vec<Arc<Fragment>> = Vec::new();
                     for svc in snap.ports_of(nn) {
                         if let Some(f) = render_one(svc, &mut errors) {
-                            m.insert(svc.name.clone(), f);
+                            m.insert(svc.name.clone(), f.clone());
+                            now.push(f);
                         }
                     }
+                    // Same ports, same rules in the fixed chains (an
+                    // endpoint change, usually): the fixed chains are
+                    // reused instead of reassembled from every service.
+                    fixed_same &=
+                        old.len() == now.len() && old.iter().zip(&now).all(|(a, b)| a.fixed_eq(b));
+                }
+                if fixed_same && !changed.is_empty() {
+                    let own: usize = m.values().map(|f| f.rules.2 as usize).sum();
+                    return Ruleset {
+                        services: m,
+                        filter: prev.filter.clone(),
+                        nat: prev.nat.clone(),
+                        large_cluster: large,
+                        errors,
+                        counts: (prev.fixed_counts.0, prev.fixed_counts.1 + own),
+                        fixed_counts: prev.fixed_counts,
+                    };
                 }
                 m
             }
@@ -921,7 +953,8 @@ impl Ruleset {
                 .sum()
         };
         let own: usize = services.values().map(|f| f.rules.2 as usize).sum();
-        let counts = (lines(&filter), lines(&nat) + own);
+        let fixed_counts = (lines(&filter), lines(&nat));
+        let counts = (fixed_counts.0, fixed_counts.1 + own);
         Ruleset {
             services,
             filter,
@@ -929,6 +962,7 @@ impl Ruleset {
             large_cluster: large,
             errors,
             counts,
+            fixed_counts,
         }
     }
 

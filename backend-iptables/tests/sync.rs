@@ -133,6 +133,11 @@ async fn full_partial_and_noop_syncs() {
     assert_eq!(before.difference(&after).count(), 2);
     assert_eq!(after.difference(&before).count(), 2);
     FakeIptables::check(&r.ipt.table("nat")).unwrap();
+    // What the partial render holds is exactly a render from scratch.
+    let partial = r.proxier.ruleset().unwrap();
+    let fresh = backend_iptables::render::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
+    assert_eq!(partial.to_restore_input(), fresh.to_restore_input());
+    assert_eq!(partial.rule_counts(), fresh.rule_counts());
     // The removed UDP endpoint's conntrack entries are cleared.
     let ct = r.ct.deleted.lock().unwrap().clone();
     assert!(
@@ -147,6 +152,9 @@ async fn full_partial_and_noop_syncs() {
     let (_, payload, _) = r.restores().last().cloned().unwrap();
     assert!(payload.contains(":KUBE-SERVICES - [0:0]"));
     assert!(payload.contains("10.96.0.99"));
+    let fresh = backend_iptables::render::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
+    assert_eq!(r.proxier.ruleset().unwrap().to_restore_input(), fresh.to_restore_input());
+    assert_eq!(r.proxier.ruleset().unwrap().rule_counts(), fresh.rule_counts());
     let declared = payload.lines().filter(|l| l.starts_with(':')).count();
     assert_eq!(
         declared,
