@@ -275,7 +275,8 @@ impl IptablesCmd {
         ]
     }
 
-    async fn save_chains(&self, table: &str) -> Result<Vec<String>, ExecError> {
+    /// `iptables-save -t TABLE`.
+    async fn save(&self, table: &str) -> Result<String, ExecError> {
         let prog = self.prog("-save");
         let (status, out, err) = run(&prog, &["-t", table], None).await?;
         if status != Some(0) {
@@ -285,12 +286,7 @@ impl IptablesCmd {
                 detail: err,
             });
         }
-        Ok(out
-            .lines()
-            .filter_map(|l| l.strip_prefix(':'))
-            .filter_map(|l| l.split_whitespace().next())
-            .map(str::to_owned)
-            .collect())
+        Ok(out)
     }
 }
 
@@ -387,16 +383,7 @@ impl Iptables for IptablesCmd {
         if self.variant == Variant::Legacy {
             // Every legacy command reads the whole table blob under the
             // xtables lock: one save is cheaper than one `-S` per chain.
-            let prog = self.prog("-save");
-            let (status, out, err) = run(&prog, &["-t", table], None).await?;
-            if status != Some(0) {
-                return Err(ExecError {
-                    command: format!("{prog} -t {table}"),
-                    status,
-                    detail: err,
-                });
-            }
-            return Ok(parse_save(&out, builtins));
+            return Ok(parse_save(&self.save(table).await?, builtins));
         }
         list_by_parts(self, table, builtins, with_chains).await
     }
@@ -413,7 +400,9 @@ impl Iptables for IptablesCmd {
                 return Ok(parse_nft_chains(&out, table));
             }
         }
-        self.save_chains(table).await
+        Ok(parse_save(&self.save(table).await?, &[])
+            .chains
+            .unwrap_or_default())
     }
 }
 

@@ -412,29 +412,18 @@ struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
-    fn not_local(&self, out: &mut String) {
+    /// The local-traffic match (`-s CIDR`, `-i PREFIX+`), negated with
+    /// `!` for "not from a pod".
+    fn local_match(&self, out: &mut String, negate: bool) {
+        let not = if negate { " !" } else { "" };
         match &self.cfg.local_detector {
             LocalDetector::ClusterCidr(cidrs) => {
                 for c in cidrs {
-                    let _ = write!(out, " ! -s {c}");
+                    let _ = write!(out, "{not} -s {c}");
                 }
             }
             LocalDetector::InterfacePrefix(p) => {
-                let _ = write!(out, " ! -i {p}+");
-            }
-            LocalDetector::None => {}
-        }
-    }
-
-    fn local(&self, out: &mut String) {
-        match &self.cfg.local_detector {
-            LocalDetector::ClusterCidr(cidrs) => {
-                for c in cidrs {
-                    let _ = write!(out, " -s {c}");
-                }
-            }
-            LocalDetector::InterfacePrefix(p) => {
-                let _ = write!(out, " -i {p}+");
+                let _ = write!(out, "{not} -i {p}+");
             }
             LocalDetector::None => {}
         }
@@ -581,7 +570,7 @@ impl Renderer<'_> {
             comment_parts(&mut masq, &[&n, " cluster IP"]);
             match_dst(&mut masq, p, svc.cluster_ip, svc.port);
             if !self.cfg.masquerade_all {
-                self.not_local(&mut masq);
+                self.local_match(&mut masq, true);
             }
             jump(&mut masq, names::KUBE_MARK_MASQ);
         }
@@ -601,7 +590,7 @@ impl Renderer<'_> {
                 if self.cfg.local_detector != LocalDetector::None {
                     let _ = write!(o, "-A {ext}");
                     comment_parts(&mut o, &["pod traffic for ", &n, " external destinations"]);
-                    self.local(&mut o);
+                    self.local_match(&mut o, false);
                     jump(&mut o, &ch.svc);
                 }
                 let _ = write!(o, "-A {ext}");

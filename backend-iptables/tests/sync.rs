@@ -153,8 +153,14 @@ async fn full_partial_and_noop_syncs() {
     assert!(payload.contains(":KUBE-SERVICES - [0:0]"));
     assert!(payload.contains("10.96.0.99"));
     let fresh = backend_iptables::render::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
-    assert_eq!(r.proxier.ruleset().unwrap().to_restore_input(), fresh.to_restore_input());
-    assert_eq!(r.proxier.ruleset().unwrap().rule_counts(), fresh.rule_counts());
+    assert_eq!(
+        r.proxier.ruleset().unwrap().to_restore_input(),
+        fresh.to_restore_input()
+    );
+    assert_eq!(
+        r.proxier.ruleset().unwrap().rule_counts(),
+        fresh.rule_counts()
+    );
     let declared = payload.lines().filter(|l| l.starts_with(':')).count();
     assert_eq!(
         declared,
