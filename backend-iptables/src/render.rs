@@ -350,6 +350,24 @@ fn match_dst(out: &mut String, proto: &str, ip: IpAddr, port: u16) {
     push_u32(out, u32::from(port));
 }
 
+/// `-A CHAIN -m comment --comment "…" -m P -p P -d IP --dport PORT -j TARGET`:
+/// the shape of every rule that matches a service address.
+fn dst_rule(
+    out: &mut String,
+    chain: &str,
+    comment: &[&str],
+    proto: &str,
+    ip: IpAddr,
+    port: u16,
+    target: &str,
+) {
+    out.push_str("-A ");
+    out.push_str(chain);
+    comment_parts(out, comment);
+    match_dst(out, proto, ip, port);
+    jump(out, target);
+}
+
 /// Decimal digits without the formatting machinery (a tenth of the
 /// render time went to `Display` for addresses).
 fn push_u32(out: &mut String, mut n: u32) {
@@ -456,12 +474,14 @@ impl Renderer<'_> {
             && !svc.load_balancer_source_ranges.is_empty();
         let lb_chain = if uses_fw_chain { &ch.fw } else { &ch.ext };
 
-        let (int_target, ext_target, verdict) = if !has_endpoints {
-            ("REJECT", "REJECT", " has no endpoints")
+        // The filter verdict for traffic that has nowhere to go (the same
+        // for internal and external traffic, as in kube-proxy).
+        let (verdict_target, verdict) = if !has_endpoints {
+            ("REJECT", " has no endpoints")
         } else {
-            ("DROP", "DROP", " has no local endpoints")
+            ("DROP", " has no local endpoints")
         };
-        let (int_comment, ext_comment): ([&str; 2], [&str; 2]) = ([&n, verdict], [&n, verdict]);
+        let verdict_comment = [n.as_str(), verdict];
 
         let k = cat.all_reachable.len();
         let mut f = Fragment {
@@ -474,59 +494,87 @@ impl Renderer<'_> {
 
         // 1. Cluster IP.
         if has_internal {
-            let o = &mut f.nat_services;
-            o.push_str("-A KUBE-SERVICES");
-            comment_parts(o, &[&n, " cluster IP"]);
-            match_dst(o, p, svc.cluster_ip, svc.port);
-            jump(o, internal_chain);
+            dst_rule(
+                &mut f.nat_services,
+                "KUBE-SERVICES",
+                &[&n, " cluster IP"],
+                p,
+                svc.cluster_ip,
+                svc.port,
+                internal_chain,
+            );
         } else {
-            let o = &mut f.filter_services;
-            o.push_str("-A KUBE-SERVICES");
-            comment_parts(o, &int_comment);
-            match_dst(o, p, svc.cluster_ip, svc.port);
-            jump(o, int_target);
+            dst_rule(
+                &mut f.filter_services,
+                "KUBE-SERVICES",
+                &verdict_comment,
+                p,
+                svc.cluster_ip,
+                svc.port,
+                verdict_target,
+            );
         }
 
         // 2. External IPs.
         for ip in &svc.external_ips {
             if has_endpoints {
-                let o = &mut f.nat_services;
-                o.push_str("-A KUBE-SERVICES");
-                comment_parts(o, &[&n, " external IP"]);
-                match_dst(o, p, *ip, svc.port);
-                jump(o, &ch.ext);
+                dst_rule(
+                    &mut f.nat_services,
+                    "KUBE-SERVICES",
+                    &[&n, " external IP"],
+                    p,
+                    *ip,
+                    svc.port,
+                    &ch.ext,
+                );
             }
             if !has_external {
-                let o = &mut f.filter_external;
-                o.push_str("-A KUBE-EXTERNAL-SERVICES");
-                comment_parts(o, &ext_comment);
-                match_dst(o, p, *ip, svc.port);
-                jump(o, ext_target);
+                dst_rule(
+                    &mut f.filter_external,
+                    "KUBE-EXTERNAL-SERVICES",
+                    &verdict_comment,
+                    p,
+                    *ip,
+                    svc.port,
+                    verdict_target,
+                );
             }
         }
 
         // 3. Load-balancer IPs.
         for ip in &svc.load_balancer_ips {
             if has_endpoints {
-                let o = &mut f.nat_services;
-                o.push_str("-A KUBE-SERVICES");
-                comment_parts(o, &[&n, " loadbalancer IP"]);
-                match_dst(o, p, *ip, svc.port);
-                jump(o, lb_chain);
+                dst_rule(
+                    &mut f.nat_services,
+                    "KUBE-SERVICES",
+                    &[&n, " loadbalancer IP"],
+                    p,
+                    *ip,
+                    svc.port,
+                    lb_chain,
+                );
             }
             if uses_fw_chain {
-                let o = &mut f.filter_firewall;
-                o.push_str("-A KUBE-PROXY-FIREWALL");
-                comment_parts(o, &[&n, " traffic not accepted by ", &ch.fw]);
-                match_dst(o, p, *ip, svc.port);
-                jump(o, "DROP");
+                dst_rule(
+                    &mut f.filter_firewall,
+                    "KUBE-PROXY-FIREWALL",
+                    &[&n, " traffic not accepted by ", &ch.fw],
+                    p,
+                    *ip,
+                    svc.port,
+                    "DROP",
+                );
             }
             if !has_external {
-                let o = &mut f.filter_external;
-                o.push_str("-A KUBE-EXTERNAL-SERVICES");
-                comment_parts(o, &ext_comment);
-                match_dst(o, p, *ip, svc.port);
-                jump(o, ext_target);
+                dst_rule(
+                    &mut f.filter_external,
+                    "KUBE-EXTERNAL-SERVICES",
+                    &verdict_comment,
+                    p,
+                    *ip,
+                    svc.port,
+                    verdict_target,
+                );
             }
         }
 
@@ -542,13 +590,13 @@ impl Renderer<'_> {
             if !has_external {
                 let o = &mut f.filter_external;
                 o.push_str("-A KUBE-EXTERNAL-SERVICES");
-                comment_parts(o, &ext_comment);
+                comment_parts(o, &verdict_comment);
                 let _ = write!(
                     o,
                     " -m addrtype --dst-type LOCAL -m {p} -p {p} --dport {}",
                     svc.node_port
                 );
-                jump(o, ext_target);
+                jump(o, verdict_target);
             }
         }
 
