@@ -6,7 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 
-use benches::{service, sizes, slice};
+use benches::{filled, service, sizes, slice};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use proxier_core::{ChangeTracker, IpFamily};
 
@@ -31,16 +31,6 @@ unsafe impl GlobalAlloc for Counting {
 static A: Counting = Counting;
 
 const EPS: usize = 10;
-
-fn filled(n: usize) -> ChangeTracker {
-    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
-    for i in 0..n {
-        t.update_service(&service(i, false)).unwrap();
-        t.update_endpoint_slice(&slice(i, EPS, 0)).unwrap();
-    }
-    t.apply();
-    t
-}
 
 fn bench(c: &mut Criterion) {
     for n in sizes() {
@@ -85,7 +75,7 @@ fn bench(c: &mut Criterion) {
             )
         });
 
-        let mut t = filled(n);
+        let mut t = filled(n, EPS);
         let mut generation = 1;
         let changed: Vec<_> = (1..=64).map(|g| slice(n / 2, EPS, g)).collect();
         g.bench_function("apply_one_endpoint_change", |b| {
@@ -104,7 +94,7 @@ fn bench(c: &mut Criterion) {
         g.throughput(Throughput::Elements(events.len() as u64));
         g.bench_function("endpoint_events", |b| {
             b.iter_batched(
-                || filled(n.min(2000)),
+                || filled(n.min(2000), EPS),
                 |mut t| {
                     for (k, e) in events.iter().enumerate() {
                         t.update_endpoint_slice(e).unwrap();
@@ -123,7 +113,7 @@ fn bench(c: &mut Criterion) {
         // its snapshot, drop the tracker, count what the snapshot keeps.
         let before = LIVE.load(Ordering::SeqCst);
         let snap = {
-            let mut t = filled(n);
+            let mut t = filled(n, EPS);
             let (s, _) = t.apply();
             s
         };

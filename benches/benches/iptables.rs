@@ -17,7 +17,7 @@ use backend_iptables::render::Ruleset;
 use backend_iptables::{
     Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
 };
-use benches::{service, sizes, slice};
+use benches::{filled, service, sizes, slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, SyncRequest, SyncStats};
 use proxier_testbed::{Netns, NsRuntime};
@@ -40,15 +40,6 @@ fn variants() -> Vec<Variant> {
             _ => None,
         })
         .collect()
-}
-
-fn filled(n: usize) -> ChangeTracker {
-    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
-    for i in 0..n {
-        t.update_service(&service(i, false)).expect("service");
-        t.update_endpoint_slice(&slice(i, EPS, 0)).expect("slice");
-    }
-    t
 }
 
 /// A proxier in its own fresh namespace.
@@ -129,8 +120,8 @@ impl Kernel {
 fn bench(c: &mut Criterion) {
     proxier_testbed::netns::remove_stale();
     for n in sizes() {
-        let mut t = filled(n);
-        let (snap, _) = t.apply();
+        let mut t = filled(n, EPS);
+        let snap = t.snapshot().clone();
 
         let mut g = c.benchmark_group(format!("iptables/{n}x{EPS}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(1));

@@ -1,13 +1,7 @@
 //! Renders 10,000 × 10 iptables rules twenty times, for `perf record`.
-use proxier_core::{ChangeTracker, IpFamily};
 fn main() {
     let n = 10000;
-    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
-    for i in 0..n {
-        t.update_service(&benches::service(i, false)).unwrap();
-        t.update_endpoint_slice(&benches::slice(i, 10, 0)).unwrap();
-    }
-    let (snap, _) = t.apply();
+    let snap = benches::filled(n, 10).snapshot().clone();
     let cfg = backend_iptables::Config::default();
     let t0 = std::time::Instant::now();
     for _ in 0..20 {

@@ -5,7 +5,8 @@
 //! `100,1000,10000`); CI runs `100` as a smoke test.
 
 use proxier_core::{
-    EndpointSlice, IpFamily, PortSpec, Protocol, Service, ServiceType, SliceEndpoint, SlicePort,
+    ChangeTracker, EndpointSlice, IpFamily, PortSpec, Protocol, Service, ServiceType,
+    SliceEndpoint, SlicePort,
 };
 
 /// Bench sizes (services).
@@ -80,4 +81,17 @@ pub fn slice(i: usize, eps: usize, generation: u32) -> EndpointSlice {
         }],
         endpoints,
     }
+}
+
+/// A tracker on `node-1` fed `n` services with `eps` endpoints each, all
+/// applied: the state every bench starts from.
+pub fn filled(n: usize, eps: usize) -> ChangeTracker {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    for i in 0..n {
+        t.update_service(&service(i, false)).expect("valid service");
+        t.update_endpoint_slice(&slice(i, eps, 0))
+            .expect("valid slice");
+    }
+    t.apply();
+    t
 }
