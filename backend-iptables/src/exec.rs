@@ -408,7 +408,7 @@ impl Iptables for IptablesCmd {
 
 /// One set of conntrack entries to delete (kube-proxy's
 /// `ClearEntriesFor*`), always UDP.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ConntrackFilter {
     /// `--orig-dst`.
     pub orig_dst: Option<IpAddr>,

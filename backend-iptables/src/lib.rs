@@ -11,6 +11,8 @@
 //!   real tools behind it, legacy and nf_tables.
 //! - [`fake`]: an in-memory iptables that checks restore input as the
 //!   real one does, for unit tests.
+//! - [`owned`]: a few chains owned by another component (userspace
+//!   portals, IPVS companions), written and removed with the same restore.
 //! - [`proxier`]: full and partial syncs, stale-chain removal, conntrack
 //!   cleanup, `cleanup`.
 //!
@@ -26,6 +28,7 @@
 pub mod exec;
 pub mod fake;
 pub mod names;
+pub mod owned;
 pub mod proxier;
 pub mod render;
 

@@ -28,6 +28,7 @@ use proxier_core::{IpFamily, Proxier, ProxierError, SyncRequest, SyncStats};
 
 use crate::exec::{Conntrack, ConntrackFilter, ExecError, Iptables, Variant};
 use crate::names;
+use crate::owned::{builtin_chains, target};
 use crate::render::{Config, Ruleset, is_large_cluster, jump_rules};
 
 /// The flush-mode threshold on iptables-legacy (see
@@ -35,25 +36,6 @@ use crate::render::{Config, Ruleset, is_large_cluster, jump_rules};
 pub const LEGACY_FLUSH_THRESHOLD: usize = usize::MAX;
 
 /// Built-in chains of the tables this backend writes.
-fn builtin_chains(table: &str) -> &'static [&'static str] {
-    match table {
-        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
-        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-        _ => &[],
-    }
-}
-
-/// The target of a rule (`-j TARGET`).
-fn target(rule: &str) -> Option<&str> {
-    let mut words = rule.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "-j" {
-            return words.next();
-        }
-    }
-    None
-}
-
 /// What [`IptablesProxier::read_table`] found.
 #[derive(Debug, Default)]
 struct TableState {

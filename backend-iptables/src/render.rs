@@ -265,7 +265,7 @@ pub struct Ruleset {
 /// What a namespace, service name or port name may carry into a comment:
 /// a DNS label (what Kubernetes allows), so nothing that could end a word
 /// or a line in `iptables-restore` input, or read as a flag.
-fn safe_label(s: &str) -> bool {
+pub fn safe_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 253

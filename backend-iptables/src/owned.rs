@@ -1,0 +1,238 @@
+//! A small set of chains owned by a component, written and removed with
+//! one `iptables-restore --noflush` per table: what the userspace
+//! proxier's portal rules and the IPVS proxier's companion rules use, so
+//! that neither copies the restore code.
+//!
+//! Check by hand with `iptables-save -t nat | grep KUBE-`.
+
+use std::fmt::Write as _;
+
+use crate::exec::{ExecError, Iptables};
+
+/// The built-in chains of a table that jumps are read from.
+pub fn builtin_chains(table: &str) -> &'static [&'static str] {
+    match table {
+        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
+        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        _ => &[],
+    }
+}
+
+/// The target of a rule (`-j TARGET`).
+pub fn target(rule: &str) -> Option<&str> {
+    let mut words = rule.split_whitespace();
+    while let Some(w) = words.next() {
+        if w == "-j" {
+            return words.next();
+        }
+    }
+    None
+}
+
+/// Where a jump goes in its built-in chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Position {
+    /// Ahead of every other rule (`-I CHAIN 1`).
+    First,
+    /// After every other rule (`-A CHAIN`).
+    Last,
+}
+
+/// A rule in a built-in chain that jumps to one of the owned chains.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jump {
+    /// The built-in chain (`PREROUTING`).
+    pub from: &'static str,
+    /// The rule after `-A CHAIN`, ending in `-j OWNED`.
+    pub rule: String,
+    /// Where it goes.
+    pub position: Position,
+}
+
+/// The chains of one table, as they should be.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableRules {
+    /// Each owned chain with its `-A` lines (newline-terminated).
+    pub chains: Vec<(String, String)>,
+    /// The jumps into them.
+    pub jumps: Vec<Jump>,
+}
+
+impl TableRules {
+    /// Number of rules, jumps included.
+    pub fn rule_count(&self) -> usize {
+        self.jumps.len()
+            + self
+                .chains
+                .iter()
+                .map(|(_, b)| b.lines().count())
+                .sum::<usize>()
+    }
+}
+
+/// The `-D` lines for every rule in `table`'s built-in chains that jumps
+/// to a chain `owns` claims, and the owned chains that exist.
+async fn read_owned(
+    ipt: &dyn Iptables,
+    table: &str,
+    owns: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<(Vec<String>, Vec<String>), ExecError> {
+    let listing = ipt.list_table(table, builtin_chains(table), true).await?;
+    let deletes = listing
+        .builtin
+        .iter()
+        .flat_map(|(_, rules)| rules)
+        .filter(|r| target(r).is_some_and(owns))
+        .map(|r| format!("-D{}", &r[2..]))
+        .collect();
+    let existing = listing
+        .chains
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| owns(c))
+        .collect();
+    Ok((deletes, existing))
+}
+
+/// Makes `table` hold exactly `want` among the chains `owns` claims:
+/// one `iptables-restore --noflush` that flushes and refills each wanted
+/// chain, moves the jumps (old ones deleted, new ones placed), and
+/// deletes owned chains no longer wanted. Other rules are untouched.
+/// Returns the payload written.
+pub async fn replace(
+    ipt: &dyn Iptables,
+    table: &str,
+    want: &TableRules,
+    owns: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<String, ExecError> {
+    let (deletes, existing) = read_owned(ipt, table, owns).await?;
+    let stale: Vec<&String> = existing
+        .iter()
+        .filter(|c| !want.chains.iter().any(|(w, _)| w == *c))
+        .collect();
+    let mut out = format!("*{table}\n");
+    for (c, _) in &want.chains {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for c in &stale {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for d in &deletes {
+        out.push_str(d);
+        out.push('\n');
+    }
+    for j in want
+        .jumps
+        .iter()
+        .rev()
+        .filter(|j| j.position == Position::First)
+    {
+        let _ = writeln!(out, "-I {} 1 {}", j.from, j.rule);
+    }
+    for j in want.jumps.iter().filter(|j| j.position == Position::Last) {
+        let _ = writeln!(out, "-A {} {}", j.from, j.rule);
+    }
+    for (_, body) in &want.chains {
+        out.push_str(body);
+    }
+    for c in &stale {
+        let _ = writeln!(out, "-X {c}");
+    }
+    out.push_str("COMMIT\n");
+    ipt.restore(table, &out, true).await?;
+    Ok(out)
+}
+
+/// Removes every chain `owns` claims from `table`, and the jumps to
+/// them, in one restore. Does nothing when there is nothing to remove.
+pub async fn remove(
+    ipt: &dyn Iptables,
+    table: &str,
+    owns: &(dyn Fn(&str) -> bool + Sync),
+) -> Result<(), ExecError> {
+    let (deletes, existing) = read_owned(ipt, table, owns).await?;
+    if deletes.is_empty() && existing.is_empty() {
+        return Ok(());
+    }
+    let mut out = format!("*{table}\n");
+    for c in &existing {
+        let _ = writeln!(out, ":{c} - [0:0]");
+    }
+    for d in &deletes {
+        out.push_str(d);
+        out.push('\n');
+    }
+    for c in &existing {
+        let _ = writeln!(out, "-X {c}");
+    }
+    out.push_str("COMMIT\n");
+    ipt.restore(table, &out, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exec::Variant;
+    use crate::fake::FakeIptables;
+
+    fn ours(c: &str) -> bool {
+        c.starts_with("TEST-")
+    }
+
+    #[tokio::test]
+    async fn replace_moves_jumps_and_removes_stale_chains() {
+        let ipt = FakeIptables::new(Variant::Nft);
+        ipt.restore(
+            "nat",
+            "*nat\n:FOREIGN - [0:0]\n-A PREROUTING -j FOREIGN\n-A FOREIGN -j ACCEPT\nCOMMIT\n",
+            true,
+        )
+        .await
+        .unwrap();
+        let mut want = TableRules {
+            chains: vec![
+                ("TEST-A".into(), "-A TEST-A -p tcp -j ACCEPT\n".into()),
+                ("TEST-B".into(), "-A TEST-B -p udp -j ACCEPT\n".into()),
+            ],
+            jumps: vec![
+                Jump {
+                    from: "PREROUTING",
+                    rule: "-j TEST-A".into(),
+                    position: Position::First,
+                },
+                Jump {
+                    from: "PREROUTING",
+                    rule: "-j TEST-B".into(),
+                    position: Position::Last,
+                },
+            ],
+        };
+        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        // Twice: the jumps are not duplicated.
+        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        let pre = ipt.list_rules("nat", "PREROUTING").await.unwrap().unwrap();
+        assert_eq!(
+            pre,
+            vec![
+                "-A PREROUTING -j TEST-A",
+                "-A PREROUTING -j FOREIGN",
+                "-A PREROUTING -j TEST-B"
+            ]
+        );
+        want.chains.pop();
+        want.jumps.pop();
+        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        assert!(ipt.list_rules("nat", "TEST-B").await.unwrap().is_none());
+        remove(&ipt, "nat", &ours).await.unwrap();
+        let chains = ipt.list_chains("nat").await.unwrap();
+        assert!(!chains.iter().any(|c| ours(c)), "{chains:?}");
+        assert_eq!(
+            ipt.list_rules("nat", "PREROUTING").await.unwrap().unwrap(),
+            vec!["-A PREROUTING -j FOREIGN"]
+        );
+        assert_eq!(
+            ipt.list_rules("nat", "FOREIGN").await.unwrap().unwrap(),
+            vec!["-A FOREIGN -j ACCEPT"]
+        );
+    }
+}
