@@ -283,3 +283,31 @@ async fn node_port_and_source_ranges() {
             .is_ok()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_tcp_and_udp() {
+    let backend: SocketAddr = "[::1]:19611".parse().unwrap();
+    tcp_server(backend).await;
+    udp_server(backend).await;
+    let mut bed = Bed::v6(DataPath::default());
+    let mut s = service(
+        "default",
+        "six",
+        "fd00::10",
+        &[("http", 18611, TCP), ("dns", 18611, UDP)],
+    );
+    s.service_type = ServiceType::NodePort;
+    s.ports[0].node_port = 31611;
+    s.ports[1].node_port = 31611;
+    let sl = slice(
+        "default",
+        "six",
+        &[("http", 19611, TCP), ("dns", 19611, UDP)],
+        vec![ep(ip("::1"), "node-1")],
+    );
+    bed.apply(&[s], &[sl]).await;
+    let np: SocketAddr = "[::1]:31611".parse().unwrap();
+    assert_eq!(tcp_who(None, np).await.unwrap(), backend);
+    let (server, from) = udp_who(np, "six").await.unwrap();
+    assert_eq!((server, from), (backend, np));
+}

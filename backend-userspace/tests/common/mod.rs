@@ -62,7 +62,11 @@ pub async fn tcp_hello(
     src: Option<IpAddr>,
     dst: SocketAddr,
 ) -> std::io::Result<(BufReader<TcpStream>, String)> {
-    let sock = TcpSocket::new_v4()?;
+    let sock = if dst.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
     if let Some(s) = src {
         sock.bind(SocketAddr::new(s, 0))?;
     }
@@ -88,7 +92,12 @@ pub async fn tcp_who(src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<So
 
 /// Sends `payload` from a fresh socket and returns (server, reply source).
 pub async fn udp_who(dst: SocketAddr, payload: &str) -> std::io::Result<(SocketAddr, SocketAddr)> {
-    let s = UdpSocket::bind("127.0.0.1:0").await?;
+    let s = UdpSocket::bind(if dst.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    })
+    .await?;
     udp_on(&s, dst, payload).await
 }
 
@@ -128,6 +137,24 @@ impl Bed {
                 freebind: false,
             }),
         )
+    }
+
+    /// IPv6: node ports on `::1`.
+    pub fn v6(data: DataPath) -> Bed {
+        Bed {
+            tracker: ChangeTracker::new(IpFamily::V6, "node-1"),
+            proxier: UserspaceProxier::new(Config {
+                family: IpFamily::V6,
+                mode: Mode::Direct(Direct {
+                    cluster_ips: false,
+                    external_ips: true,
+                    node_addresses: vec![ip("::1")],
+                    freebind: false,
+                }),
+                data,
+            }),
+            synced: false,
+        }
     }
 
     pub fn with_mode(data: DataPath, mode: Mode) -> Bed {
