@@ -35,7 +35,7 @@ fn lb_service(
 }
 
 /// The two tests count this process's descriptors: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -82,7 +82,7 @@ fn line(r: &mut impl std::io::BufRead) -> String {
 /// raised past 20,000 (no `CAP_SYS_RESOURCE`), N is what fits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_concurrent_connections_leak_no_descriptors() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     let limit = raise_fd_limit(65_536).unwrap() as usize;
     let n = 10_000.min((limit - 100) / 2);
     assert!(
@@ -135,7 +135,7 @@ async fn ten_thousand_concurrent_connections_leak_no_descriptors() {
 async fn udp_flood_from_100k_source_ports_stays_bounded() {
     const SOURCES: usize = 100_000;
     const CAP: usize = 2_000;
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _serial = SERIAL.lock().await;
     raise_fd_limit(65_536).unwrap();
     udp_server("127.78.2.11:9000".parse().unwrap()).await;
     let data = DataPath {

@@ -58,8 +58,13 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 
 /// Starts logging (`RUST_LOG`, default `info`) on stderr.
 pub fn init_logging() {
+    init_logging_with_default("info");
+}
+
+/// Starts logging on stderr: `RUST_LOG`, else `default`.
+pub fn init_logging_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
