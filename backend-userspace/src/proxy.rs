@@ -192,7 +192,14 @@ pub async fn serve_tcp(listener: TcpListener, port: Arc<PortShared>) {
 
 async fn handle_tcp(conn: TcpStream, peer: SocketAddr, port: Arc<PortShared>) {
     let _active = Active::new(&port);
-    if let Some(dst) = original_dst(&conn)
+    let ranges = !port
+        .firewall
+        .lock()
+        .expect("firewall lock")
+        .ranges
+        .is_empty();
+    if ranges
+        && let Some(dst) = original_dst(&conn)
         && !port.allows(peer.ip(), dst)
     {
         debug!(service = %port.name, client = %peer, "outside loadBalancerSourceRanges");

@@ -1,7 +1,8 @@
 //! Moving bytes between a client and an endpoint: two ways, one switch.
 //!
 //! - [`Relay::Copy`]: `read`/`write` through a user-space buffer per
-//!   direction (`tokio::io::copy_bidirectional_with_sizes`).
+//!   direction. The buffer is taken only while bytes are flowing and given
+//!   back when the socket runs dry, so an idle connection holds none.
 //! - [`Relay::Splice`]: `splice(2)` socket → pipe → socket, so the bytes
 //!   never enter user space. Costs a pipe (two descriptors) per direction.
 //!
@@ -59,16 +60,12 @@ impl Relay {
 
     /// Relays until both directions are finished or one fails. Returns
     /// the bytes moved client → endpoint and endpoint → client.
-    pub async fn run(
-        self,
-        mut client: TcpStream,
-        mut upstream: TcpStream,
-    ) -> io::Result<(u64, u64)> {
+    pub async fn run(self, client: TcpStream, upstream: TcpStream) -> io::Result<(u64, u64)> {
         match self {
-            Relay::Copy { buffer } => {
-                tokio::io::copy_bidirectional_with_sizes(&mut client, &mut upstream, buffer, buffer)
-                    .await
-            }
+            Relay::Copy { buffer } => tokio::try_join!(
+                copy_one(&client, &upstream, buffer),
+                copy_one(&upstream, &client, buffer)
+            ),
             Relay::Splice { pipe } => {
                 let a = Pipe::new(pipe)?;
                 let b = Pipe::new(pipe)?;
@@ -77,6 +74,68 @@ impl Relay {
                     b.pump(&upstream, &client, pipe)
                 )
             }
+        }
+    }
+}
+
+thread_local! {
+    /// Buffers not in use, per worker thread: an idle connection holds
+    /// none, and a busy one does not allocate (or zero) one per read.
+    static POOL: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer from the pool, returned to it when dropped.
+struct Pooled(Vec<u8>);
+
+impl Pooled {
+    fn take(size: usize) -> Pooled {
+        let b = POOL
+            .with_borrow_mut(|p| p.pop())
+            .filter(|b| b.len() == size)
+            .unwrap_or_else(|| vec![0u8; size]);
+        Pooled(b)
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let b = std::mem::take(&mut self.0);
+        POOL.with_borrow_mut(|p| {
+            if p.len() < 64 {
+                p.push(b);
+            }
+        });
+    }
+}
+
+/// One direction by copy: wait until `src` is readable, then read and
+/// write until it runs dry; the buffer goes back to the pool while waiting.
+async fn copy_one(src: &TcpStream, dst: &TcpStream, size: usize) -> io::Result<u64> {
+    let mut total = 0u64;
+    loop {
+        src.readable().await?;
+        let mut buf = Pooled::take(size);
+        let buf = &mut buf.0;
+        loop {
+            let n = match src.try_read(buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            };
+            if n == 0 {
+                let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+                return Ok(total);
+            }
+            let mut off = 0;
+            while off < n {
+                dst.writable().await?;
+                match dst.try_write(&buf[off..n]) {
+                    Ok(m) => off += m,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            total += n as u64;
         }
     }
 }
