@@ -266,7 +266,6 @@ impl UserspaceProxier {
                 e.affinity = affinity;
             }
             lb.set_endpoints(eps);
-            lb.expire(Instant::now());
         }
         *e.shared.firewall.lock().expect("firewall lock") = firewall;
         let want = portal || has_endpoints;
@@ -383,9 +382,20 @@ impl Proxier for UserspaceProxier {
 
     async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
         let snap = &req.snapshot;
+        // A full sync looks at every service; a partial one only at the
+        // services the change set names (the rest are as they were).
+        let svcs: Vec<&Arc<ServicePort>> = if req.full {
+            snap.services.values().collect()
+        } else {
+            req.changes
+                .updated_services
+                .iter()
+                .flat_map(|nn| snap.ports_of(nn))
+                .collect()
+        };
         let mut desired: HashMap<&ServicePortName, (&Arc<ServicePort>, Vec<SocketAddr>)> =
             HashMap::new();
-        for (name, svc) in snap.services.iter() {
+        for svc in svcs {
             if svc.protocol() == Protocol::Sctp || !self.cfg.family.matches(&svc.cluster_ip) {
                 continue;
             }
@@ -395,13 +405,16 @@ impl Proxier for UserspaceProxier {
             } else {
                 cat.cluster()
             };
-            desired.insert(name, (svc, eps.iter().map(|e| e.addr).collect()));
+            desired.insert(&svc.name, (svc, eps.iter().map(|e| e.addr).collect()));
         }
         let mut ops = 0;
         let gone: Vec<ServicePortName> = self
             .entries
             .keys()
-            .filter(|n| !desired.contains_key(n))
+            .filter(|n| {
+                (req.full || req.changes.updated_services.contains(&n.service))
+                    && !desired.contains_key(n)
+            })
             .cloned()
             .collect();
         for n in &gone {
@@ -411,6 +424,11 @@ impl Proxier for UserspaceProxier {
         for (svc, eps) in desired.into_values() {
             let svc = svc.clone();
             ops += self.reconcile(&svc, eps, &mut errors);
+        }
+        // Stale affinity entries go on every sync (`cleanupStaleStickySessions`).
+        let now = Instant::now();
+        for e in self.entries.values() {
+            e.shared.lb.lock().expect("balancer lock").expire(now);
         }
         let rules = self.write_portals(req.full).await?;
         if let Mode::Portal(p) = &self.cfg.mode {
