@@ -2,22 +2,17 @@
 //! `--once` against the bundled manifest in a throwaway namespace with the
 //! rules checked afterwards, `--cleanup`, and a bad manifest.
 
+mod common;
+
 use std::process::Command;
 
+use common::manifest;
 use proxier_testbed::Netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iptables");
 
-fn manifest() -> String {
-    format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn run_in(ns: &Netns, args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(["netns", "exec", ns.name(), BIN])
-        .args(args)
-        .output()
-        .unwrap()
+    common::run_in(ns, BIN, args)
 }
 
 #[test]
@@ -105,14 +100,7 @@ fn once_then_cleanup_in_a_namespace() {
 
 #[test]
 fn bad_manifest_names_the_object_and_field() {
-    let dir = std::env::temp_dir().join(format!("proxier-badmanifest-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  clusterIP: 10.96.0.20\n  clusterIPs: [10.96.0.20]\n  ports: [{name: http, port: 0, protocol: TCP}]\n",
-    )
-    .unwrap();
+    let (dir, bad) = common::bad_manifest("badmanifest");
     let ns = Netns::new("exbad").unwrap();
     let out = run_in(
         &ns,
@@ -126,16 +114,7 @@ fn bad_manifest_names_the_object_and_field() {
             "nft",
         ],
     );
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error: Service"))
-        .unwrap_or_else(|| panic!("{err}"));
-    assert!(
-        line.contains("demo/broken") && line.contains("spec.ports[0].port"),
-        "{line}"
-    );
+    common::assert_names_broken_port(&out);
     let out = run_in(
         &ns,
         &[

@@ -1,25 +1,20 @@
 //! The `userspace` binary and the demo, run as a user would.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::manifest;
 use proxier_testbed::Netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_userspace");
 const DEMO: &str = env!("CARGO_BIN_EXE_demo");
 
-fn manifest() -> String {
-    format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"))
-}
-
 fn run_in(ns: &Netns, args: &[&str]) -> std::process::Output {
-    Command::new("ip")
-        .args(["netns", "exec", ns.name(), BIN])
-        .args(args)
-        .output()
-        .unwrap()
+    common::run_in(ns, BIN, args)
 }
 
 #[test]
@@ -107,14 +102,7 @@ fn portal_once_then_cleanup_in_a_namespace() {
 
 #[test]
 fn bad_manifest_names_the_object_and_field() {
-    let dir = std::env::temp_dir().join(format!("proxier-us-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  clusterIP: 10.96.0.20\n  clusterIPs: [10.96.0.20]\n  ports: [{name: http, port: 0, protocol: TCP}]\n",
-    )
-    .unwrap();
+    let (dir, bad) = common::bad_manifest("us-bad");
     let out = Command::new(BIN)
         .args([
             "--once",
@@ -126,16 +114,7 @@ fn bad_manifest_names_the_object_and_field() {
         ])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error: Service"))
-        .unwrap_or_else(|| panic!("{err}"));
-    assert!(
-        line.contains("demo/broken") && line.contains("spec.ports[0].port"),
-        "{line}"
-    );
+    common::assert_names_broken_port(&out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

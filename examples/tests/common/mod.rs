@@ -1,0 +1,51 @@
+//! What the binaries' tests share: the bundled manifest, running a binary
+//! in a namespace, a bad manifest and the error line it must produce.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use proxier_testbed::Netns;
+
+/// The bundled demo manifest.
+pub fn manifest() -> String {
+    format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs `bin args` inside `ns`.
+pub fn run_in(ns: &Netns, bin: &str, args: &[&str]) -> Output {
+    Command::new("ip")
+        .args(["netns", "exec", ns.name(), bin])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A manifest with one invalid Service (`demo/broken`, port 0) in a fresh
+/// directory named after `tag`; returns (directory, file).
+pub fn bad_manifest(tag: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("proxier-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: broken, namespace: demo}\nspec:\n  clusterIP: 10.96.0.20\n  clusterIPs: [10.96.0.20]\n  ports: [{name: http, port: 0, protocol: TCP}]\n",
+    )
+    .unwrap();
+    (dir, bad)
+}
+
+/// The run failed with a one-line error naming `demo/broken` and its field.
+pub fn assert_names_broken_port(out: &Output) {
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("error: Service"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        line.contains("demo/broken") && line.contains("spec.ports[0].port"),
+        "{line}"
+    );
+}
