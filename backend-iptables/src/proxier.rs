@@ -457,52 +457,7 @@ impl IptablesProxier {
         if self.cfg.family != req.snapshot.family {
             return;
         }
-        let mut filters: BTreeSet<ConntrackFilter> = BTreeSet::new();
-        let by_ip = |ip: IpAddr| ConntrackFilter {
-            orig_dst: Some(ip),
-            orig_port_dst: None,
-            dst_nat: None,
-        };
-        for ip in &req.changes.deleted_udp_cluster_ips {
-            filters.insert(by_ip(*ip));
-        }
-        for name in &req.changes.newly_active_udp_services {
-            if let Some(svc) = req.snapshot.services.get(name) {
-                filters.insert(by_ip(svc.cluster_ip));
-                for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-                    filters.insert(by_ip(*ip));
-                }
-                if svc.node_port != 0 {
-                    filters.insert(ConntrackFilter {
-                        orig_dst: None,
-                        orig_port_dst: Some(svc.node_port),
-                        dst_nat: None,
-                    });
-                }
-            }
-        }
-        for stale in &req.changes.deleted_udp_endpoints {
-            if let Some(svc) = req.snapshot.services.get(&stale.service) {
-                let ep = Some(stale.endpoint.ip());
-                for ip in std::iter::once(&svc.cluster_ip)
-                    .chain(&svc.external_ips)
-                    .chain(&svc.load_balancer_ips)
-                {
-                    filters.insert(ConntrackFilter {
-                        orig_dst: Some(*ip),
-                        orig_port_dst: None,
-                        dst_nat: ep,
-                    });
-                }
-                if svc.node_port != 0 {
-                    filters.insert(ConntrackFilter {
-                        orig_dst: None,
-                        orig_port_dst: Some(svc.node_port),
-                        dst_nat: ep,
-                    });
-                }
-            }
-        }
+        let filters = stale_conntrack(req);
         for f in &filters {
             match self.ct.delete(self.cfg.family, f).await {
                 Ok(n) if n > 0 => {
@@ -663,4 +618,59 @@ impl Proxier for IptablesProxier {
         self.need_full = true;
         Ok(())
     }
+}
+
+/// The UDP conntrack entries a sync must delete (kube-proxy's
+/// `conntrack.CleanStaleEntries`): flows to deleted UDP cluster IPs, to
+/// services that just got their first endpoint (their packets were
+/// rejected until now), and flows DNATed to removed UDP endpoints. Pure:
+/// every backend that NATs UDP uses it.
+pub fn stale_conntrack(req: &SyncRequest) -> BTreeSet<ConntrackFilter> {
+    let mut filters: BTreeSet<ConntrackFilter> = BTreeSet::new();
+    let by_ip = |ip: IpAddr| ConntrackFilter {
+        orig_dst: Some(ip),
+        orig_port_dst: None,
+        dst_nat: None,
+    };
+    for ip in &req.changes.deleted_udp_cluster_ips {
+        filters.insert(by_ip(*ip));
+    }
+    for name in &req.changes.newly_active_udp_services {
+        if let Some(svc) = req.snapshot.services.get(name) {
+            filters.insert(by_ip(svc.cluster_ip));
+            for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
+                filters.insert(by_ip(*ip));
+            }
+            if svc.node_port != 0 {
+                filters.insert(ConntrackFilter {
+                    orig_dst: None,
+                    orig_port_dst: Some(svc.node_port),
+                    dst_nat: None,
+                });
+            }
+        }
+    }
+    for stale in &req.changes.deleted_udp_endpoints {
+        if let Some(svc) = req.snapshot.services.get(&stale.service) {
+            let ep = Some(stale.endpoint.ip());
+            for ip in std::iter::once(&svc.cluster_ip)
+                .chain(&svc.external_ips)
+                .chain(&svc.load_balancer_ips)
+            {
+                filters.insert(ConntrackFilter {
+                    orig_dst: Some(*ip),
+                    orig_port_dst: None,
+                    dst_nat: ep,
+                });
+            }
+            if svc.node_port != 0 {
+                filters.insert(ConntrackFilter {
+                    orig_dst: None,
+                    orig_port_dst: Some(svc.node_port),
+                    dst_nat: ep,
+                });
+            }
+        }
+    }
+    filters
 }

@@ -145,6 +145,66 @@ impl Config {
         1u32 << self.masquerade_bit
     }
 
+    /// The local-traffic match (`-s CIDR`, `-i PREFIX+`), negated with
+    /// `!` for "not from a pod".
+    pub fn local_match(&self, out: &mut String, negate: bool) {
+        let not = if negate { " !" } else { "" };
+        match &self.local_detector {
+            LocalDetector::ClusterCidr(cidrs) => {
+                for c in cidrs {
+                    let _ = write!(out, "{not} -s {c}");
+                }
+            }
+            LocalDetector::InterfacePrefix(p) => {
+                let _ = write!(out, "{not} -i {p}+");
+            }
+            LocalDetector::None => {}
+        }
+    }
+
+    /// `KUBE-FORWARD`: accept marked traffic and established flows (the
+    /// IPVS backend writes the same chain).
+    pub fn forward_rules(&self) -> String {
+        let mark = self.mark();
+        let mut fwd = String::new();
+        if !self.tcp_be_liberal {
+            fwd.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
+        }
+        let _ = writeln!(
+            fwd,
+            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
+        );
+        fwd.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+        fwd
+    }
+
+    /// `KUBE-POSTROUTING`: masquerade what `KUBE-MARK-MASQ` marked.
+    pub fn postrouting_rules(&self) -> String {
+        let mark = self.mark();
+        let mut postrouting = String::new();
+        let _ = writeln!(
+            postrouting,
+            "-A KUBE-POSTROUTING -m mark ! --mark {mark:#x}/{mark:#x} -j RETURN"
+        );
+        let _ = writeln!(
+            postrouting,
+            "-A KUBE-POSTROUTING -j MARK --xor-mark {mark:#x}"
+        );
+        postrouting.push_str(
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE",
+        );
+        if self.random_fully {
+            postrouting.push_str(" --random-fully");
+        }
+        postrouting.push('\n');
+        postrouting
+    }
+
+    /// `KUBE-MARK-MASQ`: set the masquerade mark.
+    pub fn mark_masq_rules(&self) -> String {
+        format!("-A KUBE-MARK-MASQ -j MARK --or-mark {:#x}\n", self.mark())
+    }
+
     fn localhost_node_ports(&self) -> bool {
         self.localhost_node_ports && self.family == IpFamily::V4
     }
@@ -430,21 +490,8 @@ struct Renderer<'a> {
 }
 
 impl Renderer<'_> {
-    /// The local-traffic match (`-s CIDR`, `-i PREFIX+`), negated with
-    /// `!` for "not from a pod".
     fn local_match(&self, out: &mut String, negate: bool) {
-        let not = if negate { " !" } else { "" };
-        match &self.cfg.local_detector {
-            LocalDetector::ClusterCidr(cidrs) => {
-                for c in cidrs {
-                    let _ = write!(out, "{not} -s {c}");
-                }
-            }
-            LocalDetector::InterfacePrefix(p) => {
-                let _ = write!(out, "{not} -i {p}+");
-            }
-            LocalDetector::None => {}
-        }
+        self.cfg.local_match(out, negate)
     }
 
     fn service(&mut self, svc: &ServicePort) -> Result<Fragment, RenderError> {
@@ -1050,7 +1097,6 @@ fn assemble(
     cfg: &Config,
     services: &OrdMap<ServicePortName, Arc<Fragment>>,
 ) -> (FixedChains, FixedChains) {
-    let mark = cfg.mark();
     let cat = |pick: fn(&Fragment) -> &String| -> String {
         let mut s = String::with_capacity(services.values().map(|f| pick(f).len()).sum());
         for f in services.values() {
@@ -1066,17 +1112,7 @@ fn assemble(
         (names::KUBE_NODEPORTS, cat(|f| &f.filter_nodeports)),
         (names::KUBE_PROXY_FIREWALL, cat(|f| &f.filter_firewall)),
     ];
-    {
-        let fwd = &mut filter[2].1;
-        if !cfg.tcp_be_liberal {
-            fwd.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
-        }
-        let _ = writeln!(
-            fwd,
-            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
-        );
-        fwd.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
-    }
+    filter[2].1 = cfg.forward_rules();
     if cfg.localhost_node_ports() {
         filter.push((
             names::KUBE_FIREWALL,
@@ -1107,30 +1143,11 @@ fn assemble(
             let _ = writeln!(nat_services, "{tail} -d {ip} -j KUBE-NODEPORTS");
         }
     }
-    let mut postrouting = String::new();
-    let _ = writeln!(
-        postrouting,
-        "-A KUBE-POSTROUTING -m mark ! --mark {mark:#x}/{mark:#x} -j RETURN"
-    );
-    let _ = writeln!(
-        postrouting,
-        "-A KUBE-POSTROUTING -j MARK --xor-mark {mark:#x}"
-    );
-    postrouting.push_str(
-        "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE",
-    );
-    if cfg.random_fully {
-        postrouting.push_str(" --random-fully");
-    }
-    postrouting.push('\n');
     let nat = vec![
         (names::KUBE_SERVICES, nat_services),
         (names::KUBE_NODEPORTS, cat(|f| &f.nat_nodeports)),
-        (names::KUBE_POSTROUTING, postrouting),
-        (
-            names::KUBE_MARK_MASQ,
-            format!("-A KUBE-MARK-MASQ -j MARK --or-mark {mark:#x}\n"),
-        ),
+        (names::KUBE_POSTROUTING, cfg.postrouting_rules()),
+        (names::KUBE_MARK_MASQ, cfg.mark_masq_rules()),
     ];
     (filter, nat)
 }

@@ -20,5 +20,12 @@
 
 pub mod client;
 pub mod codec;
+pub mod desired;
+pub mod fake;
+pub mod kernel;
+pub mod proxier;
+pub mod rules;
+pub mod sets;
 
 pub use client::{IpvsClient, IpvsError, Op, Timeouts};
+pub use proxier::{Config, IpvsProxier, Kernel, SyncReport};

@@ -344,6 +344,51 @@ fn node_port(mut s: Service, np: u16) -> Service {
     s
 }
 
+const FEATURE_LINE: &str = "PROXIER-FEATURE";
+
+/// Runs every feature of `backend` inside the test VM (one boot), from
+/// the host: the test binary's ignored tests are the scenarios. Writes
+/// the results the VM reported into `target/proxier-features/` and fails
+/// unless every supported feature passed.
+pub fn run_in_vm(backend: &'static Backend) {
+    let exe = std::env::current_exe().expect("current exe");
+    let r = crate::vm::run(
+        &exe,
+        &["--ignored", "--test-threads", "1", "--nocapture"],
+        &[],
+        std::time::Duration::from_secs(1800),
+    )
+    .expect("could not start the VM");
+    let result_dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-features");
+    let _ = std::fs::create_dir_all(&result_dir);
+    let mut seen = 0;
+    for line in r.output.lines() {
+        if let Some(rest) = line.split(FEATURE_LINE).nth(1) {
+            let rest = rest.trim();
+            let mut f = rest.split('\t');
+            if let (Some(b), Some(id), Some(_)) = (f.next(), f.next(), f.next()) {
+                let file = result_dir.join(format!("{}.{id}", b.replace([' ', '(', ')'], "_")));
+                let _ = std::fs::write(file, format!("{rest}\n"));
+                seen += 1;
+            }
+        }
+    }
+    let expected = Feature::ALL.len() - backend.unsupported.len();
+    assert!(
+        r.passed() && r.output.contains(&format!("{expected} passed")),
+        "{}: the behaviour suite failed in the VM (status {:?}, {:?}):\n{}",
+        backend.name,
+        r.status,
+        r.elapsed,
+        r.output
+    );
+    assert!(
+        seen >= Feature::ALL.len(),
+        "results of {seen} features reported"
+    );
+}
+
 /// Runs one feature's scenario against `backend`; records the result.
 pub fn run(feature: Feature, backend: &'static Backend) {
     let result_dir =
@@ -355,10 +400,12 @@ pub fn run(feature: Feature, backend: &'static Backend) {
         feature.id()
     ));
     let record = |verdict: &str| {
-        let _ = std::fs::write(
-            &file,
-            format!("{}\t{}\t{verdict}\n", backend.name, feature.id()),
-        );
+        let line = format!("{}\t{}\t{verdict}", backend.name, feature.id());
+        if crate::vm::in_vm() {
+            // The host side of `behaviour_suite_vm!` writes it.
+            println!("{FEATURE_LINE} {line}");
+        }
+        let _ = std::fs::write(&file, format!("{line}\n"));
     };
     if backend.unsupported.contains(&feature) {
         record("unsupported");
@@ -752,7 +799,9 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
 
 /// Expands to one `#[test]` per feature for a backend:
 /// `behaviour_suite!(&BACKEND);` inside a test file, where `BACKEND` is a
-/// `static` [`Backend`].
+/// `static` [`Backend`]. `behaviour_suite!(@vm &BACKEND);` makes the
+/// scenarios ignored tests and adds `behaviour_suite_in_vm`, which runs
+/// them all inside the test VM (one boot).
 #[macro_export]
 macro_rules! behaviour_suite {
     ($backend:expr) => {
@@ -766,6 +815,33 @@ macro_rules! behaviour_suite {
             terminating_fallback TerminatingFallback, hairpin Hairpin,
             masquerade_external MasqueradeExternal, endpoint_churn EndpointChurn,
             service_deleted ServiceDeleted, cleanup Cleanup);
+    };
+    (@vm $backend:expr) => {
+        $crate::behaviour_suite!(@vmtests $backend;
+            cluster_ip_tcp ClusterIpTcp, cluster_ip_udp ClusterIpUdp, multi_port MultiPort,
+            no_endpoints_rejected NoEndpointsRejected, node_port NodePort,
+            node_port_addresses NodePortAddresses, external_ips ExternalIps,
+            load_balancer_source_ranges LoadBalancerSourceRanges, session_affinity SessionAffinity,
+            external_traffic_policy_local ExternalTrafficPolicyLocal,
+            internal_traffic_policy_local InternalTrafficPolicyLocal,
+            terminating_fallback TerminatingFallback, hairpin Hairpin,
+            masquerade_external MasqueradeExternal, endpoint_churn EndpointChurn,
+            service_deleted ServiceDeleted, cleanup Cleanup);
+        /// Boots the VM once and runs every scenario there.
+        #[test]
+        fn behaviour_suite_in_vm() {
+            $crate::suite::run_in_vm($backend);
+        }
+    };
+    (@vmtests $backend:expr; $($name:ident $feature:ident),*) => {
+        $(
+            #[test]
+            #[ignore = "a scenario of the VM suite: behaviour_suite_in_vm runs it inside the VM"]
+            fn $name() {
+                assert!($crate::vm::in_vm(), "run inside the VM (behaviour_suite_in_vm)");
+                $crate::suite::run($crate::suite::Feature::$feature, $backend);
+            }
+        )*
     };
     (@tests $backend:expr; $($name:ident $feature:ident),*) => {
         $(

@@ -1,0 +1,953 @@
+//! [`IpvsProxier`]: reconciles IPVS, `kube-ipvs0`, the ipsets and the
+//! companion iptables rules with a snapshot.
+//!
+//! A **full sync** reads the kernel once (`ipvsadm -Ln`, the addresses of
+//! `kube-ipvs0`, `ipset save`) and issues only the operations that make it
+//! match; what it finds and owns but does not want is removed, so a
+//! restart adopts the previous run's objects. A **partial sync** touches
+//! only the service ports the change set names: their virtual servers
+//! (one `GET_DEST` each, for fresh connection counts), their addresses and
+//! their set entries, so its cost does not grow with the number of
+//! services.
+//!
+//! Removed real servers of TCP services go to weight 0 and are deleted
+//! once they have no connections, or after
+//! [`Config::graceful_termination_cap`] (kube-proxy's graceful
+//! termination); UDP and SCTP ones go at once.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::ops::RangeInclusive;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use backend_iptables::owned::{self, TableRules};
+use backend_iptables::{Conntrack, ConntrackCmd, Iptables, IptablesCmd};
+use ipnet::IpNet;
+use proxier_core::{
+    IpFamily, Proxier, ProxierError, ServicePortName, Snapshot, SyncRequest, SyncStats,
+};
+use tracing::{debug, info, warn};
+
+use crate::client::{IpvsClient, IpvsError, Op, Timeouts};
+use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
+use crate::desired::{Contribution, Settings, VsKey, contribution, key_of};
+use crate::kernel::{Ipset, IpsetCmd, Ipvs, Links, ProcSys, Rtnl, Sysctl};
+use crate::rules;
+use crate::sets::{self, Entries, Set};
+
+/// The dummy interface kube-proxy binds service addresses to.
+pub const DUMMY: &str = "kube-ipvs0";
+
+/// The IPVS proxier's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The family this proxier serves.
+    pub family: IpFamily,
+    /// `--ipvs-scheduler` (`rr`, `wrr`, `lc`, `wlc`, `lblc`, `lblcr`,
+    /// `sh`, `dh`, `sed`, `nq`, `mh`).
+    pub scheduler: String,
+    /// `--ipvs-strict-arp`: `arp_ignore=1`, `arp_announce=2`.
+    pub strict_arp: bool,
+    /// The node's addresses; empty: every address of every interface but
+    /// `kube-ipvs0`, read at each full sync.
+    pub node_ips: Vec<IpAddr>,
+    /// `--nodeport-addresses` (empty: every node address).
+    pub node_port_addresses: Vec<IpNet>,
+    /// `--service-node-port-range`: a virtual server on a node address
+    /// with a port in it is taken to be ours (adopted or removed).
+    pub node_port_range: RangeInclusive<u16>,
+    /// `--ipvs-exclude-cidrs`: virtual servers there are never touched.
+    pub exclude_cidrs: Vec<IpNet>,
+    /// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`,
+    /// `--ipvs-udp-timeout` (0: leave the kernel's).
+    pub timeouts: Timeouts,
+    /// The masquerade mark, `--masquerade-all` and the local-traffic
+    /// detector, shared with the iptables backend.
+    pub rules: backend_iptables::Config,
+    /// How long a removed TCP real server may keep draining at weight 0.
+    pub graceful_termination_cap: Duration,
+    /// The dummy interface (`kube-ipvs0`).
+    pub dummy: String,
+}
+
+impl Config {
+    /// Defaults for `family`.
+    pub fn new(family: IpFamily) -> Config {
+        Config {
+            family,
+            scheduler: "rr".into(),
+            strict_arp: false,
+            node_ips: Vec::new(),
+            node_port_addresses: Vec::new(),
+            node_port_range: 30000..=32767,
+            exclude_cidrs: Vec::new(),
+            timeouts: Timeouts::default(),
+            rules: backend_iptables::Config {
+                family,
+                ..Default::default()
+            },
+            graceful_termination_cap: Duration::from_secs(15 * 60),
+            dummy: DUMMY.into(),
+        }
+    }
+
+    /// Checks what reaches the kernel and the command lines.
+    pub fn validate(&self) -> Result<(), String> {
+        let s = &self.scheduler;
+        if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_lowercase()) {
+            return Err(format!("--ipvs-scheduler: {s:?} is not a scheduler name"));
+        }
+        let d = &self.dummy;
+        if d.is_empty()
+            || d.len() > 15
+            || !d
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(format!("dummy interface: {d:?} is not an interface name"));
+        }
+        if self.rules.family != self.family {
+            return Err("rules.family differs from family".into());
+        }
+        self.rules.validate().map_err(|e| e.to_string())?;
+        for ip in &self.node_ips {
+            if !self.family.matches(ip) {
+                return Err(format!("node address {ip} is not {}", self.family.as_str()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The kernel seams.
+#[derive(Debug)]
+pub struct Kernel {
+    /// IPVS.
+    pub ipvs: Box<dyn Ipvs>,
+    /// `kube-ipvs0` and the node's addresses.
+    pub links: Arc<dyn Links>,
+    /// ipsets.
+    pub ipset: Arc<dyn Ipset>,
+    /// iptables of the proxier's family.
+    pub iptables: Arc<dyn Iptables>,
+    /// conntrack.
+    pub conntrack: Arc<dyn Conntrack>,
+    /// sysctls.
+    pub sysctl: Arc<dyn Sysctl>,
+}
+
+impl Kernel {
+    /// The real kernel, in the current network namespace: the IPVS
+    /// family over generic netlink, rtnetlink, `ipset`, the iptables
+    /// variant the machine uses, `conntrack` and `/proc/sys`. Must run
+    /// inside a tokio runtime.
+    pub async fn real(family: IpFamily) -> Result<Kernel, ProxierError> {
+        let ipvs = IpvsClient::connect().map_err(|e| perr("IPVS", e))?;
+        let links = Rtnl::new().map_err(|e| perr("rtnetlink", e))?;
+        let iptables = IptablesCmd::detect(family)
+            .await
+            .map_err(|e| perr("iptables", e))?;
+        Ok(Kernel {
+            ipvs: Box::new(ipvs),
+            links: Arc::new(links),
+            ipset: Arc::new(IpsetCmd),
+            iptables: Arc::new(iptables),
+            conntrack: Arc::new(ConntrackCmd),
+            sysctl: Arc::new(ProcSys),
+        })
+    }
+}
+
+const NAME: &str = "ipvs";
+
+fn perr(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> ProxierError {
+    ProxierError::with_source(NAME, what.to_string(), e)
+}
+
+/// What the last sync did, for benches and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Full or partial.
+    pub full: bool,
+    /// IPVS writes (add, edit, delete of services and real servers).
+    pub ipvs_writes: usize,
+    /// Netlink messages sent to the IPVS family (dump requests included).
+    pub netlink_messages: u64,
+    /// Addresses bound or unbound on `kube-ipvs0`.
+    pub address_changes: usize,
+    /// ipset entries added or deleted.
+    pub ipset_changes: usize,
+    /// Whether the iptables rules were rewritten.
+    pub rules_written: bool,
+    /// Virtual servers this backend owns after the sync.
+    pub virtual_servers: usize,
+    /// Real servers over them (draining ones included).
+    pub real_servers: usize,
+}
+
+type DestKey = (IpAddr, u16);
+
+/// kube-proxy's IPVS mode. See the module docs.
+pub struct IpvsProxier {
+    cfg: Config,
+    k: Kernel,
+    initialized: bool,
+    first_sync_done: bool,
+    contribs: HashMap<ServicePortName, Contribution>,
+    /// Which service port wants each virtual server.
+    owner: HashMap<VsKey, ServicePortName>,
+    /// What the kernel holds of ours, as of the last sync.
+    kernel: HashMap<VsKey, (Service, BTreeMap<DestKey, Dest>)>,
+    binds: HashMap<IpAddr, usize>,
+    entries: HashMap<(Set, String), usize>,
+    out_filter: BTreeMap<ServicePortName, Vec<String>>,
+    /// Real servers draining at weight 0, since when.
+    graceful: HashMap<(VsKey, DestKey), Instant>,
+    written: Option<(TableRules, TableRules)>,
+    settings: Option<Settings>,
+    report: SyncReport,
+}
+
+impl std::fmt::Debug for IpvsProxier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IpvsProxier")
+            .field("scheduler", &self.cfg.scheduler)
+            .field("virtual_servers", &self.kernel.len())
+            .finish()
+    }
+}
+
+fn vs_label(s: &Service) -> String {
+    Op::DelService(s.clone())
+        .to_string()
+        .trim_start_matches("ipvsadm -D ")
+        .to_string()
+}
+
+/// The fields of a service that a sync sets (the kernel adds
+/// `IP_VS_SVC_F_HASHED` and counters).
+fn same_service(a: &Service, b: &Service) -> bool {
+    a.scheduler == b.scheduler
+        && (a.flags & !IP_VS_SVC_F_HASHED) == (b.flags & !IP_VS_SVC_F_HASHED)
+        && a.timeout == b.timeout
+        && a.netmask == b.netmask
+}
+
+impl IpvsProxier {
+    /// A proxier over `kernel`; nothing is touched until the first sync.
+    pub fn new(cfg: Config, kernel: Kernel) -> Result<IpvsProxier, ProxierError> {
+        cfg.validate().map_err(|e| ProxierError::new(NAME, e))?;
+        Ok(IpvsProxier {
+            cfg,
+            k: kernel,
+            initialized: false,
+            first_sync_done: false,
+            contribs: HashMap::new(),
+            owner: HashMap::new(),
+            kernel: HashMap::new(),
+            binds: HashMap::new(),
+            entries: HashMap::new(),
+            out_filter: BTreeMap::new(),
+            graceful: HashMap::new(),
+            written: None,
+            settings: None,
+            report: SyncReport::default(),
+        })
+    }
+
+    /// What the last sync did.
+    pub fn last_report(&self) -> &SyncReport {
+        &self.report
+    }
+
+    /// Real servers draining at weight 0.
+    pub fn draining(&self) -> usize {
+        self.graceful.len()
+    }
+
+    fn set_sysctls(&self) -> Result<(), ProxierError> {
+        let sys = &self.k.sysctl;
+        let must = |key: &str, v: &str| {
+            if sys.get(key).ok().as_deref() != Some(v) {
+                sys.set(key, v)
+                    .map_err(|e| perr(&format!("sysctl {key}={v}"), e))?;
+            }
+            Ok::<(), ProxierError>(())
+        };
+        must("net/ipv4/vs/conntrack", "1")?;
+        must("net/ipv4/vs/expire_nodest_conn", "1")?;
+        must("net/ipv4/vs/expire_quiescent_template", "1")?;
+        must("net/ipv4/ip_forward", "1")?;
+        if self.cfg.family == IpFamily::V6 {
+            must("net/ipv6/conf/all/forwarding", "1")?;
+        }
+        // conn_reuse_mode=0 only on kernels 4.1 to 5.8 (kubernetes #93297).
+        if let Ok(rel) = sys.get("kernel/osrelease") {
+            let mut v = rel
+                .split(|c: char| !c.is_ascii_digit())
+                .map(|x| x.parse::<u32>().unwrap_or(0));
+            let (maj, min) = (v.next().unwrap_or(0), v.next().unwrap_or(0));
+            if (maj, min) >= (4, 1) && (maj, min) < (5, 9) {
+                must("net/ipv4/vs/conn_reuse_mode", "0")?;
+            }
+        }
+        if self.cfg.strict_arp {
+            must("net/ipv4/conf/all/arp_ignore", "1")?;
+            must("net/ipv4/conf/all/arp_announce", "2")?;
+        }
+        Ok(())
+    }
+
+    async fn init(&mut self) -> Result<(), ProxierError> {
+        self.set_sysctls()?;
+        self.k
+            .links
+            .ensure_dummy(&self.cfg.dummy)
+            .await
+            .map_err(|e| perr(&format!("ip link add {} type dummy", self.cfg.dummy), e))?;
+        let t = self.cfg.timeouts;
+        if t.tcp > 0 || t.tcp_fin > 0 || t.udp > 0 {
+            self.k
+                .ipvs
+                .set_timeouts(t)
+                .map_err(|e| perr("ipvsadm --set", e))?;
+        }
+        self.initialized = true;
+        Ok(())
+    }
+
+    async fn settings(&self) -> Result<Settings, ProxierError> {
+        let fam = self.cfg.family;
+        let node_ips: Vec<IpAddr> = if self.cfg.node_ips.is_empty() {
+            self.k
+                .links
+                .node_addresses(&self.cfg.dummy)
+                .await
+                .map_err(|e| perr("ip addr (node addresses)", e))?
+        } else {
+            self.cfg.node_ips.clone()
+        };
+        let node_ips: Vec<IpAddr> = node_ips.into_iter().filter(|ip| fam.matches(ip)).collect();
+        let npa = &self.cfg.node_port_addresses;
+        let match_all = npa.is_empty() || npa.iter().any(|n| n.prefix_len() == 0);
+        let node_port_ips = node_ips
+            .iter()
+            .copied()
+            .filter(|ip| {
+                if match_all {
+                    !ip.is_loopback()
+                        && !matches!(ip, IpAddr::V6(v) if v.segments()[0] & 0xffc0 == 0xfe80)
+                } else {
+                    npa.iter().any(|n| n.contains(ip))
+                }
+            })
+            .collect();
+        Ok(Settings {
+            family: fam,
+            scheduler: self.cfg.scheduler.clone(),
+            node_port_ips,
+            node_ips,
+        })
+    }
+
+    fn excluded(&self, ip: &IpAddr) -> bool {
+        self.cfg.exclude_cidrs.iter().any(|n| n.contains(ip))
+    }
+
+    /// The operations that turn `have` into `want` for one virtual
+    /// server, with graceful termination of removed TCP real servers.
+    fn reconcile_vs(
+        &mut self,
+        want: &(Service, Vec<Dest>),
+        have: Option<(&Service, &[Dest])>,
+        now: Instant,
+        ops: &mut Vec<Op>,
+    ) {
+        let (svc, dests) = want;
+        let key = key_of(svc);
+        let Some((hs, hd)) = have else {
+            ops.push(Op::AddService(svc.clone()));
+            ops.extend(dests.iter().map(|d| Op::AddDest(svc.clone(), d.clone())));
+            return;
+        };
+        if !same_service(svc, hs) {
+            ops.push(Op::UpdateService(svc.clone()));
+        }
+        let have: BTreeMap<DestKey, &Dest> = hd.iter().map(|d| ((d.addr, d.port), d)).collect();
+        let wanted: BTreeSet<DestKey> = dests.iter().map(|d| (d.addr, d.port)).collect();
+        for d in dests {
+            let dk = (d.addr, d.port);
+            match have.get(&dk) {
+                None => ops.push(Op::AddDest(svc.clone(), d.clone())),
+                Some(h) => {
+                    let was_draining = self.graceful.remove(&(key, dk)).is_some();
+                    // Back from draining, or reset on the first sync after
+                    // a start (kube-proxy's initialSync).
+                    if h.weight != d.weight
+                        && (was_draining || !self.first_sync_done || h.weight == 0)
+                    {
+                        ops.push(Op::UpdateDest(svc.clone(), d.clone()));
+                    }
+                }
+            }
+        }
+        let graceful_proto = svc.protocol == 6;
+        for (dk, h) in have.iter().filter(|(k, _)| !wanted.contains(k)) {
+            let conns = h.active_conns + h.inact_conns;
+            let since = *self.graceful.entry((key, *dk)).or_insert(now);
+            if !graceful_proto
+                || conns == 0
+                || now.duration_since(since) >= self.cfg.graceful_termination_cap
+            {
+                self.graceful.remove(&(key, *dk));
+                ops.push(Op::DelDest(svc.clone(), (*h).clone()));
+            } else if h.weight != 0 {
+                let mut q = (*h).clone();
+                q.weight = 0;
+                ops.push(Op::UpdateDest(svc.clone(), q));
+            }
+        }
+    }
+
+    /// Runs `ops`; failed ones become errors naming the service port that
+    /// wanted the virtual server. Updates the cache of kernel state.
+    fn run_ops(&mut self, ops: &[Op], errors: &mut Vec<String>) -> Result<(), ProxierError> {
+        self.report.ipvs_writes += ops.len();
+        if ops.is_empty() {
+            return Ok(());
+        }
+        let results = self.k.ipvs.apply(ops).map_err(|e| perr("IPVS batch", e))?;
+        for (op, r) in ops.iter().zip(results) {
+            let (svc, dest) = match op {
+                Op::AddService(s) | Op::UpdateService(s) | Op::DelService(s) => (s, None),
+                Op::AddDest(s, d) | Op::UpdateDest(s, d) | Op::DelDest(s, d) => (s, Some(d)),
+            };
+            let key = key_of(svc);
+            if let Err(e) = r {
+                let who = self
+                    .owner
+                    .get(&key)
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "stale virtual server".into());
+                errors.push(format!("{who}: {e}"));
+                if matches!(op, Op::AddService(_)) {
+                    self.kernel.remove(&key);
+                }
+                continue;
+            }
+            match (op, dest) {
+                (Op::AddService(s) | Op::UpdateService(s), _) => {
+                    let e = self
+                        .kernel
+                        .entry(key)
+                        .or_insert_with(|| (s.clone(), BTreeMap::new()));
+                    e.0 = s.clone();
+                }
+                (Op::DelService(_), _) => {
+                    self.kernel.remove(&key);
+                }
+                (Op::DelDest(..), Some(d)) => {
+                    if let Some(e) = self.kernel.get_mut(&key) {
+                        e.1.remove(&(d.addr, d.port));
+                    }
+                }
+                (_, Some(d)) => {
+                    if let Some(e) = self.kernel.get_mut(&key) {
+                        e.1.insert((d.addr, d.port), d.clone());
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn add_contribution(
+        &mut self,
+        name: &ServicePortName,
+        c: &Contribution,
+        errors: &mut Vec<String>,
+    ) {
+        for (s, _) in &c.services {
+            let key = key_of(s);
+            match self.owner.get(&key) {
+                Some(other) if other != name => errors.push(format!(
+                    "{name}: virtual server {} is already {other}'s",
+                    vs_label(s)
+                )),
+                _ => {
+                    self.owner.insert(key, name.clone());
+                }
+            }
+        }
+        for ip in &c.binds {
+            *self.binds.entry(*ip).or_default() += 1;
+        }
+        for e in &c.entries {
+            *self.entries.entry(e.clone()).or_default() += 1;
+        }
+        if !c.out_filter.is_empty() {
+            self.out_filter.insert(name.clone(), c.out_filter.clone());
+        }
+    }
+
+    fn drop_contribution(&mut self, name: &ServicePortName, c: &Contribution) {
+        for (s, _) in &c.services {
+            let key = key_of(s);
+            if self.owner.get(&key) == Some(name) {
+                self.owner.remove(&key);
+            }
+        }
+        for ip in &c.binds {
+            if let Some(n) = self.binds.get_mut(ip) {
+                *n -= 1;
+                if *n == 0 {
+                    self.binds.remove(ip);
+                }
+            }
+        }
+        for e in &c.entries {
+            if let Some(n) = self.entries.get_mut(e) {
+                *n -= 1;
+                if *n == 0 {
+                    self.entries.remove(e);
+                }
+            }
+        }
+        self.out_filter.remove(name);
+    }
+
+    fn wanted_entries(&self) -> Entries {
+        let mut want = Entries::new();
+        for (s, e) in self.entries.keys() {
+            want.entry(*s).or_default().insert(e.clone());
+        }
+        for ip in self.binds.keys() {
+            want.entry(Set::IpvsIps).or_default().insert(ip.to_string());
+        }
+        want
+    }
+
+    async fn write_rules(&mut self, force: bool) -> Result<(), ProxierError> {
+        let want = self.wanted_entries();
+        let non_empty: BTreeSet<Set> = want
+            .iter()
+            .filter(|(_, e)| !e.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        let out: Vec<&str> = self
+            .out_filter
+            .values()
+            .flatten()
+            .map(String::as_str)
+            .collect();
+        let (nat, filter) = rules::render(&self.cfg.rules, &non_empty, &out);
+        if !force && self.written.as_ref() == Some(&(nat.clone(), filter.clone())) {
+            return Ok(());
+        }
+        // nat first, then filter, as kube-proxy.
+        owned::replace(&*self.k.iptables, "nat", &nat, &|c| rules::owns("nat", c))
+            .await
+            .map_err(|e| perr("iptables-restore (nat)", e))?;
+        owned::replace(&*self.k.iptables, "filter", &filter, &|c| {
+            rules::owns("filter", c)
+        })
+        .await
+        .map_err(|e| perr("iptables-restore (filter)", e))?;
+        self.written = Some((nat, filter));
+        self.report.rules_written = true;
+        Ok(())
+    }
+
+    async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Vec<String>) {
+        let dummy = self.cfg.dummy.clone();
+        for ip in add {
+            if let Err(e) = self.k.links.add_address(&dummy, *ip).await {
+                errors.push(format!("ip addr add {ip} dev {dummy}: {e}"));
+            }
+        }
+        for ip in del {
+            if let Err(e) = self.k.links.del_address(&dummy, *ip).await {
+                errors.push(format!("ip addr del {ip} dev {dummy}: {e}"));
+            }
+        }
+        self.report.address_changes += add.len() + del.len();
+    }
+
+    async fn clear_conntrack(&self, req: &SyncRequest) {
+        for f in backend_iptables::proxier::stale_conntrack(req) {
+            if let Err(e) = self.k.conntrack.delete(self.cfg.family, &f).await {
+                warn!(filter = ?f, error = %e, "conntrack cleanup");
+            }
+        }
+    }
+
+    /// Whether a virtual server found in the kernel is ours: on an address
+    /// of `kube-ipvs0`, or on a node address with a port in the node-port
+    /// range, or written by this proxier.
+    fn owned_vs(&self, s: &Service, bound: &BTreeSet<IpAddr>, node_ips: &[IpAddr]) -> bool {
+        if !self.cfg.family.matches(&s.addr) || s.fwmark != 0 || self.excluded(&s.addr) {
+            return false;
+        }
+        bound.contains(&s.addr)
+            || self.kernel.contains_key(&key_of(s))
+            || (node_ips.contains(&s.addr) && self.cfg.node_port_range.contains(&s.port))
+    }
+
+    async fn full_sync(
+        &mut self,
+        snap: &Snapshot,
+        errors: &mut Vec<String>,
+    ) -> Result<(), ProxierError> {
+        let settings = self.settings().await?;
+        self.contribs.clear();
+        self.owner.clear();
+        self.binds.clear();
+        self.entries.clear();
+        self.out_filter.clear();
+        let mut contribs = HashMap::with_capacity(snap.services.len());
+        for (name, svc) in &snap.services {
+            let c = contribution(svc, snap, &settings);
+            self.add_contribution(name, &c, errors);
+            contribs.insert(name.clone(), c);
+        }
+        // One read of the kernel.
+        let dump = self.k.ipvs.dump().map_err(|e| perr("ipvsadm -Ln", e))?;
+        let bound: BTreeSet<IpAddr> = self
+            .k
+            .links
+            .addresses(&self.cfg.dummy)
+            .await
+            .map_err(|e| perr("ip addr show kube-ipvs0", e))?
+            .into_iter()
+            .filter(|ip| self.cfg.family.matches(ip))
+            .collect();
+        let have: HashMap<VsKey, (Service, Vec<Dest>)> = dump
+            .into_iter()
+            .map(|(s, d)| (key_of(&s), (s, d)))
+            .collect();
+        let now = Instant::now();
+        let mut ops = Vec::new();
+        let mut wanted_keys = BTreeSet::new();
+        for (name, c) in &contribs {
+            for want in &c.services {
+                let key = key_of(&want.0);
+                if self.owner.get(&key) != Some(name) || !wanted_keys.insert(key) {
+                    continue;
+                }
+                let h = have.get(&key).map(|(s, d)| (s, &d[..]));
+                self.reconcile_vs(want, h, now, &mut ops);
+            }
+        }
+        for (key, (s, _)) in &have {
+            if !wanted_keys.contains(key) && self.owned_vs(s, &bound, &settings.node_ips) {
+                ops.push(Op::DelService(s.clone()));
+            }
+        }
+        self.graceful.retain(|(k, _), _| wanted_keys.contains(k));
+        // The cache becomes what the kernel holds of ours.
+        self.kernel = have
+            .into_iter()
+            .filter(|(k, _)| wanted_keys.contains(k) || self.kernel.contains_key(k))
+            .map(|(k, (s, d))| {
+                (
+                    k,
+                    (s, d.into_iter().map(|d| ((d.addr, d.port), d)).collect()),
+                )
+            })
+            .collect();
+        self.run_ops(&ops, errors)?;
+        self.kernel.retain(|k, _| wanted_keys.contains(k));
+        // Addresses.
+        let want_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
+        let add: Vec<IpAddr> = want_binds.difference(&bound).copied().collect();
+        let del: Vec<IpAddr> = bound.difference(&want_binds).copied().collect();
+        self.bind(&add, &del, errors).await;
+        // ipsets: one save, one restore.
+        let saved = self
+            .k
+            .ipset
+            .save()
+            .await
+            .map_err(|e| perr("ipset save", e))?;
+        let have_sets = sets::parse_save(&saved, self.cfg.family);
+        let (input, n) = sets::diff(&have_sets, &self.wanted_entries(), self.cfg.family);
+        if !input.is_empty() {
+            self.k
+                .ipset
+                .restore(&input)
+                .await
+                .map_err(|e| perr("ipset restore", e))?;
+        }
+        self.report.ipset_changes = n;
+        self.contribs = contribs;
+        self.settings = Some(settings);
+        self.write_rules(true).await
+    }
+
+    async fn partial_sync(
+        &mut self,
+        req: &SyncRequest,
+        errors: &mut Vec<String>,
+    ) -> Result<(), ProxierError> {
+        let snap = &req.snapshot;
+        let settings = self.settings.clone().expect("after a full sync");
+        let names: BTreeSet<ServicePortName> = req
+            .changes
+            .updated_services
+            .iter()
+            .flat_map(|nn| {
+                let old = self
+                    .contribs
+                    .keys()
+                    .filter(move |n| &n.service == nn)
+                    .cloned()
+                    .collect::<Vec<_>>();
+                old.into_iter()
+                    .chain(snap.ports_of(nn).map(|s| s.name.clone()))
+            })
+            .collect();
+        let old_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
+        let mut ops = Vec::new();
+        let now = Instant::now();
+        let mut removed_entries: BTreeSet<(Set, String)> = BTreeSet::new();
+        let mut added_entries: BTreeSet<(Set, String)> = BTreeSet::new();
+        for name in &names {
+            let old = self.contribs.remove(name).unwrap_or_default();
+            self.drop_contribution(name, &old);
+            let new = snap
+                .services
+                .get(name)
+                .map(|svc| contribution(svc, snap, &settings));
+            if let Some(c) = &new {
+                self.add_contribution(name, c, errors);
+            }
+            let new_e: BTreeSet<&(Set, String)> =
+                new.iter().flat_map(|c| c.entries.iter()).collect();
+            let old_e: BTreeSet<&(Set, String)> = old.entries.iter().collect();
+            removed_entries.extend(old_e.difference(&new_e).map(|e| (*e).clone()));
+            added_entries.extend(new_e.difference(&old_e).map(|e| (*e).clone()));
+            let new_keys: BTreeSet<VsKey> = new
+                .iter()
+                .flat_map(|c| c.services.iter().map(|(s, _)| key_of(s)))
+                .collect();
+            for (s, _) in &old.services {
+                let key = key_of(s);
+                if !new_keys.contains(&key) && !self.owner.contains_key(&key) {
+                    self.graceful.retain(|(k, _), _| *k != key);
+                    if self.kernel.contains_key(&key) {
+                        ops.push(Op::DelService(s.clone()));
+                    }
+                }
+            }
+            if let Some(c) = &new {
+                for want in &c.services {
+                    let key = key_of(&want.0);
+                    if self.owner.get(&key) != Some(name) {
+                        continue;
+                    }
+                    let have = match self.kernel.get(&key) {
+                        None => None,
+                        Some((s, _)) => {
+                            // Fresh connection counts for graceful termination.
+                            let d = self
+                                .k
+                                .ipvs
+                                .dests(s)
+                                .map_err(|e| perr(&format!("{name}: ipvsadm -Ln"), e))?;
+                            Some((s.clone(), d))
+                        }
+                    };
+                    self.reconcile_vs(want, have.as_ref().map(|(s, d)| (s, &d[..])), now, &mut ops);
+                }
+                self.contribs.insert(name.clone(), c.clone());
+            }
+        }
+        // Real servers still draining elsewhere.
+        let draining: BTreeSet<VsKey> = self
+            .graceful
+            .keys()
+            .map(|(k, _)| *k)
+            .filter(|k| self.owner.get(k).is_none_or(|n| !names.contains(n)))
+            .collect();
+        for key in draining {
+            if let Some((s, _)) = self.kernel.get(&key).cloned() {
+                let d = self.k.ipvs.dests(&s).map_err(|e| perr("ipvsadm -Ln", e))?;
+                let name = self.owner.get(&key).cloned();
+                let want = name
+                    .and_then(|n| self.contribs.get(&n))
+                    .and_then(|c| c.services.iter().find(|(w, _)| key_of(w) == key))
+                    .cloned();
+                if let Some(want) = want {
+                    self.reconcile_vs(&want, Some((&s, &d)), now, &mut ops);
+                }
+            }
+        }
+        self.run_ops(&ops, errors)?;
+        // Addresses.
+        let new_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
+        let add: Vec<IpAddr> = new_binds.difference(&old_binds).copied().collect();
+        let del: Vec<IpAddr> = old_binds.difference(&new_binds).copied().collect();
+        self.bind(&add, &del, errors).await;
+        // ipset entries: what changed among the touched ones.
+        let mut changes: Vec<(Set, String, bool)> = Vec::new();
+        for e in removed_entries {
+            // Still wanted by another service port: stays.
+            if !self.entries.contains_key(&e) {
+                changes.push((e.0, e.1, false));
+            }
+        }
+        for e in added_entries {
+            changes.push((e.0, e.1, true));
+        }
+        for ip in &add {
+            changes.push((Set::IpvsIps, ip.to_string(), true));
+        }
+        for ip in &del {
+            changes.push((Set::IpvsIps, ip.to_string(), false));
+        }
+        if !changes.is_empty() {
+            // `-exist` makes adding a present entry and deleting an absent
+            // one harmless.
+            let input = sets::delta(&changes, self.cfg.family);
+            self.k
+                .ipset
+                .restore(&input)
+                .await
+                .map_err(|e| perr("ipset restore", e))?;
+        }
+        self.report.ipset_changes = changes.len();
+        self.write_rules(false).await
+    }
+}
+
+#[async_trait]
+impl Proxier for IpvsProxier {
+    fn name(&self) -> &str {
+        NAME
+    }
+
+    async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
+        let t0 = Instant::now();
+        let sent0 = self.k.ipvs.messages_sent();
+        if req.snapshot.family != self.cfg.family {
+            return Err(ProxierError::new(
+                NAME,
+                format!(
+                    "snapshot is {}, proxier is {}",
+                    req.snapshot.family.as_str(),
+                    self.cfg.family.as_str()
+                ),
+            ));
+        }
+        if !self.initialized {
+            self.init().await?;
+        }
+        let full = req.full || self.settings.is_none();
+        self.report = SyncReport {
+            full,
+            ..SyncReport::default()
+        };
+        let mut errors = Vec::new();
+        if full {
+            self.full_sync(&req.snapshot, &mut errors).await?;
+        } else {
+            self.partial_sync(req, &mut errors).await?;
+        }
+        self.first_sync_done = true;
+        self.clear_conntrack(req).await;
+        self.report.netlink_messages = self.k.ipvs.messages_sent() - sent0;
+        self.report.virtual_servers = self.kernel.len();
+        self.report.real_servers = self.kernel.values().map(|(_, d)| d.len()).sum();
+        debug!(report = ?self.report, took = ?t0.elapsed(), "ipvs sync");
+        if !errors.is_empty() {
+            // The runner retries, then runs a full sync.
+            return Err(ProxierError::new(NAME, errors.join("; ")));
+        }
+        Ok(SyncStats {
+            objects: self.report.virtual_servers + self.report.real_servers,
+            written: self.report.ipvs_writes
+                + self.report.address_changes
+                + self.report.ipset_changes
+                + usize::from(self.report.rules_written),
+            full,
+        })
+    }
+
+    /// Removes what this backend owns: its virtual servers (on
+    /// `kube-ipvs0` addresses and node ports), the companion rules, the
+    /// ipsets and `kube-ipvs0`. Foreign virtual servers and sets stay.
+    async fn cleanup(&mut self) -> Result<(), ProxierError> {
+        let mut errors = Vec::new();
+        let bound: BTreeSet<IpAddr> = self
+            .k
+            .links
+            .addresses(&self.cfg.dummy)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let node_ips = match self.settings().await {
+            Ok(s) => s.node_ips,
+            Err(_) => Vec::new(),
+        };
+        match self.k.ipvs.dump() {
+            Ok(dump) => {
+                let ops: Vec<Op> = dump
+                    .into_iter()
+                    .filter(|(s, _)| self.owned_vs(s, &bound, &node_ips))
+                    .map(|(s, _)| Op::DelService(s))
+                    .collect();
+                if let Err(e) = self.run_ops(&ops, &mut errors) {
+                    errors.push(e.to_string());
+                }
+            }
+            Err(e) => errors.push(format!("ipvsadm -Ln: {e}")),
+        }
+        for t in ["nat", "filter"] {
+            if let Err(e) = owned::remove(&*self.k.iptables, t, &|c| rules::owns(t, c)).await {
+                errors.push(format!("iptables {t}: {e}"));
+            }
+        }
+        match self.k.ipset.save().await {
+            Ok(saved) => {
+                let have = sets::parse_save(&saved, self.cfg.family);
+                let input = sets::destroy(&have, self.cfg.family);
+                if !input.is_empty()
+                    && let Err(e) = self.k.ipset.restore(&input).await
+                {
+                    errors.push(e.to_string());
+                }
+            }
+            Err(e) => errors.push(format!("ipset save: {e}")),
+        }
+        if let Err(e) = self.k.links.delete(&self.cfg.dummy).await {
+            errors.push(format!("ip link del {}: {e}", self.cfg.dummy));
+        }
+        self.kernel.clear();
+        self.contribs.clear();
+        self.owner.clear();
+        self.binds.clear();
+        self.entries.clear();
+        self.out_filter.clear();
+        self.graceful.clear();
+        self.written = None;
+        self.settings = None;
+        self.initialized = false;
+        self.first_sync_done = false;
+        if errors.is_empty() {
+            info!("ipvs: cleaned up");
+            Ok(())
+        } else {
+            Err(ProxierError::new(NAME, errors.join("; ")))
+        }
+    }
+}
+
+impl From<IpvsError> for ProxierError {
+    fn from(e: IpvsError) -> Self {
+        perr("IPVS", e)
+    }
+}

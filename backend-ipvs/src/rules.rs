@@ -1,0 +1,379 @@
+//! The iptables rules beside IPVS (kube-proxy's `writeIptablesRules`):
+//! masquerade, node ports, source-range firewall, hairpin and the VIP
+//! access filter, all driven by the ipsets. Pure: the proxier writes the
+//! result through [`backend_iptables::owned`], the iptables backend's own
+//! restore code.
+//!
+//! Check by hand with `iptables-save -t nat | grep KUBE-`.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+
+use backend_iptables::owned::{Jump, Position, TableRules};
+use proxier_core::IpFamily;
+
+use crate::sets::Set;
+
+/// Chains this backend owns, per table.
+pub const NAT_CHAINS: [&str; 5] = [
+    "KUBE-SERVICES",
+    "KUBE-POSTROUTING",
+    "KUBE-NODE-PORT",
+    "KUBE-LOAD-BALANCER",
+    "KUBE-MARK-MASQ",
+];
+
+/// Filter chains this backend owns.
+pub const FILTER_CHAINS: [&str; 6] = [
+    "KUBE-FORWARD",
+    "KUBE-NODE-PORT",
+    "KUBE-PROXY-FIREWALL",
+    "KUBE-SOURCE-RANGES-FIREWALL",
+    "KUBE-IPVS-FILTER",
+    "KUBE-IPVS-OUT-FILTER",
+];
+
+/// Whether `chain` in `table` is ours.
+pub fn owns(table: &str, chain: &str) -> bool {
+    match table {
+        "nat" => NAT_CHAINS.contains(&chain),
+        "filter" => FILTER_CHAINS.contains(&chain),
+        _ => false,
+    }
+}
+
+/// `ipsetWithIptablesChain`: set, table, from, to, match, protocol.
+const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
+    (
+        Set::LoopBack,
+        "nat",
+        "KUBE-POSTROUTING",
+        "MASQUERADE",
+        "dst,dst,src",
+        "",
+    ),
+    (
+        Set::LoadBalancer,
+        "nat",
+        "KUBE-SERVICES",
+        "KUBE-LOAD-BALANCER",
+        "dst,dst",
+        "",
+    ),
+    (
+        Set::LoadBalancerLocal,
+        "nat",
+        "KUBE-LOAD-BALANCER",
+        "RETURN",
+        "dst,dst",
+        "",
+    ),
+    (
+        Set::NodePortLocalTcp,
+        "nat",
+        "KUBE-NODE-PORT",
+        "RETURN",
+        "dst",
+        "tcp",
+    ),
+    (
+        Set::NodePortTcp,
+        "nat",
+        "KUBE-NODE-PORT",
+        "KUBE-MARK-MASQ",
+        "dst",
+        "tcp",
+    ),
+    (
+        Set::NodePortLocalUdp,
+        "nat",
+        "KUBE-NODE-PORT",
+        "RETURN",
+        "dst",
+        "udp",
+    ),
+    (
+        Set::NodePortUdp,
+        "nat",
+        "KUBE-NODE-PORT",
+        "KUBE-MARK-MASQ",
+        "dst",
+        "udp",
+    ),
+    (
+        Set::NodePortLocalSctp,
+        "nat",
+        "KUBE-NODE-PORT",
+        "RETURN",
+        "dst,dst",
+        "sctp",
+    ),
+    (
+        Set::NodePortSctp,
+        "nat",
+        "KUBE-NODE-PORT",
+        "KUBE-MARK-MASQ",
+        "dst,dst",
+        "sctp",
+    ),
+    (
+        Set::LoadBalancerFw,
+        "filter",
+        "KUBE-PROXY-FIREWALL",
+        "KUBE-SOURCE-RANGES-FIREWALL",
+        "dst,dst",
+        "",
+    ),
+    (
+        Set::LoadBalancerSourceCidr,
+        "filter",
+        "KUBE-SOURCE-RANGES-FIREWALL",
+        "RETURN",
+        "dst,dst,src",
+        "",
+    ),
+    (
+        Set::LoadBalancerSourceIp,
+        "filter",
+        "KUBE-SOURCE-RANGES-FIREWALL",
+        "RETURN",
+        "dst,dst,src",
+        "",
+    ),
+];
+
+/// The nat and filter rules for the sets in `non_empty`, plus the
+/// per-LB `KUBE-IPVS-OUT-FILTER` rules.
+pub fn render(
+    cfg: &backend_iptables::Config,
+    non_empty: &BTreeSet<Set>,
+    out_filter: &[&str],
+) -> (TableRules, TableRules) {
+    let fam = cfg.family;
+    let name = |s: Set| s.name(fam);
+    let mut nat: Vec<(&str, String)> = NAT_CHAINS.iter().map(|c| (*c, String::new())).collect();
+    let mut filter: Vec<(&str, String)> =
+        FILTER_CHAINS.iter().map(|c| (*c, String::new())).collect();
+    let body = |t: &mut Vec<(&str, String)>, chain: &str| -> usize {
+        t.iter()
+            .position(|(c, _)| *c == chain)
+            .expect("known chain")
+    };
+    let lo = match fam {
+        IpFamily::V4 => "127.0.0.0/8",
+        IpFamily::V6 => "::1/128",
+    };
+    let i = body(&mut nat, "KUBE-SERVICES");
+    let _ = writeln!(nat[i].1, "-A KUBE-SERVICES -s {lo} -j RETURN");
+    for (set, table, from, to, m, p) in SET_RULES {
+        if !non_empty.contains(&set) {
+            continue;
+        }
+        let t = if table == "nat" {
+            &mut nat
+        } else {
+            &mut filter
+        };
+        let i = body(t, from);
+        let proto = if p.is_empty() {
+            String::new()
+        } else {
+            format!(" -p {p}")
+        };
+        let _ = writeln!(
+            t[i].1,
+            "-A {from}{proto} -m comment --comment \"{}\" -m set --match-set {} {m} -j {to}",
+            set.comment(),
+            name(set)
+        );
+    }
+    let svc = body(&mut nat, "KUBE-SERVICES");
+    let set_match = |s: Set| {
+        format!(
+            "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {}",
+            s.comment(),
+            name(s)
+        )
+    };
+    if non_empty.contains(&Set::ClusterIp) {
+        let head = set_match(Set::ClusterIp);
+        let line = if cfg.masquerade_all {
+            format!("{head} dst,dst -j KUBE-MARK-MASQ")
+        } else if cfg.local_detector != backend_iptables::LocalDetector::None {
+            let mut not_local = String::new();
+            cfg.local_match(&mut not_local, true);
+            format!("{head} dst,dst{not_local} -j KUBE-MARK-MASQ")
+        } else {
+            format!("{head} src,dst -j KUBE-MARK-MASQ")
+        };
+        let _ = writeln!(nat[svc].1, "{line}");
+    }
+    let external = |nat: &mut Vec<(&str, String)>, head: &str| {
+        let _ = writeln!(
+            nat[svc].1,
+            "{head} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT"
+        );
+        let _ = writeln!(nat[svc].1, "{head} -m addrtype --dst-type LOCAL -j ACCEPT");
+    };
+    if non_empty.contains(&Set::ExternalIp) {
+        let head = format!("{} dst,dst", set_match(Set::ExternalIp));
+        let _ = writeln!(nat[svc].1, "{head} -j KUBE-MARK-MASQ");
+        external(&mut nat, &head);
+    }
+    if non_empty.contains(&Set::ExternalIpLocal) {
+        let head = format!("{} dst,dst", set_match(Set::ExternalIpLocal));
+        external(&mut nat, &head);
+    }
+    let _ = writeln!(
+        nat[svc].1,
+        "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT"
+    );
+    let lb = body(&mut nat, "KUBE-LOAD-BALANCER");
+    nat[lb]
+        .1
+        .push_str("-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ\n");
+    let srf = body(&mut filter, "KUBE-SOURCE-RANGES-FIREWALL");
+    filter[srf]
+        .1
+        .push_str("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP\n");
+    let of = body(&mut filter, "KUBE-IPVS-OUT-FILTER");
+    for r in out_filter {
+        let _ = writeln!(filter[of].1, "{r}");
+    }
+    // acceptIPVSTraffic: last in KUBE-SERVICES.
+    for s in [Set::ClusterIp, Set::LoadBalancer] {
+        if non_empty.contains(&s) {
+            let _ = writeln!(
+                nat[svc].1,
+                "-A KUBE-SERVICES -m set --match-set {} dst,dst -j ACCEPT",
+                name(s)
+            );
+        }
+    }
+    let fwd = body(&mut filter, "KUBE-FORWARD");
+    filter[fwd].1 = cfg.forward_rules();
+    let np = body(&mut filter, "KUBE-NODE-PORT");
+    let _ = writeln!(
+        filter[np].1,
+        "-A KUBE-NODE-PORT -m comment --comment \"{}\" -m set --match-set {} dst -j ACCEPT",
+        Set::HealthCheckNodePort.comment(),
+        name(Set::HealthCheckNodePort)
+    );
+    let vf = body(&mut filter, "KUBE-IPVS-FILTER");
+    for (s, m) in [
+        (Set::LoadBalancer, "dst,dst"),
+        (Set::ClusterIp, "dst,dst"),
+        (Set::ExternalIp, "dst,dst"),
+        (Set::ExternalIpLocal, "dst,dst"),
+        (Set::HealthCheckNodePort, "dst"),
+    ] {
+        let _ = writeln!(
+            filter[vf].1,
+            "-A KUBE-IPVS-FILTER -m set --match-set {} {m} -j RETURN",
+            name(s)
+        );
+    }
+    let _ = writeln!(
+        filter[vf].1,
+        "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
+        name(Set::IpvsIps)
+    );
+    let pr = body(&mut nat, "KUBE-POSTROUTING");
+    nat[pr].1.push_str(&cfg.postrouting_rules());
+    let mm = body(&mut nat, "KUBE-MARK-MASQ");
+    nat[mm].1 = cfg.mark_masq_rules();
+
+    let jump = |from: &'static str, comment: &str, to: &str| Jump {
+        from,
+        rule: format!("-m comment --comment \"{comment}\" -j {to}"),
+        position: Position::First,
+    };
+    let nat_rules = TableRules {
+        chains: nat.into_iter().map(|(c, b)| (c.to_string(), b)).collect(),
+        jumps: vec![
+            jump("OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
+            jump("PREROUTING", "kubernetes service portals", "KUBE-SERVICES"),
+            jump(
+                "POSTROUTING",
+                "kubernetes postrouting rules",
+                "KUBE-POSTROUTING",
+            ),
+        ],
+    };
+    let filter_rules = TableRules {
+        chains: filter
+            .into_iter()
+            .map(|(c, b)| (c.to_string(), b))
+            .collect(),
+        jumps: vec![
+            jump("FORWARD", "kubernetes forwarding rules", "KUBE-FORWARD"),
+            jump("INPUT", "kubernetes health check rules", "KUBE-NODE-PORT"),
+            jump("INPUT", "kube-proxy firewall rules", "KUBE-PROXY-FIREWALL"),
+            jump(
+                "FORWARD",
+                "kube-proxy firewall rules",
+                "KUBE-PROXY-FIREWALL",
+            ),
+            jump("INPUT", "kubernetes ipvs access filter", "KUBE-IPVS-FILTER"),
+            jump(
+                "OUTPUT",
+                "kubernetes ipvs access filter",
+                "KUBE-IPVS-OUT-FILTER",
+            ),
+        ],
+    };
+    (nat_rules, filter_rules)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// kube-proxy's TestNodePortIPv4 (UDP variant): KUBE-NODE-PORT holds
+    /// the MARK-MASQ rule of KUBE-NODE-PORT-UDP; KUBE-SERVICES the
+    /// loopback return, the cluster IP masquerade, the node-port jump and
+    /// the accept.
+    #[test]
+    fn node_port_udp_rules_match_kube_proxy() {
+        let cfg = backend_iptables::Config::default();
+        let sets = BTreeSet::from([Set::ClusterIp, Set::NodePortUdp, Set::IpvsIps]);
+        let (nat, filter) = render(&cfg, &sets, &[]);
+        let chain = |t: &TableRules, c: &str| -> Vec<String> {
+            t.chains
+                .iter()
+                .find(|(n, _)| n == c)
+                .map(|(_, b)| b.lines().map(str::to_string).collect())
+                .unwrap()
+        };
+        assert_eq!(
+            chain(&nat, "KUBE-NODE-PORT"),
+            vec![
+                "-A KUBE-NODE-PORT -p udp -m comment --comment \"Kubernetes nodeport UDP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ"
+            ]
+        );
+        assert_eq!(
+            chain(&nat, "KUBE-SERVICES"),
+            vec![
+                "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN",
+                "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ",
+                "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT",
+                "-A KUBE-SERVICES -m set --match-set KUBE-CLUSTER-IP dst,dst -j ACCEPT",
+            ]
+        );
+        assert_eq!(
+            chain(&filter, "KUBE-NODE-PORT"),
+            vec![
+                "-A KUBE-NODE-PORT -m comment --comment \"Kubernetes health check node port\" -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT"
+            ]
+        );
+        assert!(
+            chain(&filter, "KUBE-IPVS-FILTER")
+                .last()
+                .unwrap()
+                .ends_with("--ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT")
+        );
+        assert_eq!(nat.jumps.len(), 3);
+        assert_eq!(filter.jumps.len(), 6);
+        assert!(owns("nat", "KUBE-NODE-PORT") && !owns("nat", "KUBE-SVC-X"));
+    }
+}

@@ -1,0 +1,69 @@
+//! The behaviour suite on the IPVS proxier, inside the test VM (a real
+//! IPVS kernel): real TCP and UDP traffic between namespaces, with
+//! `kube-ipvs0`, the ipsets and the companion iptables rules (nft).
+
+use std::sync::Arc;
+
+use backend_iptables::{ConntrackCmd, IptablesCmd, Variant};
+use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
+use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel};
+use proxier_core::{IpFamily, Proxier};
+use proxier_testbed::Topology;
+use proxier_testbed::suite::{Backend, Env};
+
+fn make(env: &Env) -> Box<dyn Proxier> {
+    let kernel = Kernel {
+        ipvs: Box::new(IpvsClient::connect().expect("IPVS")),
+        links: Arc::new(Rtnl::new().expect("rtnetlink")),
+        ipset: Arc::new(IpsetCmd),
+        iptables: Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft)),
+        conntrack: Arc::new(ConntrackCmd),
+        sysctl: Arc::new(ProcSys),
+    };
+    let mut cfg = Config::new(IpFamily::V4);
+    cfg.node_ips = env.node_ips.clone();
+    cfg.node_port_addresses = env.node_port_addresses.clone();
+    cfg.rules.local_detector = backend_iptables::LocalDetector::ClusterCidr(vec![env.cluster_cidr]);
+    Box::new(IpvsProxier::new(cfg, kernel).expect("config"))
+}
+
+/// Virtual servers, `kube-ipvs0`, our sets and rules in the node
+/// namespace.
+pub fn leftovers(topo: &Topology) -> Vec<String> {
+    let mut left: Vec<String> = topo
+        .node_exec("ipvsadm", &["-Sn"])
+        .expect("ipvsadm")
+        .lines()
+        .map(|l| format!("ipvs: {l}"))
+        .collect();
+    left.extend(
+        topo.node_exec("iptables-nft-save", &[])
+            .expect("iptables-save")
+            .lines()
+            .filter(|l| l.contains("KUBE-"))
+            .map(str::to_owned),
+    );
+    left.extend(
+        topo.node_exec("ipset", &["list", "-n"])
+            .expect("ipset")
+            .lines()
+            .filter(|l| l.starts_with("KUBE-"))
+            .map(|l| format!("ipset: {l}")),
+    );
+    let link = topo
+        .node_exec("ip", &["-o", "link", "show", "kube-ipvs0"])
+        .unwrap_or_default();
+    if !link.trim().is_empty() {
+        left.push("link kube-ipvs0".into());
+    }
+    left
+}
+
+static BACKEND: Backend = Backend {
+    name: "ipvs",
+    make,
+    unsupported: &[],
+    leftovers,
+};
+
+proxier_testbed::behaviour_suite!(@vm &BACKEND);
