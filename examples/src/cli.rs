@@ -283,6 +283,62 @@ impl Common {
     }
 }
 
+/// `--detect-local-mode` and its prefix, shared by the modes that
+/// masquerade with iptables (iptables, ipvs).
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalDetect {
+    /// How pod traffic is told apart: ClusterCIDR or InterfaceNamePrefix.
+    #[arg(long, value_name = "MODE")]
+    pub detect_local_mode: Option<String>,
+    /// The interface prefix for --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long, value_name = "PREFIX")]
+    pub pod_interface_name_prefix: Option<String>,
+}
+
+impl LocalDetect {
+    /// The detector, given the cluster CIDRs (`--cluster-cidr`).
+    pub fn detector(
+        &self,
+        cluster_cidr: &[IpNet],
+    ) -> Result<backend_iptables::LocalDetector, String> {
+        use backend_iptables::LocalDetector;
+        match self.detect_local_mode.as_deref() {
+            None | Some("ClusterCIDR") if !cluster_cidr.is_empty() => {
+                Ok(LocalDetector::ClusterCidr(cluster_cidr.to_vec()))
+            }
+            None | Some("ClusterCIDR") => Ok(LocalDetector::None),
+            Some("InterfaceNamePrefix") => match &self.pod_interface_name_prefix {
+                Some(p) => Ok(LocalDetector::InterfacePrefix(p.clone())),
+                None => Err(
+                    "--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix"
+                        .into(),
+                ),
+            },
+            Some(m) => Err(format!(
+                "--detect-local-mode: unsupported mode {m:?} (ClusterCIDR, InterfaceNamePrefix)"
+            )),
+        }
+    }
+}
+
+impl Common {
+    /// A field of the `--config` file (`["ipvs", "scheduler"]`), if the
+    /// file is given and has it.
+    pub fn config_field(&self, path: &[&str]) -> Result<Option<serde_yaml::Value>, String> {
+        let Some(p) = &self.config else {
+            return Ok(None);
+        };
+        let mut v = read_config(p)?;
+        for k in path {
+            match v.get(*k) {
+                Some(x) => v = x.clone(),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(v))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

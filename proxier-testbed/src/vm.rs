@@ -295,6 +295,19 @@ pub fn run(
     env: &[(&str, &str)],
     timeout: Duration,
 ) -> io::Result<VmRun> {
+    run_with_files(binary, &[], args, env, timeout)
+}
+
+/// [`run`], with more programs copied into the VM at the same absolute
+/// paths (stripped of debug info), with their libraries: a test can then
+/// run `env!("CARGO_BIN_EXE_...")` inside the VM.
+pub fn run_with_files(
+    binary: &Path,
+    extra: &[&Path],
+    args: &[&str],
+    env: &[(&str, &str)],
+    timeout: Duration,
+) -> io::Result<VmRun> {
     let (version, vmlinuz) = kernel()?;
     let base = base_image()?;
     let dir = cache_dir();
@@ -312,6 +325,22 @@ pub fn run(
     }
     for lib in ldd(binary)? {
         copy_into(&stage, &lib)?;
+    }
+    for f in extra {
+        let dst = stage.join(f.strip_prefix("/").unwrap_or(f));
+        std::fs::create_dir_all(dst.parent().expect("has parent"))?;
+        let st = Command::new("strip")
+            .args(["-g", "-o"])
+            .arg(&dst)
+            .arg(f)
+            .stderr(Stdio::null())
+            .status()?;
+        if !st.success() {
+            std::fs::copy(f, &dst)?;
+        }
+        for lib in ldd(f)? {
+            copy_into(&stage, &lib)?;
+        }
     }
     let mut init = String::from(
         "#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
@@ -438,13 +467,21 @@ fn tempdir_in(dir: &Path) -> io::Result<PathBuf> {
 /// `#[test]` named `name`: on the host it boots the VM and runs this same
 /// test there (failing if it fails there); inside the VM it runs `body`.
 pub fn delegate(name: &str, body: impl FnOnce()) {
+    delegate_with(name, &[], body)
+}
+
+/// [`delegate`], with more programs copied into the VM (see
+/// [`run_with_files`]).
+pub fn delegate_with(name: &str, extra: &[&str], body: impl FnOnce()) {
     if in_vm() {
         body();
         return;
     }
     let exe = std::env::current_exe().expect("current exe");
-    let r = run(
+    let extra: Vec<&Path> = extra.iter().map(Path::new).collect();
+    let r = run_with_files(
         &exe,
+        &extra,
         &["--exact", name, "--nocapture", "--test-threads", "1"],
         &[],
         Duration::from_secs(600),

@@ -5,11 +5,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use backend_iptables::{
-    Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
-};
+use backend_iptables::{Config, ConntrackCmd, IptablesCmd, IptablesProxier, Variant};
 use clap::Parser;
-use examples::cli::Common;
+use examples::cli::{Common, LocalDetect};
 use proxier_core::Proxier;
 
 #[derive(Debug, Parser)]
@@ -27,12 +25,8 @@ struct Cli {
     /// Accept node ports on 127.0.0.1 (IPv4; sets route_localnet).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
     iptables_localhost_nodeports: bool,
-    /// How pod traffic is told apart: ClusterCIDR or InterfaceNamePrefix.
-    #[arg(long, value_name = "MODE")]
-    detect_local_mode: Option<String>,
-    /// The interface prefix for --detect-local-mode=InterfaceNamePrefix.
-    #[arg(long, value_name = "PREFIX")]
-    pod_interface_name_prefix: Option<String>,
+    #[command(flatten)]
+    local: LocalDetect,
 }
 
 /// This node's addresses of `family` (`ip -j addr`).
@@ -60,26 +54,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = cli.common.clone();
     examples::run::run_mode(common, async move |s| {
-        let local_detector = match cli.detect_local_mode.as_deref() {
-            None | Some("ClusterCIDR") if !s.cluster_cidr.is_empty() => {
-                LocalDetector::ClusterCidr(s.cluster_cidr.clone())
-            }
-            None | Some("ClusterCIDR") => LocalDetector::None,
-            Some("InterfaceNamePrefix") => {
-                match &cli.pod_interface_name_prefix {
-                    Some(p) => LocalDetector::InterfacePrefix(p.clone()),
-                    None => return Err(
-                        "--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix"
-                            .into(),
-                    ),
-                }
-            }
-            Some(m) => {
-                return Err(format!(
-                    "--detect-local-mode: unsupported mode {m:?} (ClusterCIDR, InterfaceNamePrefix)"
-                ));
-            }
-        };
+        let local_detector = cli.local.detector(&s.cluster_cidr)?;
         let cfg = Config {
             family: s.family,
             masquerade_bit: s.masquerade_bit,
