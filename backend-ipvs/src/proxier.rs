@@ -419,6 +419,7 @@ impl IpvsProxier {
             return Ok(());
         }
         let results = self.k.ipvs.apply(ops).map_err(|e| perr("IPVS batch", e))?;
+        let mut refused = BTreeSet::new();
         for (op, r) in ops.iter().zip(results) {
             let (svc, dest) = match op {
                 Op::AddService(s) | Op::UpdateService(s) | Op::DelService(s) => (s, None),
@@ -426,6 +427,10 @@ impl IpvsProxier {
             };
             let key = key_of(svc);
             if let Err(e) = r {
+                // Its real servers failed because it did: one error.
+                if dest.is_some() && refused.contains(&key) {
+                    continue;
+                }
                 let who = self
                     .owner
                     .get(&key)
@@ -434,6 +439,7 @@ impl IpvsProxier {
                 errors.push(format!("{who}: {e}"));
                 if matches!(op, Op::AddService(_)) {
                     self.kernel.remove(&key);
+                    refused.insert(key);
                 }
                 continue;
             }

@@ -1,0 +1,219 @@
+//! The proxier's logic against the in-memory seams: kube-proxy's
+//! TestNodePortIPv4 expectations; one virtual server the kernel refuses
+//! is reported with its service's name while every other service lands;
+//! a one-endpoint change costs the same at 10 and at 1,000 services.
+
+use std::sync::Arc;
+
+use backend_iptables::Variant;
+use backend_iptables::fake::{FakeConntrack, FakeIptables};
+use backend_ipvs::codec::Dest;
+use backend_ipvs::fake::{FakeIpset, FakeIpvs, FakeLinks, FakeSysctl};
+use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
+use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, ServiceType, SyncRequest};
+use proxier_testbed::objects::{ep, service, slice};
+
+const TCP: Protocol = Protocol::Tcp;
+const UDP: Protocol = Protocol::Udp;
+
+struct Bed {
+    p: IpvsProxier,
+    ipvs: FakeIpvs,
+    ipset: FakeIpset,
+    links: FakeLinks,
+    tracker: ChangeTracker,
+    synced: bool,
+}
+
+fn bed() -> Bed {
+    let ipvs = FakeIpvs::default();
+    let ipset = FakeIpset::default();
+    let links = FakeLinks::default();
+    let kernel = Kernel {
+        ipvs: Box::new(ipvs.clone()),
+        links: Arc::new(links.clone()),
+        ipset: Arc::new(ipset.clone()),
+        iptables: Arc::new(FakeIptables::new(Variant::Nft)),
+        conntrack: Arc::new(FakeConntrack::default()),
+        sysctl: Arc::new(FakeSysctl::default()),
+    };
+    let mut cfg = Config::new(IpFamily::V4);
+    cfg.node_ips = vec!["100.101.102.103".parse().unwrap()];
+    Bed {
+        p: IpvsProxier::new(cfg, kernel).unwrap(),
+        ipvs,
+        ipset,
+        links,
+        tracker: ChangeTracker::new(IpFamily::V4, "node-1"),
+        synced: false,
+    }
+}
+
+impl Bed {
+    async fn sync(&mut self) -> Result<proxier_core::SyncStats, proxier_core::ProxierError> {
+        let (snapshot, changes) = self.tracker.apply();
+        let req = SyncRequest {
+            snapshot,
+            changes,
+            full: !self.synced,
+        };
+        self.synced = true;
+        self.p.sync(&req).await
+    }
+
+    fn vs(&self) -> Vec<String> {
+        self.ipvs
+            .0
+            .lock()
+            .unwrap()
+            .services
+            .values()
+            .flat_map(|(s, ds)| {
+                std::iter::once(Op::AddService(s.clone()).to_string()).chain(
+                    ds.values()
+                        .map(|d: &Dest| Op::AddDest(s.clone(), d.clone()).to_string()),
+                )
+            })
+            .collect()
+    }
+
+    fn set(&self, name: &str) -> Vec<String> {
+        self.ipset
+            .sets
+            .lock()
+            .unwrap()
+            .get(name)
+            .map(|(_, e)| e.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// kube-proxy's TestNodePortIPv4, "1 service with node port, has 2
+/// endpoints" (UDP variant for the sets).
+#[tokio::test]
+async fn node_port_like_kube_proxy() {
+    let mut b = bed();
+    let mut s = service("ns1", "svc1", "10.20.30.41", &[("p80", 80, UDP)]);
+    s.service_type = ServiceType::NodePort;
+    s.ports[0].node_port = 3001;
+    let sl = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80, UDP)],
+        vec![ep("10.180.0.1".parse().unwrap(), "node-2")],
+    );
+    b.tracker.update_service(&s).unwrap();
+    b.tracker.update_endpoint_slice(&sl).unwrap();
+    b.sync().await.unwrap();
+    let mut vs = b.vs();
+    vs.sort();
+    assert_eq!(
+        vs,
+        vec![
+            "ipvsadm -A -u 10.20.30.41:80 -s rr",
+            "ipvsadm -A -u 100.101.102.103:3001 -s rr",
+            "ipvsadm -a -u 10.20.30.41:80 -r 10.180.0.1:80 -m -w 1",
+            "ipvsadm -a -u 100.101.102.103:3001 -r 10.180.0.1:80 -m -w 1",
+        ]
+    );
+    assert_eq!(b.set("KUBE-NODE-PORT-UDP"), vec!["3001"]);
+    assert_eq!(b.set("KUBE-CLUSTER-IP"), vec!["10.20.30.41,udp:80"]);
+    assert_eq!(b.set("KUBE-IPVS-IPS"), vec!["10.20.30.41"]);
+    let bound: Vec<String> = b.links.links.lock().unwrap()["kube-ipvs0"]
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect();
+    assert_eq!(bound, vec!["10.20.30.41"], "node IPs are never bound");
+}
+
+#[tokio::test]
+async fn a_refused_virtual_server_is_named_and_the_rest_lands() {
+    let mut b = bed();
+    for i in 0..5u8 {
+        let name = format!("svc{i}");
+        let cip = format!("10.96.0.{}", 10 + i);
+        b.tracker
+            .update_service(&service("default", &name, &cip, &[("http", 80, TCP)]))
+            .unwrap();
+        b.tracker
+            .update_endpoint_slice(&slice(
+                "default",
+                &name,
+                &[("http", 8080, TCP)],
+                vec![ep(format!("10.0.1.{}", 10 + i).parse().unwrap(), "node-1")],
+            ))
+            .unwrap();
+    }
+    b.ipvs
+        .0
+        .lock()
+        .unwrap()
+        .fail
+        .insert((6, "10.96.0.12".parse().unwrap(), 80));
+    let e = b.sync().await.unwrap_err().to_string();
+    assert!(
+        e.contains(
+            "default/svc2:http: ipvsadm -A -t 10.96.0.12:80 -s rr: No such file or directory"
+        ),
+        "{e}"
+    );
+    assert_eq!(e.matches("default/").count(), 1, "only svc2 failed: {e}");
+    let vs = b.vs();
+    for i in [0u8, 1, 3, 4] {
+        assert!(
+            vs.contains(&format!("ipvsadm -A -t 10.96.0.{}:80 -s rr", 10 + i)),
+            "{vs:?}"
+        );
+    }
+    // Its set entries and address are still in place, so when the kernel
+    // accepts it on the retry (a full sync) nothing else moves.
+    assert_eq!(b.set("KUBE-CLUSTER-IP").len(), 5);
+    b.ipvs.0.lock().unwrap().fail.clear();
+    b.ipvs.0.lock().unwrap().log.clear();
+    b.synced = false;
+    b.sync().await.unwrap();
+    let log = b.ipvs.0.lock().unwrap().log.clone();
+    assert_eq!(log.len(), 2, "the service and its real server: {log:?}");
+}
+
+async fn one_endpoint_change_ops(n: usize) -> (usize, u64) {
+    let mut b = bed();
+    for i in 0..n {
+        let name = format!("svc{i}");
+        let cip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
+        b.tracker
+            .update_service(&service("default", &name, &cip, &[("http", 80, TCP)]))
+            .unwrap();
+        let eps = (0..10)
+            .map(|j| {
+                ep(
+                    format!("10.1.{}.{}", i % 250, j + 1).parse().unwrap(),
+                    "node-2",
+                )
+            })
+            .collect();
+        b.tracker
+            .update_endpoint_slice(&slice("default", &name, &[("http", 8080, TCP)], eps))
+            .unwrap();
+    }
+    b.sync().await.unwrap();
+    let eps = (0..11)
+        .map(|j| ep(format!("10.1.0.{}", j + 1).parse().unwrap(), "node-2"))
+        .collect();
+    b.tracker
+        .update_endpoint_slice(&slice("default", "svc0", &[("http", 8080, TCP)], eps))
+        .unwrap();
+    let before = b.ipvs.0.lock().unwrap().sent;
+    b.sync().await.unwrap();
+    let r = b.p.last_report().clone();
+    assert!(!r.full);
+    (r.ipvs_writes, b.ipvs.0.lock().unwrap().sent - before)
+}
+
+#[tokio::test]
+async fn a_one_endpoint_change_is_constant_work() {
+    let small = one_endpoint_change_ops(10).await;
+    let large = one_endpoint_change_ops(1000).await;
+    assert_eq!(small, (1, 2), "one GET_DEST and one NEW_DEST");
+    assert_eq!(small, large);
+}
