@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::TryStreamExt;
@@ -80,6 +81,8 @@ pub trait Links: Send + Sync + fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct Rtnl {
     handle: Handle,
+    /// The last interface looked up by name: `(name, index)`.
+    index_cache: Arc<std::sync::Mutex<Option<(String, u32)>>>,
 }
 
 fn nl(e: rtnetlink::Error) -> io::Error {
@@ -95,10 +98,26 @@ impl Rtnl {
     pub fn new() -> io::Result<Rtnl> {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
-        Ok(Rtnl { handle })
+        Ok(Rtnl {
+            handle,
+            index_cache: Arc::default(),
+        })
     }
 
     async fn index(&self, name: &str) -> io::Result<Option<u32>> {
+        if let Some((n, i)) = &*self.index_cache.lock().expect("lock")
+            && n == name
+        {
+            return Ok(Some(*i));
+        }
+        let i = self.lookup(name).await?;
+        if let Some(i) = i {
+            *self.index_cache.lock().expect("lock") = Some((name.to_string(), i));
+        }
+        Ok(i)
+    }
+
+    async fn lookup(&self, name: &str) -> io::Result<Option<u32>> {
         let mut links = self
             .handle
             .link()
@@ -152,6 +171,7 @@ impl Rtnl {
 #[async_trait]
 impl Links for Rtnl {
     async fn ensure_dummy(&self, name: &str) -> io::Result<()> {
+        *self.index_cache.lock().expect("lock") = None;
         if self.index(name).await?.is_some() {
             return Ok(());
         }
@@ -211,7 +231,8 @@ impl Links for Rtnl {
     }
 
     async fn delete(&self, name: &str) -> io::Result<()> {
-        let Some(idx) = self.index(name).await? else {
+        *self.index_cache.lock().expect("lock") = None;
+        let Some(idx) = self.lookup(name).await? else {
             return Ok(());
         };
         self.handle.link().del(idx).execute().await.map_err(nl)

@@ -1,19 +1,53 @@
 //! # backend-ipvs
 //!
-//! kube-proxy's IPVS mode (in progress, issue 5).
+//! kube-proxy's IPVS mode as a [`proxier_core::Proxier`]: a virtual server
+//! per cluster IP, external IP, load-balancer IP and node address × node
+//! port, real servers from the core's endpoint selection, service
+//! addresses bound to the dummy interface `kube-ipvs0`, kube-proxy's
+//! ipsets, and the iptables rules beside them (masquerade, node ports,
+//! source ranges, hairpin, the VIP access filter). An operator who knows
+//! kube-proxy finds what they expect with `ipvsadm -Ln`, `ipset list`,
+//! `ip addr show kube-ipvs0` and `iptables-save`.
 //!
 //! - [`codec`]: `ip_vs.h` constants, [`codec::Service`], [`codec::Dest`],
 //!   and [`codec::IpvsMessage`], which plugs into `netlink-packet-generic`.
 //! - [`client`]: [`IpvsClient`], the IPVS family on one netlink socket,
 //!   with batched writes; each call names its `ipvsadm` equivalent.
+//! - [`kernel`]: the seams ([`kernel::Ipvs`], [`kernel::Links`],
+//!   [`kernel::Ipset`], [`kernel::Sysctl`]) and the real implementations.
+//! - [`fake`]: in-memory seams for unit tests.
+//! - [`desired`]: what one service port asks of the kernel (pure).
+//! - [`sets`]: kube-proxy's ipsets and the `ipset restore` diff (pure).
+//! - [`rules`]: the companion iptables rules (pure), written through
+//!   [`backend_iptables::owned`].
+//! - [`proxier`]: [`IpvsProxier`]: full syncs against one dump of the
+//!   kernel, partial syncs of the changed services only, graceful
+//!   termination, restart adoption, `cleanup`.
 //!
 //! [`codec`] and [`client`] depend on nothing else in the workspace: they
 //! could be published on their own.
 //!
-//! Dependencies, and why: no maintained IPVS crate exists (the `ipvs`
-//! crate is a placeholder), so the messages are ours; the framing and the
-//! socket are the rust-netlink crates' (`netlink-packet-core`,
-//! `netlink-packet-generic`, `netlink-sys`).
+//! ## Dependencies, and why
+//!
+//! - No maintained IPVS crate exists (the `ipvs` crate is a placeholder),
+//!   so the messages are ours; the framing and the socket are the
+//!   rust-netlink crates' (`netlink-packet-core`, `netlink-packet-generic`,
+//!   `netlink-sys`).
+//! - `rtnetlink` (with `netlink-packet-route`) for `kube-ipvs0` and its
+//!   addresses: the rust-netlink project's route client, no `ip` process
+//!   per address.
+//! - ipsets go through the `ipset` tool (`ipset save`, one
+//!   `ipset restore -exist` per sync), not the `ipset` crate (0.9, libipset
+//!   over FFI). Measured with `tools/ipset-compare` (10,000 `hash:ip`
+//!   entries in a namespace, median of 9 runs, 2026-11-21): the crate adds
+//!   them in 101 ms and deletes them in 81 ms, one `ipset restore` in
+//!   112 ms and 91 ms, process start included. The crate is 10 % faster,
+//!   but needs `libipset-dev` and libclang (bindgen) at build time, ties
+//!   the build to the host's libipset, and is `unsafe` underneath; the
+//!   tool costs one process per sync and is what `ipset save` output is
+//!   compared against anyway.
+//! - iptables and conntrack come from `backend-iptables` (its restore
+//!   code, its `conntrack` seam), not a copy.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

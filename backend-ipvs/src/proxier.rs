@@ -690,7 +690,9 @@ impl IpvsProxier {
         self.report.ipset_changes = n;
         self.contribs = contribs;
         self.settings = Some(settings);
-        self.write_rules(true).await
+        // Rewritten when they differ from what this instance last wrote
+        // (always on its first sync): a no-op full sync writes nothing.
+        self.write_rules(false).await
     }
 
     async fn partial_sync(

@@ -19,66 +19,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use backend_userspace::{Config, DataPath, Direct, Mode, Relay, UserspaceProxier};
+use benches::wire::{Bulk, CHUNK, echo_once, serve_forever};
 use criterion::{Criterion, Throughput};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, ServiceType, SyncRequest};
 use proxier_testbed::objects::{ep, service, slice};
 
-const CHUNK: usize = 8 << 20;
 const ECHO: &str = "127.0.0.1:0";
-
-/// The server: a first byte `s` switches the connection to sink mode
-/// (8-byte length, that many bytes, one ack byte, repeat); anything else
-/// is echoed, and so is the rest.
-fn serve(conn: std::net::TcpStream) {
-    let _ = conn.set_nodelay(true);
-    let mut c = conn;
-    let mut first = [0u8; 1];
-    if c.read_exact(&mut first).is_err() {
-        return;
-    }
-    if first[0] == b's' {
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let mut len = [0u8; 8];
-            if c.read_exact(&mut len).is_err() {
-                return;
-            }
-            let mut left = u64::from_le_bytes(len) as usize;
-            while left > 0 {
-                match c.read(&mut buf[..left.min(1 << 20)]) {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => left -= n,
-                }
-            }
-            if c.write_all(b"k").is_err() {
-                return;
-            }
-        }
-    }
-    if c.write_all(&first).is_err() {
-        return;
-    }
-    let mut buf = [0u8; 4096];
-    loop {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => {
-                if c.write_all(&buf[..n]).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
 
 fn start_server() -> SocketAddr {
     let l = std::net::TcpListener::bind(ECHO).expect("bind server");
     let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            std::thread::spawn(move || serve(c));
-        }
-    });
+    serve_forever(l);
     addr
 }
 
@@ -202,40 +153,6 @@ fn spawn_haproxy(front: SocketAddr, backend: SocketAddr) -> Proc {
         std::thread::sleep(Duration::from_millis(20));
     }
     Proc(c)
-}
-
-fn echo_once(addr: SocketAddr) -> Duration {
-    let t = Instant::now();
-    let mut c = TcpStream::connect(addr).expect("connect");
-    c.set_nodelay(true).expect("nodelay");
-    c.write_all(b"e").expect("write");
-    let mut b = [0u8; 1];
-    c.read_exact(&mut b).expect("echo");
-    t.elapsed()
-}
-
-struct Bulk {
-    c: TcpStream,
-    data: Vec<u8>,
-}
-
-impl Bulk {
-    fn new(addr: SocketAddr) -> Bulk {
-        let mut c = TcpStream::connect(addr).expect("connect");
-        c.write_all(b"s").expect("mode");
-        Bulk {
-            c,
-            data: vec![7u8; CHUNK],
-        }
-    }
-    fn chunk(&mut self) {
-        self.c
-            .write_all(&(CHUNK as u64).to_le_bytes())
-            .expect("len");
-        self.c.write_all(&self.data).expect("data");
-        let mut k = [0u8; 1];
-        self.c.read_exact(&mut k).expect("ack");
-    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

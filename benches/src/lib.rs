@@ -4,6 +4,8 @@
 //! Sizes come from `PROXIER_BENCH_SIZES` (comma-separated, default
 //! `100,1000,10000`); CI runs `100` as a smoke test.
 
+pub mod wire;
+
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, PortSpec, Protocol, Service, ServiceType,
     SliceEndpoint, SlicePort,
@@ -11,11 +13,38 @@ use proxier_core::{
 
 /// Bench sizes (services).
 pub fn sizes() -> Vec<usize> {
+    sizes_or(&[100, 1000, 10000])
+}
+
+/// Bench sizes, with another default.
+pub fn sizes_or(default: &[usize]) -> Vec<usize> {
     std::env::var("PROXIER_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .filter(|v: &Vec<usize>| !v.is_empty())
-        .unwrap_or_else(|| vec![100, 1000, 10000])
+        .unwrap_or_else(|| default.to_vec())
+}
+
+/// Today, `YYYY-MM-DD` (for reports).
+pub fn today() -> String {
+    std::process::Command::new("date")
+        .arg("+%F")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// The machine, in one line (cores, CPU model, kernel), for reports.
+pub fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cores = cpu.lines().filter(|l| l.starts_with("processor")).count();
+    let model = cpu
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).trim().to_string())
+        .unwrap_or_default();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {model}, kernel {}", kernel.trim()).replace('"', "'")
 }
 
 /// Service `i`: `ns/svc-i`, cluster IP `10.96.x.y`, port 80/TCP, node port

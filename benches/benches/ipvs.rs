@@ -1,0 +1,369 @@
+//! The IPVS backend's control plane, inside the test VM (a real IPVS
+//! kernel under software emulation: compare ratios, not seconds).
+//!
+//! For N services × 10 endpoints: the first full sync, a no-op sync, one
+//! endpoint changed, one service added, and the netlink messages each
+//! sends; against `ipvsadm -R` loading the same virtual and real servers,
+//! and against the bare IPVS client sending the same writes, in the same
+//! run.
+//!
+//! `PROXIER_BENCH_SIZES=100,1000,10000 cargo bench -p benches --bench ipvs`
+//! boots the VM, runs this binary there, and writes the medians to
+//! `target/proxier-report/ipvs.json`. Needs root and the VM's packages.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backend_iptables::{ConntrackCmd, IptablesCmd, LocalDetector, Variant};
+use backend_ipvs::codec::{Dest, Service};
+use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
+use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op, SyncReport};
+use benches::{filled, service, sizes, slice};
+use criterion::{Criterion, SamplingMode};
+use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, Snapshot, SyncRequest};
+use proxier_testbed::{Netns, NsRuntime, vm};
+
+const EPS: usize = 10;
+const LINE: &str = "PROXIER-BENCH";
+
+/// Every measured duration, by name, for the medians.
+static TIMES: Mutex<BTreeMap<String, Vec<Duration>>> = Mutex::new(BTreeMap::new());
+/// Netlink messages per sync, by name.
+static MESSAGES: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+
+fn record(name: &str, d: Duration) -> Duration {
+    TIMES
+        .lock()
+        .expect("lock")
+        .entry(name.into())
+        .or_default()
+        .push(d);
+    d
+}
+
+fn messages(name: &str, r: &SyncReport) {
+    MESSAGES
+        .lock()
+        .expect("lock")
+        .insert(name.into(), r.netlink_messages);
+}
+
+/// A proxier in its own namespace.
+struct Node {
+    rt: NsRuntime,
+    ns: Netns,
+    proxier: Option<IpvsProxier>,
+}
+
+impl Node {
+    fn new() -> Node {
+        let ns = Netns::new("ipvsbench").expect("netns");
+        let rt = NsRuntime::start(&ns).expect("runtime");
+        let mut n = Node {
+            rt,
+            ns,
+            proxier: None,
+        };
+        n.fresh();
+        n
+    }
+
+    fn fresh(&mut self) {
+        let p = self.rt.block_on(async {
+            let kernel = Kernel {
+                ipvs: Box::new(IpvsClient::connect().expect("IPVS")),
+                links: Arc::new(Rtnl::new().expect("rtnetlink")),
+                ipset: Arc::new(IpsetCmd),
+                iptables: Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft)),
+                conntrack: Arc::new(ConntrackCmd),
+                sysctl: Arc::new(ProcSys),
+            };
+            let mut cfg = Config::new(IpFamily::V4);
+            cfg.node_ips = vec!["192.168.50.1".parse().expect("ip")];
+            cfg.rules.local_detector =
+                LocalDetector::ClusterCidr(vec!["10.128.0.0/9".parse().expect("cidr")]);
+            IpvsProxier::new(cfg, kernel).expect("config")
+        });
+        self.proxier = Some(p);
+    }
+
+    fn sync(&mut self, req: SyncRequest) -> (SyncReport, Duration) {
+        let mut p = self.proxier.take().expect("proxier");
+        let (p, r, d) = self.rt.block_on(async move {
+            let t0 = Instant::now();
+            let r = p.sync(&req).await;
+            (p, r, t0.elapsed())
+        });
+        r.expect("sync");
+        let rep = p.last_report().clone();
+        self.proxier = Some(p);
+        (rep, d)
+    }
+
+    fn cleanup(&mut self) {
+        let mut p = self.proxier.take().expect("proxier");
+        self.rt
+            .block_on(async move { p.cleanup().await })
+            .expect("cleanup");
+        self.fresh();
+    }
+
+    fn sh(&self, cmd: &str) {
+        let st = self.ns.exec("sh", &["-c", cmd]).expect("sh");
+        assert!(st.status.success(), "{cmd}: {st:?}");
+    }
+}
+
+/// Times `one` (which records its own duration): through criterion, or,
+/// for the largest sizes where one run of the baseline takes minutes in
+/// the emulated VM, three plain runs (the median is what is reported).
+fn measure(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    n: usize,
+    name: &str,
+    mut one: impl FnMut() -> Duration,
+) {
+    if n >= 5000 {
+        for _ in 0..3 {
+            one();
+        }
+        return;
+    }
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| one()).sum())
+    });
+}
+
+fn full(snap: &Snapshot) -> SyncRequest {
+    SyncRequest {
+        snapshot: snap.clone(),
+        changes: ChangeSet::default(),
+        full: true,
+    }
+}
+
+/// The virtual and real servers of `snap` as `ipvsadm -R` input and as
+/// client operations (cluster IPs, as the proxier writes them).
+fn servers(snap: &Snapshot) -> (String, Vec<Op>) {
+    let mut text = String::new();
+    let mut ops = Vec::new();
+    for svc in snap.services.values() {
+        let s = Service {
+            addr: svc.cluster_ip,
+            protocol: 6,
+            port: svc.port,
+            fwmark: 0,
+            scheduler: "rr".into(),
+            flags: 0,
+            timeout: 0,
+            netmask: u32::MAX,
+            stats: None,
+        };
+        let _ = writeln!(text, "-A -t {}:{} -s rr", s.addr, s.port);
+        ops.push(Op::AddService(s.clone()));
+        for e in snap.endpoints_of(&svc.name) {
+            let _ = writeln!(text, "-a -t {}:{} -r {} -m -w 1", s.addr, s.port, e.addr);
+            ops.push(Op::AddDest(
+                s.clone(),
+                Dest::masq(e.addr.ip(), e.addr.port(), 1),
+            ));
+        }
+    }
+    (text, ops)
+}
+
+fn in_vm_main() {
+    let quick = std::env::args().any(|a| a == "--test");
+    let mut c = Criterion::default().configure_from_args();
+    proxier_testbed::netns::remove_stale();
+    for n in sizes() {
+        let mut t: ChangeTracker = filled(n, EPS);
+        let snap = t.snapshot().clone();
+        let (text, ops) = servers(&snap);
+        let group = format!("ipvs/{n}x{EPS}");
+        let mut g = c.benchmark_group(&group);
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .sampling_mode(SamplingMode::Flat);
+        let key = |what: &str| format!("{n}/{what}");
+
+        // The floor: ipvsadm -R of the same servers, into an empty table.
+        let base = Node::new();
+        measure(&mut g, n, "ipvsadm_restore", || {
+            base.sh("ipvsadm -C");
+            let text = text.clone();
+            let d = base
+                .ns
+                .enter(move || {
+                    let t0 = Instant::now();
+                    let mut child = Command::new("ipvsadm")
+                        .arg("-R")
+                        .stdin(Stdio::piped())
+                        .spawn()
+                        .expect("ipvsadm");
+                    child
+                        .stdin
+                        .take()
+                        .expect("stdin")
+                        .write_all(text.as_bytes())
+                        .expect("write");
+                    assert!(child.wait().expect("wait").success());
+                    t0.elapsed()
+                })
+                .expect("enter");
+            record(&key("ipvsadm_restore"), d)
+        });
+        // The bare client: the same writes, batched on one socket.
+        measure(&mut g, n, "client_batch", || {
+            base.sh("ipvsadm -C");
+            let ops = ops.clone();
+            let d = base
+                .ns
+                .enter(move || {
+                    let mut c = IpvsClient::connect().expect("IPVS");
+                    let t0 = Instant::now();
+                    let r = c.apply(&ops).expect("batch");
+                    let d = t0.elapsed();
+                    assert!(r.iter().all(|r| r.is_ok()));
+                    d
+                })
+                .expect("enter");
+            record(&key("client_batch"), d)
+        });
+        base.sh("ipvsadm -C");
+        drop(base);
+
+        // The proxier: first full sync from a clean node.
+        let mut node = Node::new();
+        measure(&mut g, n, "full_sync", || {
+            node.cleanup();
+            let (rep, d) = node.sync(full(&snap));
+            messages(&key("full_sync"), &rep);
+            record(&key("full_sync"), d)
+        });
+        // Loaded: the incremental cases.
+        let (rep, _) = node.sync(full(&snap));
+        eprintln!(
+            "OBJECTS ipvs {n}x{EPS}: {} virtual servers, {} real servers",
+            rep.virtual_servers, rep.real_servers
+        );
+        g.bench_function("noop_full_sync", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let (rep, d) = node.sync(full(&snap));
+                        assert_eq!(rep.ipvs_writes, 0, "a no-op sync writes nothing");
+                        messages(&key("noop_full_sync"), &rep);
+                        record(&key("noop_full_sync"), d)
+                    })
+                    .sum()
+            })
+        });
+        let mut generation = 0u32;
+        g.bench_function("one_endpoint", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        generation ^= 1;
+                        t.update_endpoint_slice(&slice(0, EPS, generation))
+                            .expect("slice");
+                        let (snapshot, changes) = t.apply();
+                        let (rep, d) = node.sync(SyncRequest {
+                            snapshot,
+                            changes,
+                            full: false,
+                        });
+                        messages(&key("one_endpoint"), &rep);
+                        record(&key("one_endpoint"), d)
+                    })
+                    .sum()
+            })
+        });
+        let mut next = n;
+        g.bench_function("service_added", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        next += 1;
+                        t.update_service(&service(next, false)).expect("service");
+                        t.update_endpoint_slice(&slice(next, EPS, 0))
+                            .expect("slice");
+                        let (snapshot, changes) = t.apply();
+                        let (rep, d) = node.sync(SyncRequest {
+                            snapshot,
+                            changes,
+                            full: false,
+                        });
+                        messages(&key("service_added"), &rep);
+                        record(&key("service_added"), d)
+                    })
+                    .sum()
+            })
+        });
+        g.finish();
+        node.cleanup();
+        if quick {
+            break;
+        }
+    }
+    // The medians, for the host side.
+    let times = TIMES.lock().expect("lock");
+    let msgs = MESSAGES.lock().expect("lock");
+    for (k, v) in times.iter() {
+        let mut v = v.clone();
+        v.sort();
+        let med = v[v.len() / 2];
+        println!(
+            "{LINE} {k} {} {}",
+            med.as_nanos(),
+            msgs.get(k).copied().unwrap_or(0)
+        );
+    }
+}
+
+fn main() {
+    if vm::in_vm() {
+        in_vm_main();
+        return;
+    }
+    // On the host: run this binary inside the VM.
+    let exe = std::env::current_exe().expect("exe");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sizes = std::env::var("PROXIER_BENCH_SIZES").unwrap_or_else(|_| "100,1000,10000".into());
+    let r = vm::run(
+        &exe,
+        &args,
+        &[("PROXIER_BENCH_SIZES", &sizes)],
+        Duration::from_secs(4 * 3600),
+    )
+    .expect("VM");
+    assert!(r.passed(), "the IPVS bench failed in the VM:\n{}", r.output);
+    let mut json =
+        String::from("{\n  \"machine\": \"qemu TCG (software emulation), 1 vCPU, kernel ");
+    json.push_str(&vm::kernel().map(|k| k.0).unwrap_or_default());
+    json.push_str("\",\n  \"results\": {\n");
+    let rows: Vec<String> = r
+        .output
+        .lines()
+        .filter_map(|l| l.split(LINE).nth(1))
+        .map(|rest| {
+            let w: Vec<&str> = rest.split_whitespace().collect();
+            format!(
+                "    \"{}\": {{\"median_ns\": {}, \"netlink_messages\": {}}}",
+                w[0], w[1], w[2]
+            )
+        })
+        .collect();
+    assert!(!rows.is_empty(), "no results:\n{}", r.output);
+    json.push_str(&rows.join(",\n"));
+    json.push_str("\n  }\n}\n");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-report");
+    let _ = std::fs::create_dir_all(&dir);
+    std::fs::write(dir.join("ipvs.json"), &json).expect("write");
+    eprintln!("{json}");
+}

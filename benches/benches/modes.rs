@@ -1,0 +1,417 @@
+//! The three modes side by side on the same workload: N ClusterIP
+//! services × 10 endpoints (N from `PROXIER_BENCH_SIZES`, default
+//! `100,1000,5000,10000`), through iptables (nft), userspace (portal) and
+//! IPVS (in the test VM: a real IPVS kernel under software emulation).
+//!
+//! For each mode and N, on a fresh namespace test bed
+//! ([`proxier_testbed::Topology`]):
+//! - control plane: the first full sync, a resync (full, nothing changed),
+//!   one endpoint changed, one service added, and the objects the mode
+//!   created (rules, virtual + real servers, listeners + rules);
+//! - data plane, with the N services installed: connect + 1-byte echo from
+//!   the client pod through service 0's cluster IP to an endpoint pod,
+//!   and single-stream throughput the same way; a direct connection from
+//!   the same pod to the same server is the baseline, in the same run.
+//!
+//! Results go to `target/proxier-report/modes.json`;
+//! `cargo run -p benches --bin report` turns them into a Markdown table
+//! and SVG charts. `PROXIER_BENCH_MODES=iptables,userspace,ipvs` chooses
+//! the modes. Needs root (and the VM's packages for `ipvs`).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use backend_iptables::{ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant};
+use backend_userspace::{DataPath, Mode, Portal, UserspaceProxier};
+use benches::wire::{Bulk, CHUNK, echo_once, serve_forever};
+use benches::{service, slice};
+use criterion::{Criterion, SamplingMode, Throughput};
+use proxier_core::{
+    ChangeSet, ChangeTracker, IpFamily, PortSpec, Protocol, Proxier, Service, ServiceType,
+    SliceEndpoint, SlicePort, SyncRequest, SyncStats,
+};
+use proxier_testbed::topology::{CLUSTER_CIDR, NODE_IP, NODE_IP2};
+use proxier_testbed::{Plan, Topology, Where, vm};
+
+const EPS: usize = 10;
+const LINE: &str = "PROXIER-MODE";
+const VIP: &str = "10.95.0.1";
+
+/// `mode n metric value`, in recording order.
+static RESULTS: Mutex<Vec<(String, usize, String, f64)>> = Mutex::new(Vec::new());
+
+fn put(mode: &str, n: usize, metric: &str, value: f64) {
+    RESULTS
+        .lock()
+        .expect("lock")
+        .push((mode.into(), n, metric.into(), value));
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn make(mode: &str) -> Box<dyn Proxier> {
+    let nft = || Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft));
+    match mode {
+        "iptables" => Box::new(
+            IptablesProxier::new(
+                backend_iptables::Config {
+                    local_detector: LocalDetector::ClusterCidr(vec![
+                        CLUSTER_CIDR.parse().expect("cidr"),
+                    ]),
+                    node_ips: vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)],
+                    ..Default::default()
+                },
+                nft(),
+                Arc::new(ConntrackCmd),
+            )
+            .expect("config"),
+        ),
+        "userspace" => {
+            let _ = backend_userspace::raise_fd_limit(64_000);
+            Box::new(UserspaceProxier::new(backend_userspace::Config {
+                family: IpFamily::V4,
+                mode: Mode::Portal(Portal {
+                    iptables: nft(),
+                    conntrack: Arc::new(ConntrackCmd),
+                    node_port_addresses: Vec::new(),
+                }),
+                data: DataPath::default(),
+            }))
+        }
+        "ipvs" => {
+            use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
+            let kernel = backend_ipvs::Kernel {
+                ipvs: Box::new(backend_ipvs::IpvsClient::connect().expect("IPVS")),
+                links: Arc::new(Rtnl::new().expect("rtnetlink")),
+                ipset: Arc::new(IpsetCmd),
+                iptables: nft(),
+                conntrack: Arc::new(ConntrackCmd),
+                sysctl: Arc::new(ProcSys),
+            };
+            let mut cfg = backend_ipvs::Config::new(IpFamily::V4);
+            cfg.node_ips = vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)];
+            cfg.rules.local_detector =
+                LocalDetector::ClusterCidr(vec![CLUSTER_CIDR.parse().expect("cidr")]);
+            Box::new(backend_ipvs::IpvsProxier::new(cfg, kernel).expect("config"))
+        }
+        m => panic!("unknown mode {m}"),
+    }
+}
+
+/// Service 0: the one traffic goes through, with one real endpoint.
+fn probe_service(ep: IpAddr) -> (Service, proxier_core::EndpointSlice) {
+    let s = Service {
+        namespace: "bench".into(),
+        name: "probe".into(),
+        service_type: ServiceType::ClusterIp,
+        cluster_ips: vec![VIP.parse().expect("ip")],
+        ports: vec![PortSpec {
+            name: "http".into(),
+            protocol: Some(Protocol::Tcp),
+            port: 80,
+            node_port: 0,
+        }],
+        ..Default::default()
+    };
+    let sl = proxier_core::EndpointSlice {
+        namespace: "bench".into(),
+        name: "probe-abcde".into(),
+        service_name: "probe".into(),
+        address_type: IpFamily::V4,
+        ports: vec![SlicePort {
+            name: "http".into(),
+            port: Some(8080),
+            protocol: Some(Protocol::Tcp),
+        }],
+        endpoints: vec![SliceEndpoint {
+            addresses: vec![ep],
+            ready: Some(true),
+            node_name: Some("node-1".into()),
+            ..Default::default()
+        }],
+    };
+    (s, sl)
+}
+
+struct Bed {
+    topo: Topology,
+    proxier: Option<Box<dyn Proxier>>,
+    mode: String,
+}
+
+impl Bed {
+    fn new(mode: &str) -> Bed {
+        let mut topo = Topology::build(Plan::default()).expect("topology");
+        let ip = topo.ip_of(Where::Local(0));
+        let l = topo.local[0]
+            .ns
+            .enter(move || std::net::TcpListener::bind((ip, 8080)))
+            .expect("enter")
+            .expect("bind");
+        serve_forever(l);
+        let m = mode.to_string();
+        let p = topo.node_rt().block_on(async move { make(&m) });
+        Bed {
+            topo,
+            proxier: Some(p),
+            mode: mode.into(),
+        }
+    }
+
+    fn sync(&mut self, req: SyncRequest) -> (SyncStats, Duration) {
+        let mut p = self.proxier.take().expect("proxier");
+        let (p, r, d) = self.topo.node_rt().block_on(async move {
+            let t0 = Instant::now();
+            let r = p.sync(&req).await;
+            (p, r, t0.elapsed())
+        });
+        self.proxier = Some(p);
+        (r.expect("sync"), d)
+    }
+
+    fn cleanup(&mut self) {
+        let mut p = self.proxier.take().expect("proxier");
+        let m = self.mode.clone();
+        let p = self.topo.node_rt().block_on(async move {
+            p.cleanup().await.expect("cleanup");
+            drop(p);
+            make(&m)
+        });
+        self.proxier = Some(p);
+    }
+
+    fn in_client<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
+        self.topo.client_pod.ns.enter(f).expect("enter")
+    }
+}
+
+fn full(t: &ChangeTracker) -> SyncRequest {
+    SyncRequest {
+        snapshot: t.snapshot().clone(),
+        changes: ChangeSet::default(),
+        full: true,
+    }
+}
+
+fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
+    proxier_testbed::netns::remove_stale();
+    for n in benches::sizes_or(&[100, 1000, 5000, 10000]) {
+        let mut bed = Bed::new(mode);
+        let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+        let (ps, psl) = probe_service(bed.topo.ip_of(Where::Local(0)));
+        t.update_service(&ps).expect("probe");
+        t.update_endpoint_slice(&psl).expect("probe slice");
+        for i in 1..n {
+            t.update_service(&service(i, false)).expect("service");
+            t.update_endpoint_slice(&slice(i, EPS, 0)).expect("slice");
+        }
+        t.apply();
+        let mut g = c.benchmark_group(format!("modes-{mode}/{n}x{EPS}"));
+        g.sample_size(10)
+            .warm_up_time(Duration::from_millis(1))
+            .sampling_mode(SamplingMode::Flat);
+        let big = n >= 5000;
+        // First full sync, from nothing.
+        let mut full_times = Vec::new();
+        let runs = if big || quick { 3 } else { 10 };
+        let mut objects = 0;
+        for _ in 0..runs {
+            bed.cleanup();
+            let (st, d) = bed.sync(full(&t));
+            objects = st.objects;
+            full_times.push(d);
+        }
+        put(mode, n, "full_sync_s", median(full_times).as_secs_f64());
+        put(mode, n, "objects", objects as f64);
+        let (st, _) = bed.sync(full(&t));
+        assert_eq!(st.objects, objects);
+        eprintln!("OBJECTS {mode} {n}x{EPS}: {objects}");
+        let mut resync = Vec::new();
+        g.bench_function("resync", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        let d = bed.sync(full(&t)).1;
+                        resync.push(d);
+                        d
+                    })
+                    .sum()
+            })
+        });
+        put(mode, n, "resync_s", median(resync).as_secs_f64());
+        let mut generation = 0u32;
+        let mut one = Vec::new();
+        g.bench_function("one_endpoint", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        generation ^= 1;
+                        t.update_endpoint_slice(&slice(1, EPS, generation))
+                            .expect("slice");
+                        let (snapshot, changes) = t.apply();
+                        let d = bed
+                            .sync(SyncRequest {
+                                snapshot,
+                                changes,
+                                full: false,
+                            })
+                            .1;
+                        one.push(d);
+                        d
+                    })
+                    .sum()
+            })
+        });
+        put(mode, n, "one_endpoint_s", median(one).as_secs_f64());
+        let mut next = n + 10;
+        let mut added = Vec::new();
+        g.bench_function("service_added", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        next += 1;
+                        t.update_service(&service(next, false)).expect("service");
+                        t.update_endpoint_slice(&slice(next, EPS, 0))
+                            .expect("slice");
+                        let (snapshot, changes) = t.apply();
+                        let d = bed
+                            .sync(SyncRequest {
+                                snapshot,
+                                changes,
+                                full: false,
+                            })
+                            .1;
+                        added.push(d);
+                        d
+                    })
+                    .sum()
+            })
+        });
+        put(mode, n, "service_added_s", median(added).as_secs_f64());
+        g.finish();
+
+        // Data plane, with the services installed.
+        let vip: SocketAddr = SocketAddr::new(VIP.parse().expect("ip"), 80);
+        let direct = SocketAddr::new(bed.topo.ip_of(Where::Local(0)), 8080);
+        let mut g = c.benchmark_group(format!("modes-{mode}/{n}x{EPS}/data"));
+        g.sample_size(10);
+        let samples = if quick { 20 } else { 300 };
+        for (what, addr) in [("service", vip), ("direct", direct)] {
+            let lat: Vec<Duration> =
+                bed.in_client(move || (0..samples).map(|_| echo_once(addr)).collect());
+            put(
+                mode,
+                n,
+                &format!("echo_p50_{what}_us"),
+                median(lat).as_secs_f64() * 1e6,
+            );
+            g.bench_function(format!("connect_echo_{what}"), |b| {
+                b.iter_custom(|iters| {
+                    bed.in_client(move || (0..iters).map(|_| echo_once(addr)).sum())
+                })
+            });
+        }
+        g.throughput(Throughput::Bytes(CHUNK as u64));
+        for (what, addr) in [("service", vip), ("direct", direct)] {
+            let mut bulk = bed.in_client(move || Bulk::new(addr));
+            let chunks = if quick { 3 } else { 24 };
+            let t0 = Instant::now();
+            for _ in 0..chunks {
+                bulk.chunk();
+            }
+            let gibps = (chunks * CHUNK) as f64 / t0.elapsed().as_secs_f64() / (1u64 << 30) as f64;
+            put(mode, n, &format!("throughput_{what}_gibps"), gibps);
+            g.bench_function(format!("throughput_{what}"), |b| b.iter(|| bulk.chunk()));
+        }
+        g.finish();
+        bed.cleanup();
+        drop(bed);
+        if quick {
+            break;
+        }
+    }
+}
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--test");
+    let modes =
+        std::env::var("PROXIER_BENCH_MODES").unwrap_or_else(|_| "iptables,userspace,ipvs".into());
+    let modes: Vec<String> = modes.split(',').map(|m| m.trim().to_string()).collect();
+    if vm::in_vm() {
+        let mut c = Criterion::default().configure_from_args();
+        for m in &modes {
+            one_mode(&mut c, m, quick);
+        }
+        for (mode, n, metric, v) in RESULTS.lock().expect("lock").iter() {
+            println!("{LINE} {mode} {n} {metric} {v}");
+        }
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    for m in modes.iter().filter(|m| *m != "ipvs") {
+        one_mode(&mut c, m, quick);
+    }
+    let mut vm_note = String::new();
+    if modes.iter().any(|m| m == "ipvs") {
+        let exe = std::env::current_exe().expect("exe");
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let sizes =
+            std::env::var("PROXIER_BENCH_SIZES").unwrap_or_else(|_| "100,1000,5000,10000".into());
+        let r = vm::run(
+            &exe,
+            &args,
+            &[
+                ("PROXIER_BENCH_SIZES", &sizes),
+                ("PROXIER_BENCH_MODES", "ipvs"),
+            ],
+            Duration::from_secs(4 * 3600),
+        )
+        .expect("VM");
+        assert!(r.passed(), "the ipvs mode failed in the VM:\n{}", r.output);
+        let mut res = RESULTS.lock().expect("lock");
+        for l in r.output.lines() {
+            if let Some(rest) = l.split(LINE).nth(1) {
+                let w: Vec<&str> = rest.split_whitespace().collect();
+                if let [mode, n, metric, v] = w[..] {
+                    res.push((
+                        mode.into(),
+                        n.parse().expect("n"),
+                        metric.into(),
+                        v.parse().expect("value"),
+                    ));
+                }
+            }
+        }
+        vm_note = format!(
+            "ipvs ran in a qemu TCG VM (1 vCPU, kernel {}): compare its ratios, not its times",
+            vm::kernel().map(|k| k.0).unwrap_or_default()
+        );
+    }
+    // The report's input.
+    let res = RESULTS.lock().expect("lock");
+    let mut by: BTreeMap<String, f64> = BTreeMap::new();
+    for (mode, n, metric, v) in res.iter() {
+        by.insert(format!("{mode}/{n}/{metric}"), *v);
+    }
+    let mut json = format!(
+        "{{\n  \"date\": \"{}\",\n  \"machine\": \"{}\",\n  \"note\": \"{vm_note}\",\n  \"results\": {{\n",
+        benches::today(),
+        benches::machine()
+    );
+    let rows: Vec<String> = by
+        .iter()
+        .map(|(k, v)| format!("    \"{k}\": {v}"))
+        .collect();
+    json.push_str(&rows.join(",\n"));
+    json.push_str("\n  }\n}\n");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-report");
+    let _ = std::fs::create_dir_all(&dir);
+    std::fs::write(dir.join("modes.json"), &json).expect("write");
+    eprintln!("{json}");
+}

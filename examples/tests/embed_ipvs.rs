@@ -1,0 +1,49 @@
+//! The README's "embed the IPVS backend" program, compiled and run inside
+//! the test VM (a kernel with IPVS), in a throwaway namespace, until its
+//! first sync.
+
+use proxier_testbed::vm::delegate_with;
+use proxier_testbed::{Netns, NsRuntime};
+
+#[test]
+fn embed_ipvs_backend() {
+    let manifests = format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"));
+    let m = manifests.clone();
+    delegate_with("embed_ipvs_backend", &[&m], move || {
+        let ns = Netns::new("embedipvs").unwrap();
+        let rt = NsRuntime::start(&ns).unwrap();
+        let synced = rt.block_on(async move {
+            // --- the example ---
+            use backend_iptables::LocalDetector;
+            use backend_ipvs::{Config, IpvsProxier, Kernel};
+            use proxier_core::{ChangeTracker, IpFamily, ManifestSource, Runner, RunnerConfig};
+
+            let mut cfg = Config::new(IpFamily::V4); // rr, kube-ipvs0, node IPs read from the kernel
+            cfg.scheduler = "wrr".into();
+            cfg.rules.local_detector =
+                LocalDetector::ClusterCidr(vec!["10.0.0.0/16".parse().unwrap()]);
+            let kernel = Kernel::real(IpFamily::V4).await.unwrap(); // netlink, ipset, iptables
+            let backend = IpvsProxier::new(cfg, kernel).unwrap();
+            let tracker = ChangeTracker::new(IpFamily::V4, "node-1");
+            let (runner, handle) = Runner::new(tracker, Box::new(backend), RunnerConfig::default());
+            tokio::spawn(ManifestSource::new(manifests, "node-1").run(handle.clone()));
+            let mut ok = false;
+            runner
+                .run_with(std::future::pending::<()>(), |sync| {
+                    ok = sync.ok;
+                    false
+                })
+                .await;
+            // --- end of the example (a real agent runs until a signal) ---
+            ok
+        });
+        assert!(synced);
+        let ipvs = String::from_utf8(ns.exec("ipvsadm", &["-Sn"]).unwrap().stdout).unwrap();
+        assert!(ipvs.contains("-A -t 10.96.0.10:80 -s wrr"), "{ipvs}");
+        assert_eq!(
+            ipvs.matches("-a -t 10.96.0.10:80 -r 127.0.0.1").count(),
+            3,
+            "{ipvs}"
+        );
+    });
+}
