@@ -9,6 +9,7 @@ static BACKEND: Backend = Backend {
     make: common::make_legacy,
     unsupported: &[],
     leftovers: common::leftovers_legacy,
+    verify: None,
 };
 
 proxier_testbed::behaviour_suite!(&BACKEND);

@@ -9,6 +9,7 @@ static BACKEND: Backend = Backend {
     make: common::make_nft,
     unsupported: &[],
     leftovers: common::leftovers_nft,
+    verify: None,
 };
 
 proxier_testbed::behaviour_suite!(&BACKEND);

@@ -1,13 +1,16 @@
 //! The behaviour suite on the IPVS proxier, inside the test VM (a real
 //! IPVS kernel): real TCP and UDP traffic between namespaces, with
-//! `kube-ipvs0`, the ipsets and the companion iptables rules (nft).
+//! `kube-ipvs0`, the ipsets and the companion iptables rules (nft); after
+//! every sync `ipvsadm -Sn` is compared with the desired state.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use backend_iptables::{ConntrackCmd, IptablesCmd, Variant};
+use backend_ipvs::desired::{Settings, contribution};
 use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
-use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel};
-use proxier_core::{IpFamily, Proxier};
+use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op};
+use proxier_core::{IpFamily, Proxier, Snapshot};
 use proxier_testbed::Topology;
 use proxier_testbed::suite::{Backend, Env};
 
@@ -59,11 +62,60 @@ pub fn leftovers(topo: &Topology) -> Vec<String> {
     left
 }
 
+/// `ipvsadm -Sn` after every sync holds exactly the virtual and real
+/// servers the snapshot asks for, plus real servers draining at weight 0
+/// (graceful termination).
+fn verify(env: &Env, topo: &Topology, snap: &Snapshot) -> Result<(), String> {
+    let npa = &env.node_port_addresses;
+    let settings = Settings {
+        family: IpFamily::V4,
+        scheduler: "rr".into(),
+        node_port_ips: env
+            .node_ips
+            .iter()
+            .copied()
+            .filter(|ip| npa.is_empty() || npa.iter().any(|n| n.contains(ip)))
+            .collect(),
+        node_ips: env.node_ips.clone(),
+    };
+    let mut want = BTreeSet::new();
+    for svc in snap.services.values() {
+        for (s, dests) in contribution(svc, snap, &settings).services {
+            want.insert(Op::AddService(s.clone()).to_string());
+            for d in dests {
+                want.insert(Op::AddDest(s.clone(), d).to_string());
+            }
+        }
+    }
+    let have: BTreeSet<String> = topo
+        .node_exec("ipvsadm", &["-Sn"])
+        .map_err(|e| e.to_string())?
+        .lines()
+        .map(|l| {
+            format!(
+                "ipvsadm {}",
+                l.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect();
+    let missing: Vec<&String> = want.difference(&have).collect();
+    let extra: Vec<&String> = have
+        .difference(&want)
+        .filter(|l| !(l.starts_with("ipvsadm -a") && l.ends_with(" -w 0")))
+        .collect();
+    if missing.is_empty() && extra.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("ipvsadm -Sn lacks {missing:#?} and has {extra:#?}"))
+    }
+}
+
 static BACKEND: Backend = Backend {
     name: "ipvs",
     make,
     unsupported: &[],
     leftovers,
+    verify: Some(verify),
 };
 
 proxier_testbed::behaviour_suite!(@vm &BACKEND);

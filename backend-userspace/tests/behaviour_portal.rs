@@ -47,6 +47,7 @@ static BACKEND: Backend = Backend {
     // source address cannot be kept.
     unsupported: &[Feature::ExternalTrafficPolicyLocal],
     leftovers,
+    verify: None,
 };
 
 proxier_testbed::behaviour_suite!(&BACKEND);

@@ -16,7 +16,8 @@
 //! Results go to `target/proxier-report/modes.json`;
 //! `cargo run -p benches --bin report` turns them into a Markdown table
 //! and SVG charts. `PROXIER_BENCH_MODES=iptables,userspace,ipvs` chooses
-//! the modes. Needs root (and the VM's packages for `ipvs`).
+//! the modes; the results of modes not run are kept from the last run.
+//! Needs root (and the VM's packages for `ipvs`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -395,7 +396,31 @@ fn main() {
     }
     // The report's input.
     let res = RESULTS.lock().expect("lock");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-report");
     let mut by: BTreeMap<String, f64> = BTreeMap::new();
+    // Modes not run this time keep their last results (so they can be
+    // measured one at a time).
+    let mut kept_note = String::new();
+    if let Ok(old) = std::fs::read_to_string(dir.join("modes.json"))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&old)
+    {
+        if let Some(m) = v["results"].as_object() {
+            for (k, val) in m {
+                let mode = k.split('/').next().unwrap_or("");
+                if !modes.iter().any(|m| m == mode)
+                    && let Some(x) = val.as_f64()
+                {
+                    by.insert(k.clone(), x);
+                }
+            }
+        }
+        if !modes.iter().any(|m| m == "ipvs") {
+            kept_note = v["note"].as_str().unwrap_or("").to_string();
+        }
+    }
+    if vm_note.is_empty() {
+        vm_note = kept_note;
+    }
     for (mode, n, metric, v) in res.iter() {
         by.insert(format!("{mode}/{n}/{metric}"), *v);
     }
@@ -410,7 +435,6 @@ fn main() {
         .collect();
     json.push_str(&rows.join(",\n"));
     json.push_str("\n  }\n}\n");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-report");
     let _ = std::fs::create_dir_all(&dir);
     std::fs::write(dir.join("modes.json"), &json).expect("write");
     eprintln!("{json}");

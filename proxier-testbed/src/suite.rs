@@ -138,6 +138,9 @@ pub struct Backend {
     /// What the backend left in the node namespace (rules, listeners):
     /// empty after `cleanup`.
     pub leftovers: fn(&Topology) -> Vec<String>,
+    /// Checked after every sync: the kernel agrees with the snapshot
+    /// (e.g. `ipvsadm -Sn` against the desired virtual servers).
+    pub verify: Option<fn(&Env, &Topology, &proxier_core::Snapshot) -> Result<(), String>>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -162,6 +165,7 @@ fn ip(s: &str) -> IpAddr {
 pub struct Ctx {
     /// The namespaces.
     pub topo: Topology,
+    env: Env,
     tracker: ChangeTracker,
     proxier: Option<Box<dyn Proxier>>,
     synced: bool,
@@ -191,10 +195,12 @@ impl Ctx {
             node_port_addresses,
         };
         let make = backend.make;
-        let proxier = topo.node_rt().block_on(async move { make(&env) });
+        let e = env.clone();
+        let proxier = topo.node_rt().block_on(async move { make(&e) });
         let tracker = ChangeTracker::new(IpFamily::V4, &topo.plan.node_name);
         Ctx {
             topo,
+            env,
             tracker,
             proxier: Some(proxier),
             synced: false,
@@ -231,6 +237,7 @@ impl Ctx {
     /// One sync of what the tracker holds (full the first time).
     pub fn sync(&mut self) -> SyncStats {
         let (snapshot, changes) = self.tracker.apply();
+        let snap = snapshot.clone();
         let req = SyncRequest {
             snapshot,
             changes,
@@ -243,7 +250,16 @@ impl Ctx {
         });
         self.proxier = Some(p);
         self.synced = true;
-        r.unwrap_or_else(|e| panic!("{} sync failed: {e:#?}", self.backend.name))
+        let stats = r.unwrap_or_else(|e| panic!("{} sync failed: {e:#?}", self.backend.name));
+        if let Some(verify) = self.backend.verify
+            && let Err(e) = verify(&self.env, &self.topo, &snap)
+        {
+            panic!(
+                "{}: the kernel disagrees with the snapshot: {e}",
+                self.backend.name
+            );
+        }
+        stats
     }
 
     /// Runs the backend's cleanup.
