@@ -195,13 +195,19 @@ pub struct IpvsProxier {
     k: Kernel,
     initialized: bool,
     first_sync_done: bool,
-    contribs: HashMap<ServicePortName, Contribution>,
+    contribs: BTreeMap<ServicePortName, Contribution>,
     /// Which service port wants each virtual server.
     owner: HashMap<VsKey, ServicePortName>,
     /// What the kernel holds of ours, as of the last sync.
     kernel: HashMap<VsKey, (Service, BTreeMap<DestKey, Dest>)>,
     binds: HashMap<IpAddr, usize>,
+    /// Whether each address touched by a partial sync was wanted before it.
+    binds_before: HashMap<IpAddr, bool>,
     entries: HashMap<(Set, String), usize>,
+    /// Entries per set (which sets are non-empty decides the rules).
+    set_sizes: HashMap<Set, usize>,
+    /// Real servers in `kernel`.
+    real_servers: usize,
     out_filter: BTreeMap<ServicePortName, Vec<String>>,
     /// Real servers draining at weight 0, since when.
     graceful: HashMap<(VsKey, DestKey), Instant>,
@@ -244,11 +250,14 @@ impl IpvsProxier {
             k: kernel,
             initialized: false,
             first_sync_done: false,
-            contribs: HashMap::new(),
+            contribs: BTreeMap::new(),
             owner: HashMap::new(),
             kernel: HashMap::new(),
             binds: HashMap::new(),
+            binds_before: HashMap::new(),
             entries: HashMap::new(),
+            set_sizes: HashMap::new(),
+            real_servers: 0,
             out_filter: BTreeMap::new(),
             graceful: HashMap::new(),
             written: None,
@@ -452,16 +461,22 @@ impl IpvsProxier {
                     e.0 = s.clone();
                 }
                 (Op::DelService(_), _) => {
-                    self.kernel.remove(&key);
+                    if let Some((_, d)) = self.kernel.remove(&key) {
+                        self.real_servers -= d.len();
+                    }
                 }
                 (Op::DelDest(..), Some(d)) => {
-                    if let Some(e) = self.kernel.get_mut(&key) {
-                        e.1.remove(&(d.addr, d.port));
+                    if let Some(e) = self.kernel.get_mut(&key)
+                        && e.1.remove(&(d.addr, d.port)).is_some()
+                    {
+                        self.real_servers -= 1;
                     }
                 }
                 (_, Some(d)) => {
-                    if let Some(e) = self.kernel.get_mut(&key) {
-                        e.1.insert((d.addr, d.port), d.clone());
+                    if let Some(e) = self.kernel.get_mut(&key)
+                        && e.1.insert((d.addr, d.port), d.clone()).is_none()
+                    {
+                        self.real_servers += 1;
                     }
                 }
                 _ => {}
@@ -489,10 +504,16 @@ impl IpvsProxier {
             }
         }
         for ip in &c.binds {
+            let before = self.binds.contains_key(ip);
+            self.binds_before.entry(*ip).or_insert(before);
             *self.binds.entry(*ip).or_default() += 1;
         }
         for e in &c.entries {
-            *self.entries.entry(e.clone()).or_default() += 1;
+            let n = self.entries.entry(e.clone()).or_default();
+            *n += 1;
+            if *n == 1 {
+                *self.set_sizes.entry(e.0).or_default() += 1;
+            }
         }
         if !c.out_filter.is_empty() {
             self.out_filter.insert(name.clone(), c.out_filter.clone());
@@ -507,6 +528,7 @@ impl IpvsProxier {
             }
         }
         for ip in &c.binds {
+            self.binds_before.entry(*ip).or_insert(true);
             if let Some(n) = self.binds.get_mut(ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -519,6 +541,9 @@ impl IpvsProxier {
                 *n -= 1;
                 if *n == 0 {
                     self.entries.remove(e);
+                    if let Some(k) = self.set_sizes.get_mut(&e.0) {
+                        *k -= 1;
+                    }
                 }
             }
         }
@@ -537,12 +562,15 @@ impl IpvsProxier {
     }
 
     async fn write_rules(&mut self, force: bool) -> Result<(), ProxierError> {
-        let want = self.wanted_entries();
-        let non_empty: BTreeSet<Set> = want
+        let mut non_empty: BTreeSet<Set> = self
+            .set_sizes
             .iter()
-            .filter(|(_, e)| !e.is_empty())
+            .filter(|(_, n)| **n > 0)
             .map(|(s, _)| *s)
             .collect();
+        if !self.binds.is_empty() {
+            non_empty.insert(Set::IpvsIps);
+        }
         let out: Vec<&str> = self
             .out_filter
             .values()
@@ -612,8 +640,9 @@ impl IpvsProxier {
         self.owner.clear();
         self.binds.clear();
         self.entries.clear();
+        self.set_sizes.clear();
         self.out_filter.clear();
-        let mut contribs = HashMap::with_capacity(snap.services.len());
+        let mut contribs = BTreeMap::new();
         for (name, svc) in &snap.services {
             let c = contribution(svc, snap, &settings);
             self.add_contribution(name, &c, errors);
@@ -666,6 +695,8 @@ impl IpvsProxier {
             .collect();
         self.run_ops(&ops, errors)?;
         self.kernel.retain(|k, _| wanted_keys.contains(k));
+        self.real_servers = self.kernel.values().map(|(_, d)| d.len()).sum();
+        self.binds_before.clear();
         // Addresses.
         let want_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
         let add: Vec<IpAddr> = want_binds.difference(&bound).copied().collect();
@@ -707,17 +738,23 @@ impl IpvsProxier {
             .updated_services
             .iter()
             .flat_map(|nn| {
+                // Keys sort by service first: a range, not a scan.
+                let first = ServicePortName {
+                    service: nn.clone(),
+                    port: Arc::from(""),
+                    protocol: proxier_core::Protocol::Tcp,
+                };
                 let old = self
                     .contribs
-                    .keys()
-                    .filter(move |n| &n.service == nn)
-                    .cloned()
+                    .range(first..)
+                    .take_while(move |(n, _)| &n.service == nn)
+                    .map(|(n, _)| n.clone())
                     .collect::<Vec<_>>();
                 old.into_iter()
                     .chain(snap.ports_of(nn).map(|s| s.name.clone()))
             })
             .collect();
-        let old_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
+        self.binds_before.clear();
         let mut ops = Vec::new();
         let now = Instant::now();
         let mut removed_entries: BTreeSet<(Set, String)> = BTreeSet::new();
@@ -794,10 +831,18 @@ impl IpvsProxier {
             }
         }
         self.run_ops(&ops, errors)?;
-        // Addresses.
-        let new_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
-        let add: Vec<IpAddr> = new_binds.difference(&old_binds).copied().collect();
-        let del: Vec<IpAddr> = old_binds.difference(&new_binds).copied().collect();
+        // Addresses whose wantedness changed.
+        let mut add = Vec::new();
+        let mut del = Vec::new();
+        for (ip, before) in std::mem::take(&mut self.binds_before) {
+            match (before, self.binds.contains_key(&ip)) {
+                (false, true) => add.push(ip),
+                (true, false) => del.push(ip),
+                _ => {}
+            }
+        }
+        add.sort();
+        del.sort();
         self.bind(&add, &del, errors).await;
         // ipset entries: what changed among the touched ones.
         let mut changes: Vec<(Set, String, bool)> = Vec::new();
@@ -868,7 +913,7 @@ impl Proxier for IpvsProxier {
         self.clear_conntrack(req).await;
         self.report.netlink_messages = self.k.ipvs.messages_sent() - sent0;
         self.report.virtual_servers = self.kernel.len();
-        self.report.real_servers = self.kernel.values().map(|(_, d)| d.len()).sum();
+        self.report.real_servers = self.real_servers;
         debug!(report = ?self.report, took = ?t0.elapsed(), "ipvs sync");
         if !errors.is_empty() {
             // The runner retries, then runs a full sync.
@@ -938,7 +983,10 @@ impl Proxier for IpvsProxier {
         self.contribs.clear();
         self.owner.clear();
         self.binds.clear();
+        self.binds_before.clear();
         self.entries.clear();
+        self.set_sizes.clear();
+        self.real_servers = 0;
         self.out_filter.clear();
         self.graceful.clear();
         self.written = None;

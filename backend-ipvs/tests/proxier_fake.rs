@@ -217,3 +217,54 @@ async fn a_one_endpoint_change_is_constant_work() {
     assert_eq!(small, (1, 2), "one GET_DEST and one NEW_DEST");
     assert_eq!(small, large);
 }
+
+/// A partial sync binds and unbinds exactly the addresses whose services
+/// came and went, and keeps a shared one while another port uses it.
+#[tokio::test]
+async fn partial_syncs_move_addresses_and_entries() {
+    let mut b = bed();
+    let two = service(
+        "default",
+        "two",
+        "10.96.0.50",
+        &[("a", 80, TCP), ("b", 81, TCP)],
+    );
+    b.tracker.update_service(&two).unwrap();
+    b.tracker
+        .update_service(&service("default", "one", "10.96.0.51", &[("a", 80, TCP)]))
+        .unwrap();
+    b.sync().await.unwrap();
+    let bound = |b: &Bed| -> Vec<String> {
+        b.links.links.lock().unwrap()["kube-ipvs0"]
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect()
+    };
+    assert_eq!(bound(&b), vec!["10.96.0.50", "10.96.0.51"]);
+    // Port b goes: the address stays (port a still uses it).
+    let mut only_a = two.clone();
+    only_a.ports.truncate(1);
+    b.tracker.update_service(&only_a).unwrap();
+    b.sync().await.unwrap();
+    assert!(!b.p.last_report().full);
+    assert_eq!(bound(&b), vec!["10.96.0.50", "10.96.0.51"]);
+    assert_eq!(
+        b.set("KUBE-CLUSTER-IP"),
+        vec!["10.96.0.50,tcp:80", "10.96.0.51,tcp:80"]
+    );
+    // Service one goes: its address and entries go.
+    b.tracker.delete_service("default", "one");
+    b.sync().await.unwrap();
+    assert_eq!(bound(&b), vec!["10.96.0.50"]);
+    assert_eq!(b.set("KUBE-IPVS-IPS"), vec!["10.96.0.50"]);
+    assert_eq!(b.set("KUBE-CLUSTER-IP"), vec!["10.96.0.50,tcp:80"]);
+    assert_eq!(b.p.last_report().address_changes, 1);
+    // And comes back.
+    b.tracker
+        .update_service(&service("default", "one", "10.96.0.51", &[("a", 80, TCP)]))
+        .unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(bound(&b), vec!["10.96.0.50", "10.96.0.51"]);
+    assert_eq!(b.set("KUBE-IPVS-IPS"), vec!["10.96.0.50", "10.96.0.51"]);
+    assert_eq!(b.vs().len(), 2);
+}

@@ -55,7 +55,7 @@ fn messages(name: &str, r: &SyncReport) {
 /// A proxier in its own namespace.
 struct Node {
     rt: NsRuntime,
-    ns: Netns,
+    _ns: Netns,
     proxier: Option<IpvsProxier>,
 }
 
@@ -65,7 +65,7 @@ impl Node {
         let rt = NsRuntime::start(&ns).expect("runtime");
         let mut n = Node {
             rt,
-            ns,
+            _ns: ns,
             proxier: None,
         };
         n.fresh();
@@ -103,19 +103,6 @@ impl Node {
         self.proxier = Some(p);
         (rep, d)
     }
-
-    fn cleanup(&mut self) {
-        let mut p = self.proxier.take().expect("proxier");
-        self.rt
-            .block_on(async move { p.cleanup().await })
-            .expect("cleanup");
-        self.fresh();
-    }
-
-    fn sh(&self, cmd: &str) {
-        let st = self.ns.exec("sh", &["-c", cmd]).expect("sh");
-        assert!(st.status.success(), "{cmd}: {st:?}");
-    }
 }
 
 /// Times `one` (which records its own duration): through criterion, or,
@@ -128,8 +115,9 @@ fn measure(
     mut one: impl FnMut() -> Duration,
 ) {
     if n >= 5000 {
-        for _ in 0..3 {
-            one();
+        for i in 0..3 {
+            let d = one();
+            eprintln!("{name} at {n}: run {i}: {d:?}");
         }
         return;
     }
@@ -191,13 +179,15 @@ fn in_vm_main() {
             .sampling_mode(SamplingMode::Flat);
         let key = |what: &str| format!("{n}/{what}");
 
-        // The floor: ipvsadm -R of the same servers, into an empty table.
-        let base = Node::new();
+        // The floor: ipvsadm -R of the same servers, into an empty table
+        // in a fresh namespace each time. (Not after `ipvsadm -C`: the
+        // kernel keeps deleted real servers in a trash list for a minute
+        // or two and scans it on every add, which makes back-to-back
+        // reloads quadratic.)
         measure(&mut g, n, "ipvsadm_restore", || {
-            base.sh("ipvsadm -C");
+            let ns = Netns::new("ipvsfloor").expect("netns");
             let text = text.clone();
-            let d = base
-                .ns
+            let d = ns
                 .enter(move || {
                     let t0 = Instant::now();
                     let mut child = Command::new("ipvsadm")
@@ -219,10 +209,9 @@ fn in_vm_main() {
         });
         // The bare client: the same writes, batched on one socket.
         measure(&mut g, n, "client_batch", || {
-            base.sh("ipvsadm -C");
+            let ns = Netns::new("ipvsfloor").expect("netns");
             let ops = ops.clone();
-            let d = base
-                .ns
+            let d = ns
                 .enter(move || {
                     let mut c = IpvsClient::connect().expect("IPVS");
                     let t0 = Instant::now();
@@ -234,18 +223,15 @@ fn in_vm_main() {
                 .expect("enter");
             record(&key("client_batch"), d)
         });
-        base.sh("ipvsadm -C");
-        drop(base);
-
-        // The proxier: first full sync from a clean node.
-        let mut node = Node::new();
+        // The proxier: first full sync on a fresh node.
         measure(&mut g, n, "full_sync", || {
-            node.cleanup();
+            let mut node = Node::new();
             let (rep, d) = node.sync(full(&snap));
             messages(&key("full_sync"), &rep);
             record(&key("full_sync"), d)
         });
         // Loaded: the incremental cases.
+        let mut node = Node::new();
         let (rep, _) = node.sync(full(&snap));
         eprintln!(
             "OBJECTS ipvs {n}x{EPS}: {} virtual servers, {} real servers",
@@ -305,7 +291,7 @@ fn in_vm_main() {
             })
         });
         g.finish();
-        node.cleanup();
+        drop(node);
         if quick {
             break;
         }

@@ -142,7 +142,6 @@ fn probe_service(ep: IpAddr) -> (Service, proxier_core::EndpointSlice) {
 struct Bed {
     topo: Topology,
     proxier: Option<Box<dyn Proxier>>,
-    mode: String,
 }
 
 impl Bed {
@@ -160,7 +159,6 @@ impl Bed {
         Bed {
             topo,
             proxier: Some(p),
-            mode: mode.into(),
         }
     }
 
@@ -173,17 +171,6 @@ impl Bed {
         });
         self.proxier = Some(p);
         (r.expect("sync"), d)
-    }
-
-    fn cleanup(&mut self) {
-        let mut p = self.proxier.take().expect("proxier");
-        let m = self.mode.clone();
-        let p = self.topo.node_rt().block_on(async move {
-            p.cleanup().await.expect("cleanup");
-            drop(p);
-            make(&m)
-        });
-        self.proxier = Some(p);
     }
 
     fn in_client<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -222,8 +209,10 @@ fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
         let runs = if big || quick { 3 } else { 10 };
         let mut objects = 0;
         for _ in 0..runs {
-            bed.cleanup();
-            let (st, d) = bed.sync(full(&t));
+            // A fresh test bed each time: an empty table, as on a new
+            // node (and no IPVS trash list from a previous run).
+            let mut fresh = Bed::new(mode);
+            let (st, d) = fresh.sync(full(&t));
             objects = st.objects;
             full_times.push(d);
         }
@@ -330,7 +319,6 @@ fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
             g.bench_function(format!("throughput_{what}"), |b| b.iter(|| bulk.chunk()));
         }
         g.finish();
-        bed.cleanup();
         drop(bed);
         if quick {
             break;
