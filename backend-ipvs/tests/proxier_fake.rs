@@ -268,3 +268,65 @@ async fn partial_syncs_move_addresses_and_entries() {
     assert_eq!(b.set("KUBE-IPVS-IPS"), vec!["10.96.0.50", "10.96.0.51"]);
     assert_eq!(b.vs().len(), 2);
 }
+
+/// The sysctls kube-proxy sets, strict ARP only when asked, and the
+/// connection timeouts only when given (`ipvsadm --set`).
+#[tokio::test]
+async fn sysctls_strict_arp_and_timeouts() {
+    for strict in [false, true] {
+        let ipvs = FakeIpvs::default();
+        let sysctl = FakeSysctl::default();
+        sysctl
+            .0
+            .lock()
+            .unwrap()
+            .insert("kernel/osrelease".into(), "5.4.0-100-generic".into());
+        let kernel = Kernel {
+            ipvs: Box::new(ipvs.clone()),
+            links: Arc::new(FakeLinks::default()),
+            ipset: Arc::new(FakeIpset::default()),
+            iptables: Arc::new(FakeIptables::new(Variant::Nft)),
+            conntrack: Arc::new(FakeConntrack::default()),
+            sysctl: Arc::new(sysctl.clone()),
+        };
+        let mut cfg = Config::new(IpFamily::V4);
+        cfg.node_ips = vec!["192.168.0.1".parse().unwrap()];
+        cfg.strict_arp = strict;
+        if strict {
+            cfg.timeouts = backend_ipvs::Timeouts {
+                tcp: 900,
+                tcp_fin: 120,
+                udp: 60,
+            };
+        }
+        let mut p = IpvsProxier::new(cfg, kernel).unwrap();
+        let t = ChangeTracker::new(IpFamily::V4, "node-1");
+        let req = SyncRequest {
+            snapshot: t.snapshot().clone(),
+            changes: Default::default(),
+            full: true,
+        };
+        p.sync(&req).await.unwrap();
+        let s = sysctl.0.lock().unwrap().clone();
+        for (k, v) in [
+            ("net/ipv4/vs/conntrack", "1"),
+            ("net/ipv4/vs/expire_nodest_conn", "1"),
+            ("net/ipv4/vs/expire_quiescent_template", "1"),
+            ("net/ipv4/ip_forward", "1"),
+            // A 5.4 kernel: conn_reuse_mode=0 (kubernetes #93297).
+            ("net/ipv4/vs/conn_reuse_mode", "0"),
+        ] {
+            assert_eq!(s.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        assert_eq!(
+            s.get("net/ipv4/conf/all/arp_ignore").is_some(),
+            strict,
+            "strict ARP only when asked"
+        );
+        if strict {
+            assert_eq!(s["net/ipv4/conf/all/arp_announce"], "2");
+        }
+        let t = ipvs.0.lock().unwrap().timeouts;
+        assert_eq!(t.is_some(), strict, "timeouts only when given");
+    }
+}

@@ -179,57 +179,61 @@ fn in_vm_main() {
             .sampling_mode(SamplingMode::Flat);
         let key = |what: &str| format!("{n}/{what}");
 
+        // `PROXIER_BENCH_SKIP=first` measures only the loaded cases.
+        let first = std::env::var("PROXIER_BENCH_SKIP").as_deref() != Ok("first");
         // The floor: ipvsadm -R of the same servers, into an empty table
         // in a fresh namespace each time. (Not after `ipvsadm -C`: the
         // kernel keeps deleted real servers in a trash list for a minute
         // or two and scans it on every add, which makes back-to-back
         // reloads quadratic.)
-        measure(&mut g, n, "ipvsadm_restore", || {
-            let ns = Netns::new("ipvsfloor").expect("netns");
-            let text = text.clone();
-            let d = ns
-                .enter(move || {
-                    let t0 = Instant::now();
-                    let mut child = Command::new("ipvsadm")
-                        .arg("-R")
-                        .stdin(Stdio::piped())
-                        .spawn()
-                        .expect("ipvsadm");
-                    child
-                        .stdin
-                        .take()
-                        .expect("stdin")
-                        .write_all(text.as_bytes())
-                        .expect("write");
-                    assert!(child.wait().expect("wait").success());
-                    t0.elapsed()
-                })
-                .expect("enter");
-            record(&key("ipvsadm_restore"), d)
-        });
-        // The bare client: the same writes, batched on one socket.
-        measure(&mut g, n, "client_batch", || {
-            let ns = Netns::new("ipvsfloor").expect("netns");
-            let ops = ops.clone();
-            let d = ns
-                .enter(move || {
-                    let mut c = IpvsClient::connect().expect("IPVS");
-                    let t0 = Instant::now();
-                    let r = c.apply(&ops).expect("batch");
-                    let d = t0.elapsed();
-                    assert!(r.iter().all(|r| r.is_ok()));
-                    d
-                })
-                .expect("enter");
-            record(&key("client_batch"), d)
-        });
-        // The proxier: first full sync on a fresh node.
-        measure(&mut g, n, "full_sync", || {
-            let mut node = Node::new();
-            let (rep, d) = node.sync(full(&snap));
-            messages(&key("full_sync"), &rep);
-            record(&key("full_sync"), d)
-        });
+        if first {
+            measure(&mut g, n, "ipvsadm_restore", || {
+                let ns = Netns::new("ipvsfloor").expect("netns");
+                let text = text.clone();
+                let d = ns
+                    .enter(move || {
+                        let t0 = Instant::now();
+                        let mut child = Command::new("ipvsadm")
+                            .arg("-R")
+                            .stdin(Stdio::piped())
+                            .spawn()
+                            .expect("ipvsadm");
+                        child
+                            .stdin
+                            .take()
+                            .expect("stdin")
+                            .write_all(text.as_bytes())
+                            .expect("write");
+                        assert!(child.wait().expect("wait").success());
+                        t0.elapsed()
+                    })
+                    .expect("enter");
+                record(&key("ipvsadm_restore"), d)
+            });
+            // The bare client: the same writes, batched on one socket.
+            measure(&mut g, n, "client_batch", || {
+                let ns = Netns::new("ipvsfloor").expect("netns");
+                let ops = ops.clone();
+                let d = ns
+                    .enter(move || {
+                        let mut c = IpvsClient::connect().expect("IPVS");
+                        let t0 = Instant::now();
+                        let r = c.apply(&ops).expect("batch");
+                        let d = t0.elapsed();
+                        assert!(r.iter().all(|r| r.is_ok()));
+                        d
+                    })
+                    .expect("enter");
+                record(&key("client_batch"), d)
+            });
+            // The proxier: first full sync on a fresh node.
+            measure(&mut g, n, "full_sync", || {
+                let mut node = Node::new();
+                let (rep, d) = node.sync(full(&snap));
+                messages(&key("full_sync"), &rep);
+                record(&key("full_sync"), d)
+            });
+        }
         // Loaded: the incremental cases.
         let mut node = Node::new();
         let (rep, _) = node.sync(full(&snap));
@@ -324,31 +328,52 @@ fn main() {
     let r = vm::run(
         &exe,
         &args,
-        &[("PROXIER_BENCH_SIZES", &sizes)],
+        &[
+            ("PROXIER_BENCH_SIZES", &sizes),
+            (
+                "PROXIER_BENCH_SKIP",
+                &std::env::var("PROXIER_BENCH_SKIP").unwrap_or_default(),
+            ),
+        ],
         Duration::from_secs(4 * 3600),
     )
     .expect("VM");
     assert!(r.passed(), "the IPVS bench failed in the VM:\n{}", r.output);
-    let mut json =
-        String::from("{\n  \"machine\": \"qemu TCG (software emulation), 1 vCPU, kernel ");
-    json.push_str(&vm::kernel().map(|k| k.0).unwrap_or_default());
-    json.push_str("\",\n  \"results\": {\n");
-    let rows: Vec<String> = r
-        .output
-        .lines()
-        .filter_map(|l| l.split(LINE).nth(1))
-        .map(|rest| {
-            let w: Vec<&str> = rest.split_whitespace().collect();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-report");
+    // New results over the last file's (a run with PROXIER_BENCH_SKIP
+    // keeps the first-sync figures).
+    let mut rows: BTreeMap<String, String> = BTreeMap::new();
+    if let Ok(old) = std::fs::read_to_string(dir.join("ipvs.json"))
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(&old)
+        && let Some(m) = v["results"].as_object()
+    {
+        for (k, val) in m {
+            rows.insert(k.clone(), val.to_string());
+        }
+    }
+    let mut fresh = 0;
+    for rest in r.output.lines().filter_map(|l| l.split(LINE).nth(1)) {
+        let w: Vec<&str> = rest.split_whitespace().collect();
+        rows.insert(
+            w[0].to_string(),
             format!(
-                "    \"{}\": {{\"median_ns\": {}, \"netlink_messages\": {}}}",
-                w[0], w[1], w[2]
-            )
-        })
+                "{{\"median_ns\": {}, \"netlink_messages\": {}}}",
+                w[1], w[2]
+            ),
+        );
+        fresh += 1;
+    }
+    assert!(fresh > 0, "no results:\n{}", r.output);
+    let mut json = format!(
+        "{{\n  \"machine\": \"qemu TCG (software emulation), 1 vCPU, kernel {}\",\n  \"results\": {{\n",
+        vm::kernel().map(|k| k.0).unwrap_or_default()
+    );
+    let rows: Vec<String> = rows
+        .iter()
+        .map(|(k, v)| format!("    \"{k}\": {v}"))
         .collect();
-    assert!(!rows.is_empty(), "no results:\n{}", r.output);
     json.push_str(&rows.join(",\n"));
     json.push_str("\n  }\n}\n");
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-report");
     let _ = std::fs::create_dir_all(&dir);
     std::fs::write(dir.join("ipvs.json"), &json).expect("write");
     eprintln!("{json}");
