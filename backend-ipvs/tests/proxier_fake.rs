@@ -319,7 +319,7 @@ async fn sysctls_strict_arp_and_timeouts() {
             assert_eq!(s.get(k).map(String::as_str), Some(v), "{k}");
         }
         assert_eq!(
-            s.get("net/ipv4/conf/all/arp_ignore").is_some(),
+            s.contains_key("net/ipv4/conf/all/arp_ignore"),
             strict,
             "strict ARP only when asked"
         );

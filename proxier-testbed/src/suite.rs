@@ -127,6 +127,9 @@ pub struct Env {
     pub node_port_addresses: Vec<IpNet>,
 }
 
+/// A check of the kernel against the snapshot just synced.
+pub type Verify = fn(&Env, &Topology, &proxier_core::Snapshot) -> Result<(), String>;
+
 /// A backend under test.
 pub struct Backend {
     /// Its name in the table (`iptables (nft)`).
@@ -140,7 +143,7 @@ pub struct Backend {
     pub leftovers: fn(&Topology) -> Vec<String>,
     /// Checked after every sync: the kernel agrees with the snapshot
     /// (e.g. `ipvsadm -Sn` against the desired virtual servers).
-    pub verify: Option<fn(&Env, &Topology, &proxier_core::Snapshot) -> Result<(), String>>,
+    pub verify: Option<Verify>,
 }
 
 impl std::fmt::Debug for Backend {

@@ -241,7 +241,8 @@ fn main() {
                     .iter()
                     .filter_map(|&n| get(m, n, metric).map(|y| (n as f64, f(y, m, n))))
                     .collect();
-                (*m, *c, pts)
+                let name = if *m == "ipvs" { "ipvs (VM)" } else { *m };
+                (name, *c, pts)
             })
             .collect()
     };
@@ -259,7 +260,7 @@ fn main() {
             "latency.svg",
             chart(
                 "Connect + 1-byte echo through a cluster IP, × direct",
-                "p50 service / p50 direct (×100)",
+                "service p50, % of direct p50",
                 &series("echo_p50_service_us", &|y, m, n| {
                     get(m, n, "echo_p50_direct_us")
                         .map(|d| 100.0 * y / d)
