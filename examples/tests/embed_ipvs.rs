@@ -13,29 +13,34 @@ fn embed_ipvs_backend() {
         let ns = Netns::new("embedipvs").unwrap();
         let rt = NsRuntime::start(&ns).unwrap();
         let synced = rt.block_on(async move {
-            // --- the example ---
-            use backend_iptables::LocalDetector;
-            use backend_ipvs::{Config, IpvsProxier, Kernel};
-            use proxier_core::{ChangeTracker, IpFamily, ManifestSource, Runner, RunnerConfig};
+            tokio::time::timeout(std::time::Duration::from_secs(180), async move {
+                // --- the example ---
+                use backend_iptables::LocalDetector;
+                use backend_ipvs::{Config, IpvsProxier, Kernel};
+                use proxier_core::{ChangeTracker, IpFamily, ManifestSource, Runner, RunnerConfig};
 
-            let mut cfg = Config::new(IpFamily::V4); // rr, kube-ipvs0, node IPs read from the kernel
-            cfg.scheduler = "wrr".into();
-            cfg.rules.local_detector =
-                LocalDetector::ClusterCidr(vec!["10.0.0.0/16".parse().unwrap()]);
-            let kernel = Kernel::real(IpFamily::V4).await.unwrap(); // netlink, ipset, iptables
-            let backend = IpvsProxier::new(cfg, kernel).unwrap();
-            let tracker = ChangeTracker::new(IpFamily::V4, "node-1");
-            let (runner, handle) = Runner::new(tracker, Box::new(backend), RunnerConfig::default());
-            tokio::spawn(ManifestSource::new(manifests, "node-1").run(handle.clone()));
-            let mut ok = false;
-            runner
-                .run_with(std::future::pending::<()>(), |sync| {
-                    ok = sync.ok;
-                    false
-                })
-                .await;
-            // --- end of the example (a real agent runs until a signal) ---
-            ok
+                let mut cfg = Config::new(IpFamily::V4); // rr, kube-ipvs0, node IPs read from the kernel
+                cfg.scheduler = "wrr".into();
+                cfg.rules.local_detector =
+                    LocalDetector::ClusterCidr(vec!["10.0.0.0/16".parse().unwrap()]);
+                let kernel = Kernel::real(IpFamily::V4).await.unwrap(); // netlink, ipset, iptables
+                let backend = IpvsProxier::new(cfg, kernel).unwrap();
+                let tracker = ChangeTracker::new(IpFamily::V4, "node-1");
+                let (runner, handle) =
+                    Runner::new(tracker, Box::new(backend), RunnerConfig::default());
+                tokio::spawn(ManifestSource::new(manifests, "node-1").run(handle.clone()));
+                let mut ok = false;
+                runner
+                    .run_with(std::future::pending::<()>(), |sync| {
+                        ok = sync.ok;
+                        false
+                    })
+                    .await;
+                // --- end of the example (a real agent runs until a signal) ---
+                ok
+            })
+            .await
+            .expect("a first sync within 3 minutes")
         });
         assert!(synced);
         let ipvs = String::from_utf8(ns.exec("ipvsadm", &["-Sn"]).unwrap().stdout).unwrap();

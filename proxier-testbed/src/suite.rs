@@ -752,6 +752,10 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
                 .topo
                 .tcp_open(Where::ClientPod, sa(cip, PORT), T)
                 .expect("tcp");
+            // One exchange first: a proxy picks the endpoint when it
+            // handles the connection, which may be after `connect` returns.
+            let o = crate::traffic::tcp_line(&mut conn, "hello");
+            assert_eq!(o.server().map(|s| s.ip()), Some(a), "{o:?}");
             let sl = web_slice("churn", ctx, &[Where::Local(1)]);
             ctx.apply(&[], &[sl]);
             let out = ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 5);

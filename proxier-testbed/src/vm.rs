@@ -345,7 +345,9 @@ pub fn run_with_files(
     let mut init = String::from(
         "#!/bin/sh\nexport PATH=/usr/sbin:/usr/bin:/sbin:/bin\n\
          mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev\n\
-         mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp; mkdir -p /run/netns\n",
+         mount -t tmpfs tmpfs /run; mkdir -p /tmp /run/netns\n",
+        // (No tmpfs on /tmp: the root is already in RAM, and files copied
+        // in at their host paths may live under /tmp.)
     );
     init.push_str(&format!(
         "for m in {}; do modprobe $m || echo \"modprobe $m failed\"; done\n",
