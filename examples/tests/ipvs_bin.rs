@@ -24,24 +24,20 @@ fn text(ns: &Netns, prog: &str, args: &[&str]) -> String {
 
 #[test]
 fn help_and_bad_flags() {
-    let out = Command::new(BIN).arg("--help").output().unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--manifests",
-        "--kubeconfig",
-        "--ipvs-scheduler",
-        "--ipvs-strict-arp",
-        "--ipvs-exclude-cidrs",
-        "--ipvs-tcp-timeout",
-        "--once",
-        "--cleanup",
-        "--config",
-    ] {
-        assert!(help.contains(flag), "--help lacks {flag}");
-    }
-    let out = Command::new(BIN).arg("--no-such-flag").output().unwrap();
-    assert!(!out.status.success());
+    common::assert_help(
+        BIN,
+        &[
+            "--manifests",
+            "--kubeconfig",
+            "--ipvs-scheduler",
+            "--ipvs-strict-arp",
+            "--ipvs-exclude-cidrs",
+            "--ipvs-tcp-timeout",
+            "--once",
+            "--cleanup",
+            "--config",
+        ],
+    );
     // A scheduler name that could not be one is refused before anything
     // is touched, in one line.
     let out = Command::new(BIN)
@@ -138,20 +134,10 @@ fn once_then_cleanup_in_the_vm() {
         assert!(link.is_err(), "kube-ipvs0 left: {link:?}");
 
         // A bad manifest: one line naming the object and field.
-        let (dir, bad) = common::bad_manifest("ipvsbad");
-        let out = run_in(
-            &ns,
-            &[
-                "--once",
-                "--manifests",
-                bad.to_str().unwrap(),
-                "--hostname-override",
-                "node-1",
-                "--iptables-variant",
-                "nft",
-            ],
+        common::assert_bad_manifest_refused(
+            "ipvsbad",
+            &["--hostname-override", "node-1", "--iptables-variant", "nft"],
+            |a| run_in(&ns, a),
         );
-        common::assert_names_broken_port(&out);
-        let _ = std::fs::remove_dir_all(&dir);
     });
 }

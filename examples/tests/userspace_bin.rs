@@ -19,21 +19,19 @@ fn run_in(ns: &Netns, args: &[&str]) -> std::process::Output {
 
 #[test]
 fn help_and_bad_flags() {
-    let out = Command::new(BIN).arg("--help").output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--manifests",
-        "--portal",
-        "--direct",
-        "--udp-timeout",
-        "--relay",
-        "--once",
-        "--cleanup",
-        "--config",
-    ] {
-        assert!(text.contains(flag), "--help lacks {flag}");
-    }
+    common::assert_help(
+        BIN,
+        &[
+            "--manifests",
+            "--portal",
+            "--direct",
+            "--udp-timeout",
+            "--relay",
+            "--once",
+            "--cleanup",
+            "--config",
+        ],
+    );
     for bad in [
         &["--no-such-flag"][..],
         &["--relay", "zerocopy"],
@@ -102,20 +100,11 @@ fn portal_once_then_cleanup_in_a_namespace() {
 
 #[test]
 fn bad_manifest_names_the_object_and_field() {
-    let (dir, bad) = common::bad_manifest("us-bad");
-    let out = Command::new(BIN)
-        .args([
-            "--once",
-            "--direct",
-            "--nodeport-addresses",
-            "127.0.0.1/32",
-            "--manifests",
-            bad.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    common::assert_names_broken_port(&out);
-    let _ = std::fs::remove_dir_all(&dir);
+    common::assert_bad_manifest_refused(
+        "us-bad",
+        &["--direct", "--nodeport-addresses", "127.0.0.1/32"],
+        |a| Command::new(BIN).args(a).output().unwrap(),
+    );
 }
 
 fn http_get(addr: &str) -> String {

@@ -49,3 +49,27 @@ pub fn assert_names_broken_port(out: &Output) {
         "{line}"
     );
 }
+
+/// `bin --help` succeeds and lists every flag of `flags`; an unknown flag
+/// fails.
+pub fn assert_help(bin: &str, flags: &[&str]) {
+    let out = Command::new(bin).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in flags {
+        assert!(text.contains(flag), "--help lacks {flag}");
+    }
+    let out = Command::new(bin).arg("--no-such-flag").output().unwrap();
+    assert!(!out.status.success(), "an unknown flag was accepted");
+}
+
+/// Runs `run(["--once", "--manifests", BAD, args...])` on the bad manifest
+/// and checks the one-line error naming `demo/broken` and its field.
+pub fn assert_bad_manifest_refused(tag: &str, args: &[&str], run: impl FnOnce(&[&str]) -> Output) {
+    let (dir, bad) = bad_manifest(tag);
+    let mut all = vec!["--once", "--manifests", bad.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    assert_names_broken_port(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+}
