@@ -81,7 +81,7 @@ pub struct Service {
 /// The ports of one service, for one family, keyed by port name.
 pub type ServicePortMap = BTreeMap<ServicePortName, Arc<ServicePort>>;
 
-fn check_special_ip(ctx: &ErrCtx, field: &str, ip: &IpAddr) -> Result<(), ValidationError> {
+fn check_special_ip(ctx: &ErrCtx<'_>, field: &str, ip: &IpAddr) -> Result<(), ValidationError> {
     let bad = match ip {
         IpAddr::V4(v4) => {
             v4.is_unspecified() || v4.is_loopback() || v4.is_link_local() || v4.is_multicast()
@@ -110,6 +110,17 @@ impl Service {
     /// yields no ports (as kube-proxy skips it); an invalid one yields an
     /// error that names the field.
     pub fn to_port_map(&self, family: IpFamily) -> Result<ServicePortMap, ValidationError> {
+        let nn = NamespacedName::new(self.namespace.as_str(), self.name.as_str());
+        self.port_map_named(family, nn)
+    }
+
+    /// [`Service::to_port_map`], with the name to key the ports by (the
+    /// tracker passes one whose namespace is shared).
+    pub(crate) fn port_map_named(
+        &self,
+        family: IpFamily,
+        nn: NamespacedName,
+    ) -> Result<ServicePortMap, ValidationError> {
         let ctx = ErrCtx::new(ObjectKind::Service, &self.namespace, &self.name);
         if !is_dns1123_label(&self.namespace) {
             return Err(ctx.err(
@@ -148,9 +159,12 @@ impl Service {
         }
         // Names, numbers and uniqueness are checked whatever the family, so
         // that a bad object is reported the same way on every proxier.
+        // Repeats: a scan of the ports before while few, sets beyond.
+        let few = self.ports.len() <= 16;
         let mut names = BTreeSet::new();
         let mut port_protos = BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
+            let before = &self.ports[..i];
             let f = |s: &str| format!("spec.ports[{i}].{s}");
             if p.name.is_empty() {
                 if self.ports.len() > 1 {
@@ -163,14 +177,24 @@ impl Service {
             } else if !is_port_name(&p.name) {
                 return Err(ctx.err(f("name"), &p.name, "must be a DNS-1123 label"));
             }
-            if !names.insert(p.name.as_str()) {
+            let repeated = match few {
+                true => before.iter().any(|q| q.name == p.name),
+                false => !names.insert(p.name.as_str()),
+            };
+            if repeated {
                 return Err(ctx.err(f("name"), &p.name, "duplicate port name"));
             }
             if p.port == 0 {
                 return Err(ctx.err(f("port"), 0, "must be between 1 and 65535"));
             }
             let proto = p.protocol.unwrap_or(Protocol::Tcp);
-            if !port_protos.insert((p.port, proto)) {
+            let repeated = match few {
+                true => before
+                    .iter()
+                    .any(|q| q.port == p.port && q.protocol.unwrap_or(Protocol::Tcp) == proto),
+                false => !port_protos.insert((p.port, proto)),
+            };
+            if repeated {
                 return Err(ctx.err(f("port"), p.port, "duplicate port and protocol"));
             }
             if p.node_port != 0 && self.service_type == ServiceType::ClusterIp {
@@ -252,7 +276,6 @@ impl Service {
             } else {
                 0
             };
-        let nn = NamespacedName::new(self.namespace.as_str(), self.name.as_str());
         let external_ips: Vec<IpAddr> = self
             .external_ips
             .iter()
@@ -373,6 +396,7 @@ impl EndpointSlice {
                 "must name a service (DNS-1035 label)",
             ));
         }
+        let few = self.ports.len() <= 16;
         let mut names = BTreeSet::new();
         for (i, p) in self.ports.iter().enumerate() {
             if !p.name.is_empty() && !is_port_name(&p.name) {
@@ -382,13 +406,21 @@ impl EndpointSlice {
                     "must be a DNS-1123 label",
                 ));
             }
-            if !names.insert((p.name.as_str(), p.protocol.unwrap_or(Protocol::Tcp))) {
+            let proto = p.protocol.unwrap_or(Protocol::Tcp);
+            let repeated = match few {
+                true => self.ports[..i]
+                    .iter()
+                    .any(|q| q.name == p.name && q.protocol.unwrap_or(Protocol::Tcp) == proto),
+                false => !names.insert((p.name.as_str(), proto)),
+            };
+            if repeated {
                 return Err(ctx.err(format!("ports[{i}].name"), &p.name, "duplicate port name"));
             }
             if p.port == Some(0) {
                 return Err(ctx.err(format!("ports[{i}].port"), 0, "must be between 1 and 65535"));
             }
         }
+        let mut last_node: Option<&str> = None;
         for (i, ep) in self.endpoints.iter().enumerate() {
             for (j, a) in ep.addresses.iter().enumerate() {
                 if !self.address_type.matches(a) {
@@ -406,14 +438,18 @@ impl EndpointSlice {
                     ));
                 }
             }
+            // Endpoints of one node come in runs: check a name once per run.
             if let Some(n) = &ep.node_name
-                && !is_dns1123_subdomain(n)
+                && last_node != Some(n.as_str())
             {
-                return Err(ctx.err(
-                    format!("endpoints[{i}].nodeName"),
-                    n,
-                    "must be a DNS-1123 subdomain",
-                ));
+                if !is_dns1123_subdomain(n) {
+                    return Err(ctx.err(
+                        format!("endpoints[{i}].nodeName"),
+                        n,
+                        "must be a DNS-1123 subdomain",
+                    ));
+                }
+                last_node = Some(n);
             }
             if let Some(z) = &ep.zone
                 && !is_label_value(z)

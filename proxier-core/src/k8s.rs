@@ -47,12 +47,17 @@ fn meta_names(
     )
 }
 
-fn parse_ip(ctx: &ErrCtx, field: String, s: &str) -> Result<IpAddr, ValidationError> {
+fn parse_ip(ctx: &ErrCtx<'_>, field: String, s: &str) -> Result<IpAddr, ValidationError> {
     s.parse()
         .map_err(|_| ctx.err(field, s, "not a valid IP address"))
 }
 
-fn port_u16(ctx: &ErrCtx, field: String, v: i32, allow_zero: bool) -> Result<u16, ValidationError> {
+fn port_u16(
+    ctx: &ErrCtx<'_>,
+    field: String,
+    v: i32,
+    allow_zero: bool,
+) -> Result<u16, ValidationError> {
     if (v == 0 && allow_zero) || (1..=65535).contains(&v) {
         Ok(v as u16)
     } else {
@@ -61,7 +66,7 @@ fn port_u16(ctx: &ErrCtx, field: String, v: i32, allow_zero: bool) -> Result<u16
 }
 
 fn protocol(
-    ctx: &ErrCtx,
+    ctx: &ErrCtx<'_>,
     field: String,
     p: Option<&String>,
 ) -> Result<Option<Protocol>, ValidationError> {
@@ -73,7 +78,11 @@ fn protocol(
     }
 }
 
-fn policy(ctx: &ErrCtx, field: &str, p: Option<&String>) -> Result<TrafficPolicy, ValidationError> {
+fn policy(
+    ctx: &ErrCtx<'_>,
+    field: &str,
+    p: Option<&String>,
+) -> Result<TrafficPolicy, ValidationError> {
     match p.map(String::as_str) {
         None | Some("") | Some("Cluster") => Ok(TrafficPolicy::Cluster),
         Some("Local") => Ok(TrafficPolicy::Local),
@@ -216,6 +225,22 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Option<Service>, Validati
                 .or_else(|| a.get(ANNOTATION_TOPOLOGY_MODE))
         })
         .cloned();
+    let external_traffic_policy = policy(
+        &ctx,
+        "spec.externalTrafficPolicy",
+        spec.external_traffic_policy.as_ref(),
+    )?;
+    let internal_traffic_policy = policy(
+        &ctx,
+        "spec.internalTrafficPolicy",
+        spec.internal_traffic_policy.as_ref(),
+    )?;
+    let health_check_node_port = port_u16(
+        &ctx,
+        "spec.healthCheckNodePort".into(),
+        spec.health_check_node_port.unwrap_or(0),
+        true,
+    )?;
     Ok(Some(Service {
         namespace,
         name,
@@ -226,22 +251,9 @@ pub fn service_from_k8s(svc: &core::Service) -> Result<Option<Service>, Validati
         load_balancer_ips,
         load_balancer_source_ranges: spec.load_balancer_source_ranges.clone().unwrap_or_default(),
         session_affinity,
-        external_traffic_policy: policy(
-            &ctx,
-            "spec.externalTrafficPolicy",
-            spec.external_traffic_policy.as_ref(),
-        )?,
-        internal_traffic_policy: policy(
-            &ctx,
-            "spec.internalTrafficPolicy",
-            spec.internal_traffic_policy.as_ref(),
-        )?,
-        health_check_node_port: port_u16(
-            &ctx,
-            "spec.healthCheckNodePort".into(),
-            spec.health_check_node_port.unwrap_or(0),
-            true,
-        )?,
+        external_traffic_policy,
+        internal_traffic_policy,
+        health_check_node_port,
         topology_annotation,
         traffic_distribution: spec.traffic_distribution.clone(),
     }))

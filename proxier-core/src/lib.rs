@@ -13,7 +13,11 @@
 //! Dependencies, and why: `k8s-openapi` for the Kubernetes object types
 //! (the API's own schema, no client); `imbl` for the snapshot's persistent
 //! maps (a one-endpoint change costs O(log n), not a copy of 100,000
-//! endpoints); `hyper` for the health and metrics servers (small, no
+//! endpoints); `foldhash` for the tracker's hash maps (hashbrown's
+//! default hasher, hashbrown being the crate behind std's `HashMap`;
+//! randomly seeded per map. SipHash took a tenth of a 10,000-service build,
+//! and the keys are names the API server has already validated, so its
+//! stronger DoS resistance buys little here); `hyper` for the health and metrics servers (small, no
 //! framework); `prometheus-client` (the official Rust client's successor,
 //! OpenMetrics text); `serde_yaml` + `serde_path_to_error` so a bad
 //! manifest names the failing field. The Kubernetes API client (`kube`)

@@ -5,6 +5,7 @@
 //! Values here are already validated and filtered to one IP family: a
 //! backend can put any of them into a rule without checking again.
 
+use std::cmp::Ordering;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -104,8 +105,8 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// `namespace/name` of a Service.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `namespace/name` of a Service. Ordered by namespace, then name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NamespacedName {
     /// The namespace (a DNS-1123 label).
     pub namespace: Arc<str>,
@@ -121,6 +122,27 @@ impl NamespacedName {
             namespace: namespace.into(),
             name: name.into(),
         }
+    }
+}
+
+impl Ord for NamespacedName {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // The tracker shares one `Arc` per namespace: most comparisons then
+        // skip the namespace's text.
+        fn text(a: &Arc<str>, b: &Arc<str>) -> Ordering {
+            if Arc::ptr_eq(a, b) {
+                Ordering::Equal
+            } else {
+                a.cmp(b)
+            }
+        }
+        text(&self.namespace, &other.namespace).then_with(|| text(&self.name, &other.name))
+    }
+}
+
+impl PartialOrd for NamespacedName {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 

@@ -7,10 +7,12 @@
 //! into a new immutable [`Snapshot`] and a [`ChangeSet`]. The snapshot is a
 //! persistent map, so taking one costs O(changes · log n), not O(n).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use imbl::OrdMap;
 
 use crate::input::{EndpointSlice, Node, Service, ServicePortMap};
@@ -193,12 +195,22 @@ struct SliceEp {
     hints: Option<Arc<Hints>>,
 }
 
+/// The endpoints of every port of one service, by port key (few entries:
+/// a vector, not a map).
+type Built = Vec<(ServicePortName, Arc<[Endpoint]>)>;
+
+fn built_get<'a>(built: &'a Built, k: &ServicePortName) -> Option<&'a Arc<[Endpoint]>> {
+    built.iter().find(|(b, _)| b == k).map(|(_, v)| v)
+}
+
 #[derive(Debug, Default)]
 struct SliceTracker {
     applied: BTreeMap<Arc<str>, Arc<SliceData>>,
     /// `None` = removal pending.
     pending: BTreeMap<Arc<str>, Option<Arc<SliceData>>>,
-    built: BTreeMap<ServicePortName, Arc<[Endpoint]>>,
+    built: Built,
+    /// Listed in `slices_dirty` (kept until the next apply).
+    dirty: bool,
 }
 
 /// Counters the metrics read.
@@ -219,10 +231,17 @@ pub struct ChangeTracker {
     services_applied: HashMap<NamespacedName, ServicePortMap>,
     services_pending: HashMap<NamespacedName, ServicePortMap>,
     slices: HashMap<NamespacedName, SliceTracker>,
+    /// Services whose slices may have pending changes, each once (their
+    /// trackers are flagged `dirty`): an apply visits these, not every
+    /// service.
+    slices_dirty: Vec<NamespacedName>,
     slice_owner: HashMap<(Arc<str>, Arc<str>), NamespacedName>,
     node_pending: Option<Arc<NodeInfo>>,
     snapshot: Snapshot,
+    /// Names shared by many objects (namespaces, nodes, zones): one
+    /// `Arc` each. Pruned of unused ones as it doubles.
     interned: HashSet<Arc<str>>,
+    intern_prune_at: usize,
     counters: TrackerCounters,
 }
 
@@ -235,10 +254,12 @@ impl ChangeTracker {
             services_applied: HashMap::new(),
             services_pending: HashMap::new(),
             slices: HashMap::new(),
+            slices_dirty: Vec::new(),
             slice_owner: HashMap::new(),
             node_pending: None,
             snapshot: Snapshot::empty(family, node_name),
             interned: HashSet::new(),
+            intern_prune_at: 1024,
             counters: TrackerCounters::default(),
         }
     }
@@ -262,7 +283,10 @@ impl ChangeTracker {
     pub fn has_pending(&self) -> bool {
         !self.services_pending.is_empty()
             || self.node_pending.is_some()
-            || self.slices.values().any(|t| !t.pending.is_empty())
+            || self
+                .slices_dirty
+                .iter()
+                .any(|nn| self.slices.get(nn).is_some_and(|t| !t.pending.is_empty()))
     }
 
     /// Services with pending Service changes.
@@ -272,9 +296,9 @@ impl ChangeTracker {
 
     /// Services with pending EndpointSlice changes.
     pub fn pending_endpoint_changes(&self) -> usize {
-        self.slices
-            .values()
-            .filter(|t| !t.pending.is_empty())
+        self.slices_dirty
+            .iter()
+            .filter(|nn| self.slices.get(*nn).is_some_and(|t| !t.pending.is_empty()))
             .count()
     }
 
@@ -299,26 +323,33 @@ impl ChangeTracker {
             None => map.is_empty(),
         };
         if applied_equal {
-            self.services_pending.remove(&nn).is_some()
-        } else {
-            let prev = self.services_pending.insert(nn, map.clone());
-            prev.as_ref() != Some(&map)
+            return self.services_pending.remove(&nn).is_some();
+        }
+        match self.services_pending.entry(nn) {
+            Entry::Occupied(o) if *o.get() == map => false,
+            Entry::Occupied(mut o) => {
+                *o.get_mut() = map;
+                true
+            }
+            Entry::Vacant(v) => {
+                v.insert(map);
+                true
+            }
         }
     }
 
     /// Adds or updates a Service. An invalid one is rejected and leaves the
     /// last valid version in force. Returns whether pending state changed.
     pub fn update_service(&mut self, svc: &Service) -> Result<bool, ValidationError> {
-        let map = svc.to_port_map(self.family)?;
-        Ok(self.set_service(
-            NamespacedName::new(svc.namespace.as_str(), svc.name.as_str()),
-            map,
-        ))
+        let nn = NamespacedName::new(self.intern(&svc.namespace), svc.name.as_str());
+        let map = svc.port_map_named(self.family, nn.clone())?;
+        Ok(self.set_service(nn, map))
     }
 
     /// Removes a Service. Returns whether pending state changed.
     pub fn delete_service(&mut self, namespace: &str, name: &str) -> bool {
-        self.set_service(NamespacedName::new(namespace, name), ServicePortMap::new())
+        let nn = NamespacedName::new(self.intern(namespace), name);
+        self.set_service(nn, ServicePortMap::new())
     }
 
     fn slice_data(&mut self, slice: &EndpointSlice) -> SliceData {
@@ -336,11 +367,20 @@ impl ChangeTracker {
             })
             .collect();
         let mut endpoints = Vec::with_capacity(slice.endpoints.len());
-        for e in &slice.endpoints {
+        // A slice names few nodes: the last few, before the intern table.
+        let mut recent: [Option<Arc<str>>; 4] = Default::default();
+        for (i, e) in slice.endpoints.iter().enumerate() {
             let Some(ip) = e.addresses.first().copied() else {
                 continue;
             };
-            let node_name = e.node_name.as_deref().map(|n| self.intern(n));
+            let node_name = e.node_name.as_deref().map(|n| {
+                if let Some(a) = recent.iter().flatten().find(|a| ***a == *n) {
+                    return a.clone();
+                }
+                let a = self.intern(n);
+                recent[i % recent.len()] = Some(a.clone());
+                a
+            });
             let zone = e.zone.as_deref().map(|z| self.intern(z));
             let hints = if e.hint_zones.is_empty() && e.hint_nodes.is_empty() {
                 None
@@ -387,11 +427,16 @@ impl ChangeTracker {
                 }
             }
         };
-        if t.applied.is_empty() && t.pending.is_empty() && t.built.is_empty() {
+        let listed = t.dirty;
+        t.dirty |= changed;
+        if !t.dirty && t.applied.is_empty() && t.pending.is_empty() && t.built.is_empty() {
             self.slices.remove(&svc);
         }
         if changed {
             self.counters.endpoint_changes_total += 1;
+            if !listed {
+                self.slices_dirty.push(svc);
+            }
         }
         changed
     }
@@ -407,11 +452,9 @@ impl ChangeTracker {
         if slice.address_type != self.family {
             return Ok(false);
         }
-        let svc = slice.service();
-        let key = (
-            Arc::from(slice.namespace.as_str()),
-            Arc::from(slice.name.as_str()),
-        );
+        let ns = self.intern(&slice.namespace);
+        let svc = NamespacedName::new(ns.clone(), slice.service_name.as_str());
+        let key = (ns, Arc::from(slice.name.as_str()));
         let mut changed = false;
         // A slice whose service label changed leaves its old service.
         if let Some(old) = self.slice_owner.get(&key).cloned()
@@ -427,7 +470,7 @@ impl ChangeTracker {
 
     /// Removes an EndpointSlice. Returns whether pending state changed.
     pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) -> bool {
-        let key: (Arc<str>, Arc<str>) = (Arc::from(namespace), Arc::from(name));
+        let key: (Arc<str>, Arc<str>) = (self.intern(namespace), Arc::from(name));
         match self.slice_owner.remove(&key) {
             Some(svc) => self.set_slice(svc, key.1, None),
             None => false,
@@ -473,78 +516,61 @@ impl ChangeTracker {
         true
     }
 
-    /// Builds the endpoints of every port of a service from its slices:
-    /// later slices (by name) win over earlier ones for the same
-    /// `ip:port`, unless the later one is terminating; each list is
-    /// sorted by `ip:port` text, as kube-proxy sorts it.
-    fn build_endpoints(
-        &self,
-        svc: &NamespacedName,
-        applied: &BTreeMap<Arc<str>, Arc<SliceData>>,
-    ) -> BTreeMap<ServicePortName, Arc<[Endpoint]>> {
-        let mut by_port: BTreeMap<ServicePortName, Vec<Endpoint>> = BTreeMap::new();
-        for data in applied.values() {
-            for (pname, port, proto) in &data.ports {
-                let key = ServicePortName {
-                    service: svc.clone(),
-                    port: pname.clone(),
-                    protocol: *proto,
-                };
-                let list = by_port.entry(key).or_default();
-                for e in &data.endpoints {
-                    let local = e.node_name.as_deref() == Some(&*self.node_name);
-                    let mut ep = Endpoint::new(
-                        SocketAddr::new(e.ip, *port),
-                        e.ready,
-                        e.serving,
-                        e.terminating,
-                        local,
-                    );
-                    ep.node_name = e.node_name.clone();
-                    ep.zone = e.zone.clone();
-                    ep.hints = e.hints.clone();
-                    list.push(ep);
-                }
-            }
-        }
-        by_port
-            .into_iter()
-            .map(|(k, list)| (k, Arc::from(sort_dedup(list))))
-            .collect()
-    }
-
     /// Applies everything pending: returns the new snapshot and what changed.
     pub fn apply(&mut self) -> (Snapshot, ChangeSet) {
         let mut changes = ChangeSet::default();
         let mut snap = self.snapshot.clone();
+        // Collected, then built in one go: sorted bulk builds, not one
+        // tree insertion per service.
+        let mut updated = Vec::with_capacity(self.services_pending.len() + self.slices_dirty.len());
+        let mut local_changed = Vec::new();
 
-        for (nn, cur) in std::mem::take(&mut self.services_pending) {
-            let prev = self.services_applied.remove(&nn).unwrap_or_default();
-            for (k, p) in &prev {
-                if !cur.contains_key(k) {
-                    snap.services.remove(k);
-                    if k.protocol == Protocol::Udp {
-                        changes.deleted_udp_cluster_ips.insert(p.cluster_ip);
-                    }
-                }
-            }
+        // In key order: the snapshot's trees are then filled along one
+        // path, and the change set's sets are built from sorted runs.
+        let mut pending: Vec<_> = self.services_pending.drain().collect();
+        pending.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        for (nn, cur) in pending {
             for (k, p) in &cur {
                 snap.services.insert(k.clone(), p.clone());
             }
-            if !cur.is_empty() {
-                self.services_applied.insert(nn.clone(), cur);
+            match self.services_applied.entry(nn.clone()) {
+                Entry::Occupied(mut applied) => {
+                    for (k, p) in applied.get() {
+                        if !cur.contains_key(k) {
+                            snap.services.remove(k);
+                            if k.protocol == Protocol::Udp {
+                                changes.deleted_udp_cluster_ips.insert(p.cluster_ip);
+                            }
+                        }
+                    }
+                    if cur.is_empty() {
+                        applied.remove();
+                    } else {
+                        *applied.get_mut() = cur;
+                    }
+                }
+                Entry::Vacant(v) => {
+                    if !cur.is_empty() {
+                        v.insert(cur);
+                    }
+                }
             }
-            changes.updated_services.insert(nn);
+            updated.push(nn);
         }
 
-        let pending_svcs: Vec<NamespacedName> = self
-            .slices
-            .iter()
-            .filter(|(_, t)| !t.pending.is_empty())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for nn in pending_svcs {
-            let mut t = self.slices.remove(&nn).unwrap_or_default();
+        let mut dirty = std::mem::take(&mut self.slices_dirty);
+        dirty.sort_unstable();
+        for nn in dirty {
+            let Some(t) = self.slices.get_mut(&nn) else {
+                continue;
+            };
+            t.dirty = false;
+            if t.pending.is_empty() {
+                if t.applied.is_empty() && t.built.is_empty() {
+                    self.slices.remove(&nn);
+                }
+                continue;
+            }
             for (name, data) in std::mem::take(&mut t.pending) {
                 match data {
                     Some(d) => {
@@ -555,11 +581,11 @@ impl ChangeTracker {
                     }
                 }
             }
-            let cur = self.build_endpoints(&nn, &t.applied);
+            let cur = build_endpoints(&nn, &t.applied, &self.node_name);
             let prev = std::mem::replace(&mut t.built, cur);
-            Self::diff_endpoints(&prev, &t.built, &mut changes);
-            for k in prev.keys() {
-                if !t.built.contains_key(k) {
+            diff_endpoints(&prev, &t.built, &mut changes);
+            for (k, _) in &prev {
+                if built_get(&t.built, k).is_none() {
                     snap.endpoints.remove(k);
                 }
             }
@@ -569,18 +595,20 @@ impl ChangeTracker {
             let count = local_ready_ips(&t.built);
             let before = snap.local_ready.get(&nn).copied().unwrap_or(0);
             if count != before {
-                changes.local_endpoints_changed.insert(nn.clone(), count);
                 if count == 0 {
                     snap.local_ready.remove(&nn);
                 } else {
                     snap.local_ready.insert(nn.clone(), count);
                 }
+                local_changed.push((nn.clone(), count));
             }
-            changes.updated_services.insert(nn.clone());
-            if !(t.applied.is_empty() && t.built.is_empty()) {
-                self.slices.insert(nn, t);
+            if t.applied.is_empty() && t.built.is_empty() {
+                self.slices.remove(&nn);
             }
+            updated.push(nn);
         }
+        changes.updated_services = updated.into_iter().collect();
+        changes.local_endpoints_changed = local_changed.into_iter().collect();
 
         if let Some(node) = self.node_pending.take() {
             snap.node = node;
@@ -590,118 +618,217 @@ impl ChangeTracker {
         }
 
         self.snapshot = snap.clone();
+        if self.interned.len() > self.intern_prune_at {
+            self.interned.retain(|a| Arc::strong_count(a) > 1);
+            self.intern_prune_at = (2 * self.interned.len()).max(1024);
+        }
         (snap, changes)
     }
+}
 
-    fn diff_endpoints(
-        prev: &BTreeMap<ServicePortName, Arc<[Endpoint]>>,
-        cur: &BTreeMap<ServicePortName, Arc<[Endpoint]>>,
-        changes: &mut ChangeSet,
-    ) {
-        for (k, old) in prev.iter().filter(|(k, _)| k.protocol == Protocol::Udp) {
-            let new = cur.get(k).map(|v| &v[..]).unwrap_or(&[]);
-            for ep in old.iter().filter(|e| e.is_serving()) {
-                let kept = new.iter().any(|n| n.addr == ep.addr && n.is_serving());
-                if !kept {
-                    changes.deleted_udp_endpoints.push(StaleEndpoint {
-                        service: k.clone(),
-                        endpoint: ep.addr,
-                    });
+/// Builds the endpoints of every port of a service from its slices: later
+/// slices (by name) win over earlier ones for the same `ip:port`, unless
+/// the later one is terminating; each list is sorted by `ip:port` text, as
+/// kube-proxy sorts it.
+fn build_endpoints(
+    svc: &NamespacedName,
+    applied: &BTreeMap<Arc<str>, Arc<SliceData>>,
+    node_name: &str,
+) -> Built {
+    let mut by_port: Vec<(ServicePortName, Vec<(&SliceEp, u16)>)> = Vec::new();
+    for data in applied.values() {
+        for (pname, port, proto) in &data.ports {
+            let i = match by_port
+                .iter()
+                .position(|(k, _)| k.protocol == *proto && k.port == *pname)
+            {
+                Some(i) => i,
+                None => {
+                    let key = ServicePortName {
+                        service: svc.clone(),
+                        port: pname.clone(),
+                        protocol: *proto,
+                    };
+                    by_port.push((key, Vec::with_capacity(data.endpoints.len())));
+                    by_port.len() - 1
                 }
+            };
+            by_port[i]
+                .1
+                .extend(data.endpoints.iter().map(|e| (e, *port)));
+        }
+    }
+    by_port.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    by_port
+        .into_iter()
+        .map(|(k, raws)| (k, ordered_endpoints(&raws, node_name)))
+        .collect()
+}
+
+fn diff_endpoints(prev: &Built, cur: &Built, changes: &mut ChangeSet) {
+    for (k, old) in prev.iter().filter(|(k, _)| k.protocol == Protocol::Udp) {
+        let new = built_get(cur, k).map(|v| &v[..]).unwrap_or(&[]);
+        for ep in old.iter().filter(|e| e.is_serving()) {
+            let kept = new.iter().any(|n| n.addr == ep.addr && n.is_serving());
+            if !kept {
+                changes.deleted_udp_endpoints.push(StaleEndpoint {
+                    service: k.clone(),
+                    endpoint: ep.addr,
+                });
             }
         }
-        for (k, new) in cur.iter().filter(|(k, _)| k.protocol == Protocol::Udp) {
-            let serving_now = new.iter().any(|e| e.is_serving());
-            let serving_before = prev
-                .get(k)
-                .is_some_and(|v| v.iter().any(|e| e.is_serving()));
-            if serving_now && !serving_before {
-                changes.newly_active_udp_services.push(k.clone());
-            }
+    }
+    for (k, new) in cur.iter().filter(|(k, _)| k.protocol == Protocol::Udp) {
+        let serving_now = new.iter().any(|e| e.is_serving());
+        let serving_before = built_get(prev, k).is_some_and(|v| v.iter().any(|e| e.is_serving()));
+        if serving_now && !serving_before {
+            changes.newly_active_udp_services.push(k.clone());
         }
     }
 }
 
-/// `ip:port` as text, on the stack: the order kube-proxy sorts by.
+/// `ip:port` as text, on the stack: the order kube-proxy sorts by (used
+/// for IPv6; IPv4 has [`v4_text_order`]).
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct TextKey([u8; 56], u8);
 
 impl TextKey {
     fn of(a: &SocketAddr) -> TextKey {
+        use std::io::Write;
         let mut buf = [0u8; 56];
-        let n = match a {
-            // The common case, without `fmt` (a fifth of a cold build).
-            SocketAddr::V4(v4) => {
-                let mut n = 0;
-                for (i, o) in v4.ip().octets().iter().enumerate() {
-                    if i > 0 {
-                        buf[n] = b'.';
-                        n += 1;
-                    }
-                    n += put_dec(&mut buf[n..], u32::from(*o));
-                }
-                buf[n] = b':';
-                n + 1 + put_dec(&mut buf[n + 1..], u32::from(v4.port()))
-            }
-            SocketAddr::V6(_) => {
-                use std::io::Write;
-                let mut cur = std::io::Cursor::new(&mut buf[..]);
-                let _ = write!(cur, "{a}");
-                cur.position() as usize
-            }
-        };
+        let mut cur = std::io::Cursor::new(&mut buf[..]);
+        let _ = write!(cur, "{a}");
+        let n = cur.position() as usize;
         // Bytes after the text are zero, so arrays compare like strings.
         TextKey(buf, n as u8)
     }
 }
 
-fn put_dec(buf: &mut [u8], mut v: u32) -> usize {
-    let mut tmp = [0u8; 10];
-    let mut n = 0;
+/// A number whose order is the order of `n`'s decimal text among texts of
+/// at most `width` digits: each digit `d` becomes `d + 1` in base 11, and
+/// missing digits are 0 (a shorter text sorts first, as a prefix does).
+const fn decimal_text_order(n: u32, width: u32) -> u64 {
+    let mut digits = [0u8; 5];
+    let mut len = 0;
+    let mut v = n;
     loop {
-        tmp[n] = b'0' + (v % 10) as u8;
-        n += 1;
+        digits[len] = (v % 10) as u8;
+        len += 1;
         v /= 10;
         if v == 0 {
             break;
         }
     }
-    for i in 0..n {
-        buf[i] = tmp[n - 1 - i];
+    let mut code = 0u64;
+    let mut i = 0;
+    while i < width as usize {
+        let d = if i < len {
+            digits[len - 1 - i] as u64 + 1
+        } else {
+            0
+        };
+        code = code * 11 + d;
+        i += 1;
     }
-    n
+    code
 }
 
-/// Sorts endpoints by `ip:port` text and merges duplicates: a later copy
-/// (a later slice, by name) replaces an earlier one unless it is
-/// terminating, as kube-proxy's slice cache does.
-fn sort_dedup(mut list: Vec<Endpoint>) -> Vec<Endpoint> {
-    if list.len() > 1 {
-        // Stable: copies of one address stay in slice order.
-        list.sort_by_cached_key(|e| TextKey::of(&e.addr));
+/// [`decimal_text_order`] of every octet.
+const OCTET_ORDER: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = decimal_text_order(i as u32, 3) as u16;
+        i += 1;
     }
-    let mut out: Vec<Endpoint> = Vec::with_capacity(list.len());
-    for ep in list {
-        match out.last_mut() {
-            Some(prev) if prev.addr == ep.addr => {
-                if !ep.is_terminating() {
-                    *prev = ep;
-                }
+    t
+};
+
+/// A `u64` that orders IPv4 `a.b.c.d:port` as their text does: the text
+/// compares part by part (`.` and `:` sort before digits, so a part that
+/// is a prefix of another sorts first), and each part is coded by
+/// [`decimal_text_order`]: 4 × 11^3 × 11^5 < 2^64. `port_order` is the
+/// port's code (computed once per list, ports repeat).
+fn v4_text_order(ip: std::net::Ipv4Addr, port_order: u64) -> u64 {
+    let ip = ip.octets().iter().fold(0u64, |k, o| {
+        k * 1331 + u64::from(OCTET_ORDER[usize::from(*o)])
+    });
+    ip * 161_051 + port_order
+}
+
+/// The endpoints of one service port, from its slices' endpoints (in
+/// slice order) at their target ports: sorted by `ip:port` text, and a
+/// later copy of an address (a later slice, by name) replaces an earlier
+/// one unless it is terminating, as kube-proxy's slice cache does. Sorts
+/// keys, not endpoints, and builds each endpoint once.
+fn ordered_endpoints(raws: &[(&SliceEp, u16)], node_name: &str) -> Arc<[Endpoint]> {
+    fn merge<K: Ord>(raws: &[(&SliceEp, u16)], key: impl Fn(&SliceEp, u16) -> K) -> Vec<(K, u32)> {
+        let mut keyed: Vec<(K, u32)> = raws
+            .iter()
+            .zip(0..)
+            .map(|((e, p), i)| (key(e, *p), i))
+            .collect();
+        // (key, position): copies of an address stay in slice order.
+        keyed.sort_unstable();
+        keyed.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
             }
-            _ => out.push(ep),
+            if !raws[later.1 as usize].0.terminating {
+                kept.1 = later.1;
+            }
+            true
+        });
+        keyed
+    }
+    let endpoint = |i: u32| {
+        let (e, port) = raws[i as usize];
+        let local = e.node_name.as_deref() == Some(node_name);
+        let mut ep = Endpoint::new(
+            SocketAddr::new(e.ip, port),
+            e.ready,
+            e.serving,
+            e.terminating,
+            local,
+        );
+        ep.node_name = e.node_name.clone();
+        ep.zone = e.zone.clone();
+        ep.hints = e.hints.clone();
+        ep
+    };
+    if raws.iter().all(|(e, _)| e.ip.is_ipv4()) {
+        // Ports repeat: code the first once.
+        let p0 = raws.first().map_or(0, |r| r.1);
+        let c0 = decimal_text_order(u32::from(p0), 5);
+        let keyed = merge(raws, |e, p| match e.ip {
+            IpAddr::V4(ip) if p == p0 => v4_text_order(ip, c0),
+            IpAddr::V4(ip) => v4_text_order(ip, decimal_text_order(u32::from(p), 5)),
+            IpAddr::V6(_) => u64::MAX,
+        });
+        keyed.iter().map(|(_, i)| endpoint(*i)).collect()
+    } else {
+        let keyed = merge(raws, |e, p| TextKey::of(&SocketAddr::new(e.ip, p)));
+        keyed.iter().map(|(_, i)| endpoint(*i)).collect()
+    }
+}
+
+fn local_ready_ips(built: &Built) -> u32 {
+    let local = |e: &&Endpoint| e.is_ready() && e.is_local();
+    match &built[..] {
+        // One port: addresses are unique in its list, so are IPs.
+        [(_, eps)] => eps.iter().filter(local).count() as u32,
+        _ => {
+            let mut ips: Vec<IpAddr> = built
+                .iter()
+                .flat_map(|(_, v)| v.iter())
+                .filter(local)
+                .map(|e| e.ip())
+                .collect();
+            ips.sort_unstable();
+            ips.dedup();
+            ips.len() as u32
         }
     }
-    out
-}
-
-fn local_ready_ips(built: &BTreeMap<ServicePortName, Arc<[Endpoint]>>) -> u32 {
-    let ips: BTreeSet<IpAddr> = built
-        .values()
-        .flat_map(|v| v.iter())
-        .filter(|e| e.is_ready() && e.is_local())
-        .map(|e| e.ip())
-        .collect();
-    ips.len() as u32
 }
 
 #[cfg(test)]

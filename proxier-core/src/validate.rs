@@ -47,21 +47,22 @@ pub struct ValidationError {
     pub reason: String,
 }
 
-/// Builds errors for one object.
-#[derive(Debug, Clone)]
-pub(crate) struct ErrCtx {
+/// Builds errors for one object. Borrows the names: the happy path
+/// formats nothing.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ErrCtx<'a> {
     pub kind: ObjectKind,
-    pub object: String,
+    pub namespace: &'a str,
+    pub name: &'a str,
 }
 
-impl ErrCtx {
-    pub fn new(kind: ObjectKind, namespace: &str, name: &str) -> Self {
-        let object = if namespace.is_empty() {
-            name.to_string()
-        } else {
-            format!("{namespace}/{name}")
-        };
-        ErrCtx { kind, object }
+impl<'a> ErrCtx<'a> {
+    pub fn new(kind: ObjectKind, namespace: &'a str, name: &'a str) -> Self {
+        ErrCtx {
+            kind,
+            namespace,
+            name,
+        }
     }
 
     pub fn err(
@@ -70,9 +71,14 @@ impl ErrCtx {
         value: impl fmt::Display,
         reason: impl Into<String>,
     ) -> ValidationError {
+        let object = if self.namespace.is_empty() {
+            self.name.to_string()
+        } else {
+            format!("{}/{}", self.namespace, self.name)
+        };
         ValidationError {
             kind: self.kind,
-            object: self.object.clone(),
+            object,
             field: field.into(),
             value: value.to_string(),
             reason: reason.into(),
@@ -102,17 +108,28 @@ pub fn is_dns1035_label(s: &str) -> bool {
 }
 
 /// A DNS-1123 subdomain: dot-separated labels, at most 253 characters
-/// (EndpointSlice and Node names).
+/// (EndpointSlice and Node names). One pass: every label starts and ends
+/// alphanumeric.
 pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && is_alnum_lower(b[0])
-                && is_alnum_lower(b[b.len() - 1])
-                && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
-        })
+    let b = s.as_bytes();
+    if b.is_empty() || b.len() > 253 {
+        return false;
+    }
+    // What came before: `.` at a label's start.
+    let mut prev = b'.';
+    for &c in b {
+        let ok = match c {
+            b'a'..=b'z' | b'0'..=b'9' => true,
+            b'-' => prev != b'.',
+            b'.' => prev != b'.' && prev != b'-',
+            _ => false,
+        };
+        if !ok {
+            return false;
+        }
+        prev = c;
+    }
+    prev != b'.' && prev != b'-'
 }
 
 /// A label value: empty, or 1..=63 of `[A-Za-z0-9_.-]` starting and ending
@@ -153,5 +170,30 @@ mod tests {
         assert!(is_label_value(""));
         assert!(!is_label_value("a\"b"));
         assert!(!is_label_value("a\nb"));
+        for bad in ["", ".", "a.", ".a", "a-", "a-.b", "a.-b", "a_b", "A", "a b"] {
+            assert!(!is_dns1123_subdomain(bad), "{bad:?}");
+        }
+        assert!(is_dns1123_subdomain(&"a".repeat(253)));
+        assert!(!is_dns1123_subdomain(&"a".repeat(254)));
+    }
+
+    /// Kubernetes' definition, label by label.
+    fn subdomain_by_labels(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|l| {
+                let b = l.as_bytes();
+                !b.is_empty()
+                    && is_alnum_lower(b[0])
+                    && is_alnum_lower(b[b.len() - 1])
+                    && b.iter().all(|&c| is_alnum_lower(c) || c == b'-')
+            })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn subdomain_one_pass_agrees(s in "[a-c0-1.\\-_A]{0,12}") {
+            proptest::prop_assert_eq!(is_dns1123_subdomain(&s), subdomain_by_labels(&s), "{:?}", s);
+        }
     }
 }

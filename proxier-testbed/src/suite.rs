@@ -419,7 +419,11 @@ pub fn run_in_vm(test_name: &str, backend: &'static Backend) {
         r.elapsed,
         r.output
     );
-    assert_eq!(seen.len(), Feature::ALL.len(), "features reported from the VM");
+    assert_eq!(
+        seen.len(),
+        Feature::ALL.len(),
+        "features reported from the VM"
+    );
 }
 
 /// Runs one feature's scenario against `backend`; records the result.

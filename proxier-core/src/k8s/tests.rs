@@ -159,6 +159,25 @@ fn duplicate_port_names() {
         with(good("bad", "10.96.0.11"), &["spec", "ports"], ports),
         "spec.ports[0].name",
     );
+    // Few ports are checked by a scan, many by a set: both find repeats.
+    for n in [3, 40] {
+        let many = |repeat: &str| {
+            let mut ports: Vec<Value> = (0..n)
+                .map(|i| json!({"name": format!("p{i}"), "port": 1000 + i}))
+                .collect();
+            ports[n - 1] = match repeat {
+                "name" => json!({"name": "p1", "port": 5000}),
+                _ => json!({"name": "last", "port": 1001}),
+            };
+            with(
+                good("bad", "10.96.0.11"),
+                &["spec", "ports"],
+                Value::Array(ports),
+            )
+        };
+        assert_rejected(many("name"), &format!("spec.ports[{}].name", n - 1));
+        assert_rejected(many("port"), &format!("spec.ports[{}].port", n - 1));
+    }
 }
 
 #[test]

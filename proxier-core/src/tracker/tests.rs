@@ -304,6 +304,34 @@ fn invalid_update_keeps_last_good_version() {
     assert_eq!(s.services.len(), 2);
 }
 
+#[test]
+fn repeated_slice_ports_are_refused_few_or_many() {
+    for n in [3usize, 40] {
+        let mut s = slice(
+            "sl",
+            "a",
+            ("p0", 1000, Protocol::Tcp),
+            &[("10.0.0.1", true, None)],
+        );
+        s.ports = (0..n)
+            .map(|i| SlicePort {
+                name: format!("p{i}"),
+                port: Some(1000 + i as u16),
+                protocol: Some(Protocol::Tcp),
+            })
+            .collect();
+        let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+        assert!(t.update_endpoint_slice(&s).is_ok());
+        // The same name with another protocol is another port.
+        s.ports[n - 1].name = "p1".into();
+        s.ports[n - 1].protocol = Some(Protocol::Udp);
+        assert!(t.update_endpoint_slice(&s).is_ok());
+        s.ports[n - 1].protocol = Some(Protocol::Tcp);
+        let err = t.update_endpoint_slice(&s).unwrap_err();
+        assert_eq!(err.field, format!("ports[{}].name", n - 1), "{err}");
+    }
+}
+
 // --- property: any event sequence ends in the state of the final objects ---
 
 #[derive(Debug, Clone)]
@@ -424,4 +452,83 @@ fn ports_of_finds_exactly_one_services_ports() {
     let got: Vec<String> = s.ports_of(&nn).map(|p| p.name.to_string()).collect();
     assert_eq!(got, vec!["ns/b:dns", "ns/b:http", "ns/b:sctp"]);
     assert_eq!(s.ports_of(&NamespacedName::new("ns", "zz")).count(), 0);
+}
+
+fn octet() -> impl Strategy<Value = u8> {
+    // Short, long and prefix-sharing texts: 1 / 10 / 100, 2 / 25 / 255.
+    prop_oneof![0u8..=12, 20u8..=30, 95u8..=130, 245u8..=255, any::<u8>()]
+}
+
+fn port() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        1u16..=100,
+        790u16..=810,
+        7990u16..=8100,
+        65500u16..=65535,
+        any::<u16>()
+    ]
+}
+
+fn v4() -> impl Strategy<Value = std::net::SocketAddrV4> {
+    ((octet(), octet(), octet(), octet()), port())
+        .prop_map(|((a, b, c, d), p)| std::net::SocketAddrV4::new([a, b, c, d].into(), p))
+}
+
+proptest! {
+    #[test]
+    fn the_ipv4_key_orders_as_the_text(a in v4(), b in v4()) {
+        prop_assert_eq!(
+            v4_text_order(*a.ip(), decimal_text_order(a.port().into(), 5))
+                .cmp(&v4_text_order(*b.ip(), decimal_text_order(b.port().into(), 5))),
+            a.to_string().cmp(&b.to_string()),
+            "{} vs {}", a, b
+        );
+    }
+
+    #[test]
+    fn endpoint_lists_are_in_text_order(
+        v4s in proptest::collection::vec(v4(), 0..30),
+        v6s in proptest::collection::vec((any::<[u16; 8]>(), port()), 0..30),
+    ) {
+        let lists: [Vec<SocketAddr>; 2] = [
+            v4s.into_iter().map(SocketAddr::V4).collect(),
+            v6s.into_iter()
+                .map(|(s, p)| SocketAddr::new(std::net::Ipv6Addr::from(s).into(), p))
+                .collect(),
+        ];
+        for addrs in lists {
+            let eps: Vec<SliceEp> = addrs
+                .iter()
+                .map(|a| SliceEp {
+                    ip: a.ip(),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node_name: None,
+                    zone: None,
+                    hints: None,
+                })
+                .collect();
+            let raws: Vec<(&SliceEp, u16)> = eps.iter().zip(&addrs).map(|(e, a)| (e, a.port())).collect();
+            let got: Vec<String> = ordered_endpoints(&raws, "node-1").iter().map(|e| e.addr.to_string()).collect();
+            let mut want: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
+            want.sort();
+            want.dedup();
+            prop_assert_eq!(got, want);
+        }
+    }
+}
+
+#[test]
+fn decimal_text_order_examples() {
+    // "1" < "10" < "100" < "11" < "2" < "25" < "255" < "3" < "9" < "99".
+    let texts = [1, 10, 100, 11, 2, 25, 255, 3, 9, 99];
+    let codes: Vec<u64> = texts.iter().map(|n| decimal_text_order(*n, 3)).collect();
+    assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:?}");
+    // "0" is the digit 0 (coded 1), then four missing digits.
+    assert_eq!(decimal_text_order(0, 5), 11u64.pow(4));
+    assert_eq!(
+        decimal_text_order(65535, 5),
+        7 * 11u64.pow(4) + 6 * 1331 + 6 * 121 + 4 * 11 + 6
+    );
 }
