@@ -316,6 +316,15 @@ impl ChangeTracker {
         a
     }
 
+    /// The interned copy if there is one (deletions name objects we may
+    /// never have seen: nothing is added).
+    fn shared(&self, s: &str) -> Arc<str> {
+        self.interned
+            .get(s)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(s))
+    }
+
     fn set_service(&mut self, nn: NamespacedName, map: ServicePortMap) -> bool {
         self.counters.service_changes_total += 1;
         let applied_equal = match self.services_applied.get(&nn) {
@@ -341,14 +350,19 @@ impl ChangeTracker {
     /// Adds or updates a Service. An invalid one is rejected and leaves the
     /// last valid version in force. Returns whether pending state changed.
     pub fn update_service(&mut self, svc: &Service) -> Result<bool, ValidationError> {
-        let nn = NamespacedName::new(self.intern(&svc.namespace), svc.name.as_str());
+        // Interned once valid (validation follows, in `port_map_named`).
+        let ns = match crate::validate::is_dns1123_label(&svc.namespace) {
+            true => self.intern(&svc.namespace),
+            false => Arc::from(svc.namespace.as_str()),
+        };
+        let nn = NamespacedName::new(ns, svc.name.as_str());
         let map = svc.port_map_named(self.family, nn.clone())?;
         Ok(self.set_service(nn, map))
     }
 
     /// Removes a Service. Returns whether pending state changed.
     pub fn delete_service(&mut self, namespace: &str, name: &str) -> bool {
-        let nn = NamespacedName::new(self.intern(namespace), name);
+        let nn = NamespacedName::new(self.shared(namespace), name);
         self.set_service(nn, ServicePortMap::new())
     }
 
@@ -470,7 +484,7 @@ impl ChangeTracker {
 
     /// Removes an EndpointSlice. Returns whether pending state changed.
     pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) -> bool {
-        let key: (Arc<str>, Arc<str>) = (self.intern(namespace), Arc::from(name));
+        let key: (Arc<str>, Arc<str>) = (self.shared(namespace), Arc::from(name));
         match self.slice_owner.remove(&key) {
             Some(svc) => self.set_slice(svc, key.1, None),
             None => false,

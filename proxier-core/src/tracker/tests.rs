@@ -532,3 +532,25 @@ fn decimal_text_order_examples() {
         7 * 11u64.pow(4) + 6 * 1331 + 6 * 121 + 4 * 11 + 6
     );
 }
+
+#[test]
+fn interned_names_do_not_outlive_their_objects() {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    for i in 0..5000 {
+        let mut s = svc("a", "10.96.0.1", &[("", 80, Protocol::Tcp)]);
+        s.namespace = format!("ns-{i}");
+        t.update_service(&s).unwrap();
+        t.apply();
+        t.delete_service(&s.namespace, "a");
+        // Deleting what was never seen interns nothing.
+        t.delete_service(&format!("never-{i}"), "a");
+        t.delete_endpoint_slice(&format!("never-{i}"), "a");
+        t.apply();
+    }
+    assert!(t.interned.len() <= 1100, "{} names kept", t.interned.len());
+    // Names still in use stay shared.
+    let kept = svc("a", "10.96.0.1", &[("", 80, Protocol::Tcp)]);
+    t.update_service(&kept).unwrap();
+    t.apply();
+    assert!(t.interned.contains("ns"));
+}
