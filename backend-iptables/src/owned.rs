@@ -94,6 +94,41 @@ async fn read_owned(
     Ok((deletes, existing))
 }
 
+/// Whether `table` still holds every chain of `want` and every jump into
+/// them (`iptables -S` of the built-in chains, and the chain names). Rule
+/// bodies are not compared: iptables rewrites rule text as it stores it.
+/// What a sync that would write nothing checks, so that a firewall reload
+/// or a hand-run `iptables -F` is repaired on the next full sync.
+pub async fn in_place(
+    ipt: &dyn Iptables,
+    table: &str,
+    want: &TableRules,
+) -> Result<bool, ExecError> {
+    let listing = ipt.list_table(table, builtin_chains(table), true).await?;
+    let chains = listing.chains.unwrap_or_default();
+    if !want.chains.iter().all(|(c, _)| chains.contains(c)) {
+        return Ok(false);
+    }
+    let jumps_to = |from: &str, to: &str| {
+        listing
+            .builtin
+            .iter()
+            .filter(|(c, _)| c == from)
+            .flat_map(|(_, rules)| rules)
+            .filter(|r| target(r) == Some(to))
+            .count()
+    };
+    Ok(want.jumps.iter().all(|j| {
+        let to = target(&j.rule).unwrap_or_default();
+        let wanted = want
+            .jumps
+            .iter()
+            .filter(|k| k.from == j.from && target(&k.rule) == Some(to))
+            .count();
+        jumps_to(j.from, to) == wanted
+    }))
+}
+
 /// Makes `table` hold exactly `want` among the chains `owns` claims:
 /// one `iptables-restore --noflush` that flushes and refills each wanted
 /// chain, moves the jumps (old ones deleted, new ones placed), and
@@ -233,6 +268,51 @@ mod tests {
         assert_eq!(
             ipt.list_rules("nat", "FOREIGN").await.unwrap().unwrap(),
             vec!["-A FOREIGN -j ACCEPT"]
+        );
+    }
+
+    #[tokio::test]
+    async fn in_place_sees_a_missing_chain_or_jump() {
+        let ipt = FakeIptables::new(Variant::Nft);
+        let want = TableRules {
+            chains: vec![("TEST-A".into(), "-A TEST-A -j ACCEPT\n".into())],
+            jumps: vec![
+                Jump {
+                    from: "PREROUTING",
+                    rule: "-j TEST-A".into(),
+                    position: Position::First,
+                },
+                Jump {
+                    from: "OUTPUT",
+                    rule: "-j TEST-A".into(),
+                    position: Position::First,
+                },
+            ],
+        };
+        assert!(
+            !in_place(&ipt, "nat", &want).await.unwrap(),
+            "nothing written yet"
+        );
+        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        assert!(in_place(&ipt, "nat", &want).await.unwrap());
+        ipt.restore("nat", "*nat\n-D OUTPUT -j TEST-A\nCOMMIT\n", true)
+            .await
+            .unwrap();
+        assert!(
+            !in_place(&ipt, "nat", &want).await.unwrap(),
+            "a jump deleted"
+        );
+        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        ipt.restore(
+            "nat",
+            "*nat\n:TEST-A - [0:0]\n-D PREROUTING -j TEST-A\n-D OUTPUT -j TEST-A\n-X TEST-A\nCOMMIT\n",
+            true,
+        )
+        .await
+        .unwrap();
+        assert!(
+            !in_place(&ipt, "nat", &want).await.unwrap(),
+            "the chain deleted"
         );
     }
 }

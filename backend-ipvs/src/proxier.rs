@@ -561,7 +561,11 @@ impl IpvsProxier {
         want
     }
 
-    async fn write_rules(&mut self, force: bool) -> Result<(), ProxierError> {
+    /// Writes the companion rules when they differ from what this instance
+    /// last wrote; on a full sync also when the kernel lost a chain or jump
+    /// of them (a firewall reload, a hand-run `iptables -F`), as kube-proxy's
+    /// restore on every sync would repair.
+    async fn write_rules(&mut self, full: bool) -> Result<(), ProxierError> {
         let mut non_empty: BTreeSet<Set> = self
             .set_sizes
             .iter()
@@ -578,8 +582,11 @@ impl IpvsProxier {
             .map(String::as_str)
             .collect();
         let (nat, filter) = rules::render(&self.cfg.rules, &non_empty, &out);
-        if !force && self.written.as_ref() == Some(&(nat.clone(), filter.clone())) {
-            return Ok(());
+        if self.written.as_ref() == Some(&(nat.clone(), filter.clone())) {
+            if !full || self.rules_in_place(&nat, &filter).await {
+                return Ok(());
+            }
+            warn!("iptables rules of the IPVS proxier were removed outside it; writing them again");
         }
         // nat first, then filter, as kube-proxy.
         owned::replace(&*self.k.iptables, "nat", &nat, &|c| rules::owns("nat", c))
@@ -593,6 +600,12 @@ impl IpvsProxier {
         self.written = Some((nat, filter));
         self.report.rules_written = true;
         Ok(())
+    }
+
+    async fn rules_in_place(&self, nat: &TableRules, filter: &TableRules) -> bool {
+        let ipt = &*self.k.iptables;
+        matches!(owned::in_place(ipt, "nat", nat).await, Ok(true))
+            && matches!(owned::in_place(ipt, "filter", filter).await, Ok(true))
     }
 
     async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Vec<String>) {
@@ -722,8 +735,9 @@ impl IpvsProxier {
         self.contribs = contribs;
         self.settings = Some(settings);
         // Rewritten when they differ from what this instance last wrote
-        // (always on its first sync): a no-op full sync writes nothing.
-        self.write_rules(false).await
+        // (always on its first sync) or were removed behind its back: a
+        // no-op full sync reads them and writes nothing.
+        self.write_rules(true).await
     }
 
     async fn partial_sync(

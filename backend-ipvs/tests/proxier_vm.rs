@@ -301,6 +301,27 @@ fn restart_adopts_and_leaves_foreign_objects() {
             1 + 7,
             "one GET_SERVICE and one GET_DEST per service"
         );
+        assert!(!rep.rules_written, "{rep:?}");
+        // A firewall reload flushes the built-in chains behind the proxier's
+        // back: a partial sync does not look, the next full sync repairs.
+        n.sh("iptables-nft -t nat -F PREROUTING && iptables-nft -t nat -F OUTPUT");
+        assert!(
+            !n.sh("iptables-nft-save -t nat")
+                .contains("-j KUBE-SERVICES")
+        );
+        assert!(!n.ok(false).rules_written);
+        let rep = n.ok(true);
+        assert!(rep.rules_written, "{rep:?}");
+        let nat = n.sh("iptables-nft-save -t nat");
+        for builtin in ["PREROUTING", "OUTPUT"] {
+            assert!(
+                nat.lines()
+                    .any(|l| l.starts_with(&format!("-A {builtin} "))
+                        && l.ends_with("-j KUBE-SERVICES")),
+                "{builtin} → KUBE-SERVICES back:\n{nat}"
+            );
+        }
+        assert!(!n.ok(true).rules_written, "repaired, then quiet again");
         // A no-op partial sync sends nothing at all.
         let rep = n.ok(false);
         assert_eq!(
