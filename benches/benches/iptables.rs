@@ -17,7 +17,7 @@ use backend_iptables::render::Ruleset;
 use backend_iptables::{
     Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
 };
-use benches::{filled, service, sizes, slice};
+use benches::{endpoint_moved, filled, service_added, sizes, slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, SyncRequest, SyncStats};
 use proxier_testbed::{Netns, NsRuntime};
@@ -190,14 +190,7 @@ fn bench(c: &mut Criterion) {
             let mut generation = 0u32;
             let mut flip = |t: &mut ChangeTracker| {
                 generation ^= 1;
-                t.update_endpoint_slice(&slice(0, EPS, generation))
-                    .expect("slice");
-                let (snapshot, changes) = t.apply();
-                SyncRequest {
-                    snapshot,
-                    changes,
-                    full: false,
-                }
+                endpoint_moved(t, 0, EPS, generation)
             };
             g.bench_function("one_endpoint", |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| k.sync(flip(&mut t)).1).sum())
@@ -237,16 +230,7 @@ fn bench(c: &mut Criterion) {
                     (0..iters)
                         .map(|_| {
                             next += 1;
-                            t.update_service(&service(next, false)).expect("service");
-                            t.update_endpoint_slice(&slice(next, EPS, 0))
-                                .expect("slice");
-                            let (snapshot, changes) = t.apply();
-                            k.sync(SyncRequest {
-                                snapshot,
-                                changes,
-                                full: false,
-                            })
-                            .1
+                            k.sync(service_added(&mut t, next, EPS)).1
                         })
                         .sum()
                 })

@@ -22,7 +22,7 @@ use backend_iptables::{ConntrackCmd, IptablesCmd, LocalDetector, Variant};
 use backend_ipvs::codec::{Dest, Service};
 use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
 use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op, SyncReport};
-use benches::{filled, service, sizes, slice};
+use benches::{endpoint_moved, filled, service_added, sizes};
 use criterion::{Criterion, SamplingMode};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, Snapshot, SyncRequest};
 use proxier_testbed::{Netns, NsRuntime, vm};
@@ -259,14 +259,7 @@ fn in_vm_main() {
                 (0..iters)
                     .map(|_| {
                         generation ^= 1;
-                        t.update_endpoint_slice(&slice(0, EPS, generation))
-                            .expect("slice");
-                        let (snapshot, changes) = t.apply();
-                        let (rep, d) = node.sync(SyncRequest {
-                            snapshot,
-                            changes,
-                            full: false,
-                        });
+                        let (rep, d) = node.sync(endpoint_moved(&mut t, 0, EPS, generation));
                         messages(&key("one_endpoint"), &rep);
                         record(&key("one_endpoint"), d)
                     })
@@ -279,15 +272,7 @@ fn in_vm_main() {
                 (0..iters)
                     .map(|_| {
                         next += 1;
-                        t.update_service(&service(next, false)).expect("service");
-                        t.update_endpoint_slice(&slice(next, EPS, 0))
-                            .expect("slice");
-                        let (snapshot, changes) = t.apply();
-                        let (rep, d) = node.sync(SyncRequest {
-                            snapshot,
-                            changes,
-                            full: false,
-                        });
+                        let (rep, d) = node.sync(service_added(&mut t, next, EPS));
                         messages(&key("service_added"), &rep);
                         record(&key("service_added"), d)
                     })

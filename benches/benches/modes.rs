@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use backend_iptables::{ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant};
 use backend_userspace::{DataPath, Mode, Portal, UserspaceProxier};
 use benches::wire::{Bulk, CHUNK, echo_once, serve_forever};
-use benches::{service, slice};
+use benches::{endpoint_moved, service, service_added, slice};
 use criterion::{Criterion, SamplingMode, Throughput};
 use proxier_core::{
     ChangeSet, ChangeTracker, IpFamily, PortSpec, Protocol, Proxier, Service, ServiceType,
@@ -249,16 +249,7 @@ fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
                 (0..iters)
                     .map(|_| {
                         generation ^= 1;
-                        t.update_endpoint_slice(&slice(1, EPS, generation))
-                            .expect("slice");
-                        let (snapshot, changes) = t.apply();
-                        let d = bed
-                            .sync(SyncRequest {
-                                snapshot,
-                                changes,
-                                full: false,
-                            })
-                            .1;
+                        let d = bed.sync(endpoint_moved(&mut t, 1, EPS, generation)).1;
                         one.push(d);
                         d
                     })
@@ -273,17 +264,7 @@ fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
                 (0..iters)
                     .map(|_| {
                         next += 1;
-                        t.update_service(&service(next, false)).expect("service");
-                        t.update_endpoint_slice(&slice(next, EPS, 0))
-                            .expect("slice");
-                        let (snapshot, changes) = t.apply();
-                        let d = bed
-                            .sync(SyncRequest {
-                                snapshot,
-                                changes,
-                                full: false,
-                            })
-                            .1;
+                        let d = bed.sync(service_added(&mut t, next, EPS)).1;
                         added.push(d);
                         d
                     })

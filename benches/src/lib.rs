@@ -8,7 +8,7 @@ pub mod wire;
 
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, PortSpec, Protocol, Service, ServiceType,
-    SliceEndpoint, SlicePort,
+    SliceEndpoint, SlicePort, SyncRequest,
 };
 
 /// Bench sizes (services).
@@ -110,6 +110,33 @@ pub fn slice(i: usize, eps: usize, generation: u32) -> EndpointSlice {
         }],
         endpoints,
     }
+}
+
+/// The partial sync that follows `t` taking one more change.
+fn partial(t: &mut ChangeTracker) -> SyncRequest {
+    let (snapshot, changes) = t.apply();
+    SyncRequest {
+        snapshot,
+        changes,
+        full: false,
+    }
+}
+
+/// Moves service `i`'s last endpoint to `generation` and applies: the
+/// "one endpoint changed" step of every bench.
+pub fn endpoint_moved(t: &mut ChangeTracker, i: usize, eps: usize, generation: u32) -> SyncRequest {
+    t.update_endpoint_slice(&slice(i, eps, generation))
+        .expect("valid slice");
+    partial(t)
+}
+
+/// Adds service `i` with its slice and applies: the "one service added"
+/// step of every bench.
+pub fn service_added(t: &mut ChangeTracker, i: usize, eps: usize) -> SyncRequest {
+    t.update_service(&service(i, false)).expect("valid service");
+    t.update_endpoint_slice(&slice(i, eps, 0))
+        .expect("valid slice");
+    partial(t)
 }
 
 /// A tracker on `node-1` fed `n` services with `eps` endpoints each, all
