@@ -144,11 +144,17 @@ impl Kernel {
     /// variant the machine uses, `conntrack` and `/proc/sys`. Must run
     /// inside a tokio runtime.
     pub async fn real(family: IpFamily) -> Result<Kernel, ProxierError> {
-        let ipvs = IpvsClient::connect().map_err(|e| perr("IPVS", e))?;
-        let links = Rtnl::new().map_err(|e| perr("rtnetlink", e))?;
         let iptables = IptablesCmd::detect(family)
             .await
             .map_err(|e| perr("iptables", e))?;
+        Kernel::real_with(iptables)
+    }
+
+    /// [`Kernel::real`] with a chosen iptables (a pinned variant). Must
+    /// run inside a tokio runtime.
+    pub fn real_with(iptables: IptablesCmd) -> Result<Kernel, ProxierError> {
+        let ipvs = IpvsClient::connect().map_err(|e| perr("IPVS", e))?;
+        let links = Rtnl::new().map_err(|e| perr("rtnetlink", e))?;
         Ok(Kernel {
             ipvs: Box::new(ipvs),
             links: Arc::new(links),

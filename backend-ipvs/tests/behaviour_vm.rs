@@ -4,25 +4,16 @@
 //! every sync `ipvsadm -Sn` is compared with the desired state.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 
-use backend_iptables::{ConntrackCmd, IptablesCmd, Variant};
+use backend_iptables::{IptablesCmd, Variant};
 use backend_ipvs::desired::{Settings, contribution};
-use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
-use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op};
+use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
 use proxier_core::{IpFamily, Proxier, Snapshot};
 use proxier_testbed::Topology;
 use proxier_testbed::suite::{Backend, Env};
 
 fn make(env: &Env) -> Box<dyn Proxier> {
-    let kernel = Kernel {
-        ipvs: Box::new(IpvsClient::connect().expect("IPVS")),
-        links: Arc::new(Rtnl::new().expect("rtnetlink")),
-        ipset: Arc::new(IpsetCmd),
-        iptables: Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft)),
-        conntrack: Arc::new(ConntrackCmd),
-        sysctl: Arc::new(ProcSys),
-    };
+    let kernel = Kernel::real_with(IptablesCmd::new(IpFamily::V4, Variant::Nft)).expect("kernel");
     let mut cfg = Config::new(IpFamily::V4);
     cfg.node_ips = env.node_ips.clone();
     cfg.node_port_addresses = env.node_port_addresses.clone();

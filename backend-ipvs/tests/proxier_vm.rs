@@ -6,12 +6,10 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
-use backend_iptables::{ConntrackCmd, IptablesCmd, Variant};
-use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
-use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, SyncReport};
+use backend_iptables::{IptablesCmd, Variant};
+use backend_ipvs::{Config, IpvsProxier, Kernel, SyncReport};
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, Protocol, Proxier, ProxierError, Service, ServiceType,
     SyncRequest, SyncStats,
@@ -49,14 +47,8 @@ impl Node {
 
     fn start(&mut self, tweak: impl FnOnce(&mut Config) + Send + 'static) {
         let p = self.topo.node_rt().block_on(async move {
-            let kernel = Kernel {
-                ipvs: Box::new(IpvsClient::connect().expect("IPVS")),
-                links: Arc::new(Rtnl::new().expect("rtnetlink")),
-                ipset: Arc::new(IpsetCmd),
-                iptables: Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft)),
-                conntrack: Arc::new(ConntrackCmd),
-                sysctl: Arc::new(ProcSys),
-            };
+            let kernel =
+                Kernel::real_with(IptablesCmd::new(IpFamily::V4, Variant::Nft)).expect("kernel");
             let mut cfg = Config::new(IpFamily::V4);
             cfg.node_ips = vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)];
             tweak(&mut cfg);

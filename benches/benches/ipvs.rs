@@ -15,12 +15,11 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backend_iptables::{ConntrackCmd, IptablesCmd, LocalDetector, Variant};
+use backend_iptables::{IptablesCmd, LocalDetector, Variant};
 use backend_ipvs::codec::{Dest, Service};
-use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
 use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op, SyncReport};
 use benches::{endpoint_moved, filled, service_added, sizes};
 use criterion::{Criterion, SamplingMode};
@@ -74,14 +73,8 @@ impl Node {
 
     fn fresh(&mut self) {
         let p = self.rt.block_on(async {
-            let kernel = Kernel {
-                ipvs: Box::new(IpvsClient::connect().expect("IPVS")),
-                links: Arc::new(Rtnl::new().expect("rtnetlink")),
-                ipset: Arc::new(IpsetCmd),
-                iptables: Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft)),
-                conntrack: Arc::new(ConntrackCmd),
-                sysctl: Arc::new(ProcSys),
-            };
+            let kernel =
+                Kernel::real_with(IptablesCmd::new(IpFamily::V4, Variant::Nft)).expect("kernel");
             let mut cfg = Config::new(IpFamily::V4);
             cfg.node_ips = vec!["192.168.50.1".parse().expect("ip")];
             cfg.rules.local_detector =

@@ -85,15 +85,9 @@ fn make(mode: &str) -> Box<dyn Proxier> {
             }))
         }
         "ipvs" => {
-            use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
-            let kernel = backend_ipvs::Kernel {
-                ipvs: Box::new(backend_ipvs::IpvsClient::connect().expect("IPVS")),
-                links: Arc::new(Rtnl::new().expect("rtnetlink")),
-                ipset: Arc::new(IpsetCmd),
-                iptables: nft(),
-                conntrack: Arc::new(ConntrackCmd),
-                sysctl: Arc::new(ProcSys),
-            };
+            let kernel =
+                backend_ipvs::Kernel::real_with(IptablesCmd::new(IpFamily::V4, Variant::Nft))
+                    .expect("kernel");
             let mut cfg = backend_ipvs::Config::new(IpFamily::V4);
             cfg.node_ips = vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)];
             cfg.rules.local_detector =

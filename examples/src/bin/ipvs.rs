@@ -4,12 +4,10 @@
 //! `ip_vs` (`modprobe ip_vs`).
 
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
-use backend_iptables::{ConntrackCmd, IptablesCmd, Variant};
-use backend_ipvs::kernel::{IpsetCmd, ProcSys, Rtnl};
-use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Timeouts};
+use backend_iptables::{IptablesCmd, Variant};
+use backend_ipvs::{Config, IpvsProxier, Kernel, Timeouts};
 use clap::Parser;
 use examples::cli::{Common, LocalDetect, parse_duration};
 use ipnet::IpNet;
@@ -94,14 +92,7 @@ async fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let kernel = Kernel {
-            ipvs: Box::new(IpvsClient::connect().map_err(|e| e.to_string())?),
-            links: Arc::new(Rtnl::new().map_err(|e| format!("rtnetlink: {e}"))?),
-            ipset: Arc::new(IpsetCmd),
-            iptables: Arc::new(iptables),
-            conntrack: Arc::new(ConntrackCmd),
-            sysctl: Arc::new(ProcSys),
-        };
+        let kernel = Kernel::real_with(iptables).map_err(|e| e.to_string())?;
         let p = IpvsProxier::new(cfg, kernel).map_err(|e| e.to_string())?;
         Ok(Box::new(p) as Box<dyn Proxier>)
     })
