@@ -7,14 +7,12 @@
 //!
 //! - [`names`]: chain names and kube-proxy's hashing.
 //! - [`render`]: a snapshot becomes rules, in memory, no I/O.
-//! - [`exec`]: the kernel seam ([`Iptables`], [`Conntrack`]) and the
-//!   real tools behind it, legacy and nf_tables.
-//! - [`fake`]: an in-memory iptables that checks restore input as the
-//!   real one does, for unit tests.
-//! - [`owned`]: a few chains owned by another component (userspace
-//!   portals, IPVS companions), written and removed with the same restore.
 //! - [`proxier`]: full and partial syncs, stale-chain removal, conntrack
 //!   cleanup, `cleanup`.
+//!
+//! The kernel seams (`Iptables`, `Conntrack`, `Sysctl`), their fakes, the
+//! masquerade configuration and local-traffic detection come from
+//! `proxier-netfilter`, which every netfilter backend shares.
 //!
 //! Dependencies, and why: `sha2` for kube-proxy's chain-name hash;
 //! `imbl` so a partial sync clones the previous fragments in O(1).
@@ -25,16 +23,9 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod exec;
-pub mod fake;
 pub mod names;
-pub mod owned;
 pub mod proxier;
 pub mod render;
 
-pub use exec::{
-    Conntrack, ConntrackCmd, ConntrackFilter, ExecError, Iptables, IptablesCmd, TableListing,
-    Variant,
-};
 pub use proxier::IptablesProxier;
-pub use render::{Config, ConfigError, LocalDetector, Ruleset};
+pub use render::{Config, Ruleset};

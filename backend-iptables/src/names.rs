@@ -8,36 +8,10 @@ use std::net::SocketAddr;
 use proxier_core::ServicePortName;
 use sha2::{Digest, Sha256};
 
-/// Fixed chains (nat and/or filter).
-pub const KUBE_SERVICES: &str = "KUBE-SERVICES";
-/// REJECT/DROP for external IPs, LB IPs and node ports without endpoints (filter).
-pub const KUBE_EXTERNAL_SERVICES: &str = "KUBE-EXTERNAL-SERVICES";
-/// Node-port dispatch (nat) and health-check node ports (filter).
-pub const KUBE_NODEPORTS: &str = "KUBE-NODEPORTS";
-/// Masquerades marked packets (nat).
-pub const KUBE_POSTROUTING: &str = "KUBE-POSTROUTING";
-/// Sets the masquerade mark (nat).
-pub const KUBE_MARK_MASQ: &str = "KUBE-MARK-MASQ";
-/// Forwarding accept rules (filter).
-pub const KUBE_FORWARD: &str = "KUBE-FORWARD";
-/// Drops LB traffic outside `loadBalancerSourceRanges` (filter).
-pub const KUBE_PROXY_FIREWALL: &str = "KUBE-PROXY-FIREWALL";
-/// The kubelet's anti-martian rule for localhost node ports (filter, IPv4).
-pub const KUBE_FIREWALL: &str = "KUBE-FIREWALL";
-
-/// Prefixes of per-service chains (kube-proxy's `isServiceChainName`).
-pub const SERVICE_CHAIN_PREFIXES: [&str; 5] = [
-    "KUBE-SVC-",
-    "KUBE-SVL-",
-    "KUBE-EXT-",
-    "KUBE-FW-",
-    "KUBE-SEP-",
-];
-
-/// Whether `chain` is a per-service chain this backend owns.
-pub fn is_service_chain(chain: &str) -> bool {
-    SERVICE_CHAIN_PREFIXES.iter().any(|p| chain.starts_with(p))
-}
+pub use proxier_netfilter::chains::{
+    KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
+    KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES, SERVICE_CHAIN_PREFIXES, is_service_chain,
+};
 
 /// Whether `chain` is one of the fixed chains this backend owns in `table`.
 pub fn is_fixed_chain(table: &str, chain: &str) -> bool {

@@ -20,15 +20,17 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write as _;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use proxier_core::{IpFamily, Proxier, ProxierError, SyncRequest, SyncStats};
 
-use crate::exec::{Conntrack, ConntrackFilter, ExecError, Iptables, Variant};
+use proxier_netfilter::owned::{builtin_chains, target};
+use proxier_netfilter::{
+    ConfigError, Conntrack, ExecError, Iptables, StaleFlows, Sysctl, Variant, clean_stale,
+};
+
 use crate::names;
-use crate::owned::{builtin_chains, target};
 use crate::render::{Config, Ruleset, is_large_cluster, jump_rules};
 
 /// The flush-mode threshold on iptables-legacy (see
@@ -61,6 +63,7 @@ pub struct IptablesProxier {
     cfg: Config,
     ipt: Arc<dyn Iptables>,
     ct: Arc<dyn Conntrack>,
+    sysctl: Arc<dyn Sysctl>,
     written: Option<Written>,
     need_full: bool,
     flush_threshold: usize,
@@ -78,13 +81,15 @@ struct Plan {
 }
 
 impl IptablesProxier {
-    /// A proxier writing through `ipt` and cleaning conntrack through
-    /// `ct`. Fails if the config has a value that cannot reach a rule.
+    /// A proxier writing through `ipt`, cleaning conntrack through `ct`
+    /// and setting kernel parameters through `sysctl`. Fails if the config
+    /// has a value that cannot reach a rule.
     pub fn new(
         cfg: Config,
         ipt: Arc<dyn Iptables>,
         ct: Arc<dyn Conntrack>,
-    ) -> Result<Self, crate::render::ConfigError> {
+        sysctl: Arc<dyn Sysctl>,
+    ) -> Result<Self, ConfigError> {
         cfg.validate()?;
         let name = format!(
             "iptables-{}{}",
@@ -103,6 +108,7 @@ impl IptablesProxier {
             cfg,
             ipt,
             ct,
+            sysctl,
             written: None,
             need_full: true,
             flush_threshold,
@@ -142,25 +148,19 @@ impl IptablesProxier {
         ProxierError::with_source(self.name.clone(), what.to_string(), e)
     }
 
+    /// `nf_conntrack_tcp_be_liberal` (read: it drops the INVALID rule)
+    /// and `route_localnet=1` for localhost node ports, once.
     fn sysctls(&mut self) -> Result<(), ProxierError> {
         if self.sysctls_done {
             return Ok(());
         }
-        if let Ok(v) =
-            std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_tcp_be_liberal")
-        {
-            self.cfg.tcp_be_liberal = v.trim() != "0";
+        if let Ok(v) = self.sysctl.get("net/netfilter/nf_conntrack_tcp_be_liberal") {
+            self.cfg.tcp_be_liberal = v != "0";
         }
         if self.cfg.localhost_node_ports && self.cfg.family == IpFamily::V4 {
-            let path = "/proc/sys/net/ipv4/conf/all/route_localnet";
-            if std::fs::read_to_string(path)
-                .map(|v| v.trim() != "1")
-                .unwrap_or(true)
-            {
-                std::fs::write(path, "1").map_err(|e| {
-                    ProxierError::with_source(self.name.clone(), format!("sysctl {path}=1"), e)
-                })?;
-            }
+            self.sysctl
+                .ensure("net/ipv4/conf/all/route_localnet", "1")
+                .map_err(|e| ProxierError::with_source(self.name.clone(), "sysctl", e))?;
         }
         self.sysctls_done = true;
         Ok(())
@@ -453,20 +453,21 @@ impl IptablesProxier {
         f.and(n)
     }
 
+    /// Deletes the stale UDP and SCTP flows: the change set's targeted
+    /// deletes and the reconciler, in one dump. A failure is logged and
+    /// does not fail the sync (the rules are in place).
     async fn clear_conntrack(&self, req: &SyncRequest) {
         if self.cfg.family != req.snapshot.family {
             return;
         }
-        let filters = stale_conntrack(req);
-        for f in &filters {
-            match self.ct.delete(self.cfg.family, f).await {
-                Ok(n) if n > 0 => {
-                    tracing::debug!(backend = %self.name, ?f, deleted = n, "conntrack entries deleted")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(backend = %self.name, error = %e, "conntrack cleanup failed")
-                }
+        let stale = StaleFlows::from_changes(req).reconcile(&req.snapshot, &self.cfg.node_ips);
+        match clean_stale(&*self.ct, &stale).await {
+            Ok(r) if r.deleted > 0 => {
+                tracing::debug!(backend = %self.name, deleted = r.deleted, seen = r.seen, "stale conntrack flows deleted")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(backend = %self.name, error = %proxier_core::ErrorChain(&e), "conntrack cleanup failed")
             }
         }
     }
@@ -508,6 +509,9 @@ impl Proxier for IptablesProxier {
         let prev = match &self.written {
             Some(w) if !full => {
                 if req.changes.is_empty() {
+                    // Nothing to write; the reconciler still looks for
+                    // flows made behind our back.
+                    self.clear_conntrack(req).await;
                     let (f, n) = w.ruleset.rule_counts();
                     return Ok(SyncStats {
                         objects: f + n,
@@ -618,59 +622,4 @@ impl Proxier for IptablesProxier {
         self.need_full = true;
         Ok(())
     }
-}
-
-/// The UDP conntrack entries a sync must delete (kube-proxy's
-/// `conntrack.CleanStaleEntries`): flows to deleted UDP cluster IPs, to
-/// services that just got their first endpoint (their packets were
-/// rejected until now), and flows DNATed to removed UDP endpoints. Pure:
-/// every backend that NATs UDP uses it.
-pub fn stale_conntrack(req: &SyncRequest) -> BTreeSet<ConntrackFilter> {
-    let mut filters: BTreeSet<ConntrackFilter> = BTreeSet::new();
-    let by_ip = |ip: IpAddr| ConntrackFilter {
-        orig_dst: Some(ip),
-        orig_port_dst: None,
-        dst_nat: None,
-    };
-    for ip in &req.changes.deleted_udp_cluster_ips {
-        filters.insert(by_ip(*ip));
-    }
-    for name in &req.changes.newly_active_udp_services {
-        if let Some(svc) = req.snapshot.services.get(name) {
-            filters.insert(by_ip(svc.cluster_ip));
-            for ip in svc.external_ips.iter().chain(&svc.load_balancer_ips) {
-                filters.insert(by_ip(*ip));
-            }
-            if svc.node_port != 0 {
-                filters.insert(ConntrackFilter {
-                    orig_dst: None,
-                    orig_port_dst: Some(svc.node_port),
-                    dst_nat: None,
-                });
-            }
-        }
-    }
-    for stale in &req.changes.deleted_udp_endpoints {
-        if let Some(svc) = req.snapshot.services.get(&stale.service) {
-            let ep = Some(stale.endpoint.ip());
-            for ip in std::iter::once(&svc.cluster_ip)
-                .chain(&svc.external_ips)
-                .chain(&svc.load_balancer_ips)
-            {
-                filters.insert(ConntrackFilter {
-                    orig_dst: Some(*ip),
-                    orig_port_dst: None,
-                    dst_nat: ep,
-                });
-            }
-            if svc.node_port != 0 {
-                filters.insert(ConntrackFilter {
-                    orig_dst: None,
-                    orig_port_dst: Some(svc.node_port),
-                    dst_nat: ep,
-                });
-            }
-        }
-    }
-    filters
 }

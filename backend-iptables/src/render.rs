@@ -15,21 +15,11 @@ use imbl::OrdMap;
 use ipnet::IpNet;
 use proxier_core::{Endpoint, IpFamily, NamespacedName, ServicePort, ServicePortName, Snapshot};
 
-use crate::names::{self, ServiceChains};
+use proxier_netfilter::{
+    ConfigError, LocalDetector, Masquerade, check_family, safe_service_port_name,
+};
 
-/// How kube-proxy decides that traffic comes from a pod
-/// (`--detect-local-mode`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum LocalDetector {
-    /// No detection: only masquerade-all masquerades cluster IP traffic.
-    #[default]
-    None,
-    /// `ClusterCIDR`: sources inside these CIDRs are pods.
-    ClusterCidr(Vec<IpNet>),
-    /// `InterfaceNamePrefix`: packets entering through `prefix+` come from
-    /// pods. The prefix is checked by [`Config::validate`].
-    InterfacePrefix(String),
-}
+use crate::names::{self, ServiceChains};
 
 /// What the renderer needs to know about the node and the flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,68 +66,27 @@ impl Default for Config {
     }
 }
 
-/// A configuration value that cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("iptables config: {field}: {reason} (got {value:?})")]
-pub struct ConfigError {
-    /// The flag or field.
-    pub field: &'static str,
-    /// The value given.
-    pub value: String,
-    /// Why it was refused.
-    pub reason: &'static str,
-}
-
 impl Config {
     /// Checks every value that reaches a rule.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let err = |field, value: String, reason| {
-            Err(ConfigError {
-                field,
-                value,
-                reason,
-            })
-        };
-        if self.masquerade_bit > 31 {
-            return err(
-                "masquerade_bit",
-                self.masquerade_bit.to_string(),
-                "must be 0..=31",
-            );
-        }
-        match &self.local_detector {
-            LocalDetector::ClusterCidr(cidrs) => {
-                if let Some(c) = cidrs.iter().find(|c| !self.family_of_net(c)) {
-                    return err("cluster_cidr", c.to_string(), "wrong IP family");
-                }
-            }
-            LocalDetector::InterfacePrefix(p) => {
-                let ok = !p.is_empty()
-                    && p.len() < 15
-                    && p.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-                if !ok {
-                    return err(
-                        "interface_prefix",
-                        p.clone(),
-                        "not an interface name prefix",
-                    );
-                }
-            }
-            LocalDetector::None => {}
-        }
-        if let Some(c) = self
-            .node_port_addresses
-            .iter()
-            .find(|c| !self.family_of_net(c))
-        {
-            return err("node_port_addresses", c.to_string(), "wrong IP family");
-        }
-        Ok(())
+        self.masquerade().validate()?;
+        check_family(
+            "node_port_addresses",
+            self.family,
+            &self.node_port_addresses,
+        )
     }
 
-    fn family_of_net(&self, n: &IpNet) -> bool {
-        self.family.matches(&n.addr())
+    /// The masquerade settings, as the shared netfilter pieces take them.
+    pub fn masquerade(&self) -> Masquerade {
+        Masquerade {
+            family: self.family,
+            masquerade_bit: self.masquerade_bit,
+            masquerade_all: self.masquerade_all,
+            local_detector: self.local_detector.clone(),
+            random_fully: self.random_fully,
+            tcp_be_liberal: self.tcp_be_liberal,
+        }
     }
 
     /// The masquerade mark, `1 << masquerade_bit`.
@@ -145,64 +94,9 @@ impl Config {
         1u32 << self.masquerade_bit
     }
 
-    /// The local-traffic match (`-s CIDR`, `-i PREFIX+`), negated with
-    /// `!` for "not from a pod".
+    /// The local-traffic match, negated with `!` for "not from a pod".
     pub fn local_match(&self, out: &mut String, negate: bool) {
-        let not = if negate { " !" } else { "" };
-        match &self.local_detector {
-            LocalDetector::ClusterCidr(cidrs) => {
-                for c in cidrs {
-                    let _ = write!(out, "{not} -s {c}");
-                }
-            }
-            LocalDetector::InterfacePrefix(p) => {
-                let _ = write!(out, "{not} -i {p}+");
-            }
-            LocalDetector::None => {}
-        }
-    }
-
-    /// `KUBE-FORWARD`: accept marked traffic and established flows (the
-    /// IPVS backend writes the same chain).
-    pub fn forward_rules(&self) -> String {
-        let mark = self.mark();
-        let mut fwd = String::new();
-        if !self.tcp_be_liberal {
-            fwd.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
-        }
-        let _ = writeln!(
-            fwd,
-            "-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark {mark:#x}/{mark:#x} -j ACCEPT"
-        );
-        fwd.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
-        fwd
-    }
-
-    /// `KUBE-POSTROUTING`: masquerade what `KUBE-MARK-MASQ` marked.
-    pub fn postrouting_rules(&self) -> String {
-        let mark = self.mark();
-        let mut postrouting = String::new();
-        let _ = writeln!(
-            postrouting,
-            "-A KUBE-POSTROUTING -m mark ! --mark {mark:#x}/{mark:#x} -j RETURN"
-        );
-        let _ = writeln!(
-            postrouting,
-            "-A KUBE-POSTROUTING -j MARK --xor-mark {mark:#x}"
-        );
-        postrouting.push_str(
-            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE",
-        );
-        if self.random_fully {
-            postrouting.push_str(" --random-fully");
-        }
-        postrouting.push('\n');
-        postrouting
-    }
-
-    /// `KUBE-MARK-MASQ`: set the masquerade mark.
-    pub fn mark_masq_rules(&self) -> String {
-        format!("-A KUBE-MARK-MASQ -j MARK --or-mark {:#x}\n", self.mark())
+        self.local_detector.iptables_match(out, negate);
     }
 
     fn localhost_node_ports(&self) -> bool {
@@ -322,23 +216,8 @@ pub struct Ruleset {
     fixed_counts: (usize, usize),
 }
 
-/// What a namespace, service name or port name may carry into a comment:
-/// a DNS label (what Kubernetes allows), so nothing that could end a word
-/// or a line in `iptables-restore` input, or read as a flag.
-pub fn safe_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 253
-        && b[0].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-' || *c == b'.')
-}
-
 fn check_name(name: &ServicePortName) -> Result<String, RenderError> {
-    let ok = safe_label(&name.service.namespace)
-        && safe_label(&name.service.name)
-        && (name.port.is_empty() || safe_label(&name.port));
-    if ok {
+    if safe_service_port_name(name) {
         Ok(name.to_string())
     } else {
         Err(RenderError {
@@ -1112,7 +991,8 @@ fn assemble(
         (names::KUBE_NODEPORTS, cat(|f| &f.filter_nodeports)),
         (names::KUBE_PROXY_FIREWALL, cat(|f| &f.filter_firewall)),
     ];
-    filter[2].1 = cfg.forward_rules();
+    let masq = cfg.masquerade();
+    filter[2].1 = masq.forward_rules();
     if cfg.localhost_node_ports() {
         filter.push((
             names::KUBE_FIREWALL,
@@ -1146,8 +1026,8 @@ fn assemble(
     let nat = vec![
         (names::KUBE_SERVICES, nat_services),
         (names::KUBE_NODEPORTS, cat(|f| &f.nat_nodeports)),
-        (names::KUBE_POSTROUTING, cfg.postrouting_rules()),
-        (names::KUBE_MARK_MASQ, cfg.mark_masq_rules()),
+        (names::KUBE_POSTROUTING, masq.postrouting_rules()),
+        (names::KUBE_MARK_MASQ, masq.mark_masq_rules()),
     ];
     (filter, nat)
 }

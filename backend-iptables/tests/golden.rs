@@ -10,11 +10,12 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use backend_iptables::names;
-use backend_iptables::render::{Config, LocalDetector, Ruleset};
+use backend_iptables::render::{Config, Ruleset};
 use proxier_core::{
     ChangeTracker, IpFamily, Protocol, Service, ServiceType, SessionAffinity, Snapshot,
     TrafficPolicy,
 };
+use proxier_netfilter::LocalDetector;
 use proxier_testbed::objects::{ep, service, slice};
 
 const TCP: Protocol = Protocol::Tcp;

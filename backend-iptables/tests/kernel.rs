@@ -5,10 +5,9 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use backend_iptables::{
-    Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
-};
+use backend_iptables::{Config, IptablesProxier};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, SyncRequest};
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, Variant};
 use proxier_testbed::objects::{ep, service, slice};
 use proxier_testbed::{Netns, NsRuntime};
 
@@ -40,9 +39,14 @@ impl Rig {
             local_detector: LocalDetector::ClusterCidr(vec![cidr.parse().unwrap()]),
             ..Config::default()
         };
-        let proxier = IptablesProxier::new(cfg, Arc::new(cmd), Arc::new(ConntrackCmd))
-            .unwrap()
-            .with_flush_threshold(flush_threshold);
+        let proxier = IptablesProxier::new(
+            cfg,
+            Arc::new(cmd),
+            Arc::new(ConntrackNetlink::new().unwrap()),
+            Arc::new(proxier_netfilter::ProcSys),
+        )
+        .unwrap()
+        .with_flush_threshold(flush_threshold);
         Rig {
             ns,
             rt,

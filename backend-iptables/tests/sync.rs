@@ -6,15 +6,40 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use backend_iptables::fake::{FakeConntrack, FakeIptables};
-use backend_iptables::{Config, IptablesProxier, LocalDetector, Variant, names};
+use backend_iptables::{Config, IptablesProxier, names};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, SyncRequest};
+use proxier_netfilter::conntrack::{TCP, UDP};
+use proxier_netfilter::fake::{FakeConntrack, FakeIptables, FakeSysctl};
+use proxier_netfilter::{Flow, FlowTuple, LocalDetector, Variant};
 use proxier_testbed::objects::{ep, service, slice};
 
 const P: [(&str, u16, Protocol); 2] = [("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)];
 
 fn ip(s: &str) -> IpAddr {
     s.parse().unwrap()
+}
+
+/// A flow from a client to `to`, answered by `by` (`conntrack -L`).
+fn flow(proto: u8, to: &str, by: &str) -> Flow {
+    let (to, by): (std::net::SocketAddr, std::net::SocketAddr) =
+        (to.parse().unwrap(), by.parse().unwrap());
+    Flow {
+        protocol: proto,
+        orig: FlowTuple {
+            src: ip("10.0.9.9"),
+            dst: to.ip(),
+            src_port: 40000,
+            dst_port: to.port(),
+        },
+        reply: FlowTuple {
+            src: by.ip(),
+            dst: ip("10.0.9.9"),
+            src_port: by.port(),
+            dst_port: 40000,
+        },
+        zone: 0,
+        id: Some(7),
+    }
 }
 
 struct Rig {
@@ -34,7 +59,13 @@ impl Rig {
             localhost_node_ports: false,
             ..Config::default()
         };
-        let proxier = IptablesProxier::new(cfg, ipt.clone(), ct.clone()).unwrap();
+        let proxier = IptablesProxier::new(
+            cfg,
+            ipt.clone(),
+            ct.clone(),
+            Arc::new(FakeSysctl::default()),
+        )
+        .unwrap();
         Rig {
             tracker: ChangeTracker::new(IpFamily::V4, "node-1"),
             ipt,
@@ -54,7 +85,7 @@ impl Rig {
             .unwrap();
     }
 
-    async fn sync(&mut self) -> Result<backend_iptables::exec::ExecError, proxier_core::SyncStats> {
+    async fn sync(&mut self) -> Result<proxier_netfilter::ExecError, proxier_core::SyncStats> {
         let (snapshot, changes) = self.tracker.apply();
         let req = SyncRequest {
             snapshot,
@@ -64,7 +95,7 @@ impl Rig {
         self.first = false;
         match self.proxier.sync(&req).await {
             Ok(s) => Err(s),
-            Err(e) => Ok(backend_iptables::exec::ExecError {
+            Err(e) => Ok(proxier_netfilter::ExecError {
                 command: e.message.clone(),
                 status: None,
                 detail: format!("{e:?}"),
@@ -109,6 +140,10 @@ async fn full_partial_and_noop_syncs() {
     assert_eq!(r.restores().len(), 2);
 
     // One endpoint replaced in one service: only that service's chains.
+    let stale_udp = flow(UDP, "10.96.0.3:53", "10.0.2.3:53");
+    let live_udp = flow(UDP, "10.96.0.3:53", "10.0.2.1:53");
+    let tcp = flow(TCP, "10.96.0.3:80", "10.0.2.3:80");
+    *r.ct.flows.lock().unwrap() = vec![stale_udp, live_udp, tcp];
     r.add("s2", "10.96.0.3", &["10.0.2.1", "10.0.2.2", "10.0.2.9"]);
     let before = r.chains("nat");
     let stats = r.sync().await.unwrap_err();
@@ -138,16 +173,14 @@ async fn full_partial_and_noop_syncs() {
     let fresh = backend_iptables::render::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
     assert_eq!(partial.to_restore_input(), fresh.to_restore_input());
     assert_eq!(partial.rule_counts(), fresh.rule_counts());
-    // The removed UDP endpoint's conntrack entries are cleared.
-    let ct = r.ct.deleted.lock().unwrap().clone();
-    assert!(
-        ct.iter()
-            .any(|(_, f)| f.dst_nat == Some(ip("10.0.2.3")) && f.orig_dst == Some(ip("10.96.0.3"))),
-        "{ct:?}"
-    );
+    // The removed UDP endpoint's flow is deleted; the flow to a serving
+    // endpoint and the TCP flow stay.
+    assert_eq!(*r.ct.deleted.lock().unwrap(), vec![stale_udp]);
+    assert_eq!(*r.ct.flows.lock().unwrap(), vec![live_udp, tcp]);
 
     // A new service: its chains plus KUBE-SERVICES.
     r.add("s9", "10.96.0.99", &["10.0.9.1"]);
+    let to_s9 = flow(UDP, "10.96.0.99:53", "10.0.9.1:53");
     r.sync().await.unwrap_err();
     let (_, payload, _) = r.restores().last().cloned().unwrap();
     assert!(payload.contains(":KUBE-SERVICES - [0:0]"));
@@ -169,6 +202,7 @@ async fn full_partial_and_noop_syncs() {
     );
 
     // A deleted service: its chains are removed.
+    r.ct.flows.lock().unwrap().push(to_s9);
     r.tracker.delete_service("ns", "s9");
     r.tracker.delete_endpoint_slice("ns", "s9-1");
     r.sync().await.unwrap_err();
@@ -181,12 +215,43 @@ async fn full_partial_and_noop_syncs() {
             .any(|l| l.contains("10.96.0.99"))
     );
     assert_eq!(nat.len(), 5 * 2 * 4 + 4 + 4);
-    let ct = r.ct.deleted.lock().unwrap().clone();
-    assert!(
-        ct.iter()
-            .any(|(_, f)| f.orig_dst == Some(ip("10.96.0.99")) && f.dst_nat.is_none()),
-        "{ct:?}"
-    );
+    // Its flows go with it (a deleted UDP cluster IP).
+    assert!(r.ct.deleted.lock().unwrap().contains(&to_s9));
+    assert_eq!(*r.ct.flows.lock().unwrap(), vec![live_udp, tcp]);
+}
+
+/// The reconciler: a flow made behind the proxier's back (no event in the
+/// change set) to an address that is no serving endpoint is found on the
+/// next sync, even one that writes no rule; a service that loses every
+/// endpoint loses its flows (kubernetes #139628); flows to other
+/// addresses stay. A conntrack socket that fails does not fail the sync.
+#[tokio::test]
+async fn reconciler_finds_flows_no_event_named() {
+    let mut r = Rig::new(Variant::Nft);
+    r.add("a", "10.96.0.1", &["10.0.1.1", "10.0.1.2"]);
+    r.add("b", "10.96.0.2", &["10.0.2.1"]);
+    r.sync().await.unwrap_err();
+    let ghost = flow(UDP, "10.96.0.1:53", "10.0.1.77:53");
+    let live = flow(UDP, "10.96.0.1:53", "10.0.1.2:53");
+    let other = flow(UDP, "192.0.2.1:53", "192.0.2.1:53");
+    let to_b = flow(UDP, "10.96.0.2:53", "10.0.2.1:53");
+    *r.ct.flows.lock().unwrap() = vec![ghost, live, other, to_b];
+    let stats = r.sync().await.unwrap_err();
+    assert_eq!(stats.written, 0, "no rule changed");
+    assert_eq!(*r.ct.deleted.lock().unwrap(), vec![ghost]);
+
+    // b loses its only endpoint: the service stays, its flow goes.
+    r.tracker
+        .update_endpoint_slice(&slice("ns", "b", &P, vec![]))
+        .unwrap();
+    r.sync().await.unwrap_err();
+    assert_eq!(*r.ct.flows.lock().unwrap(), vec![live, other]);
+
+    // A conntrack failure is logged; the rules still land.
+    *r.ct.fail_with.lock().unwrap() = Some(libc::EPERM);
+    r.add("c", "10.96.0.3", &["10.0.3.1"]);
+    let stats = r.sync().await.unwrap_err();
+    assert!(stats.written > 0);
 }
 
 #[tokio::test]
@@ -220,7 +285,7 @@ async fn foreign_rules_survive_sync_partial_flush_mode_and_cleanup() {
     for variant in [Variant::Legacy, Variant::Nft] {
         let mut r = Rig::new(variant);
         let foreign = "*nat\n:DOCKER - [0:0]\n-A DOCKER -j RETURN\n-A PREROUTING -j DOCKER\n-A POSTROUTING -s 172.17.0.0/16 -j MASQUERADE\nCOMMIT\n";
-        use backend_iptables::Iptables;
+        use proxier_netfilter::Iptables;
         r.ipt.restore("nat", foreign, true).await.unwrap();
         r.ipt
             .restore(
@@ -254,9 +319,14 @@ async fn foreign_rules_survive_sync_partial_flush_mode_and_cleanup() {
 
         // Force the flush-mode path (nft at scale) with a zero threshold.
         let cfg = r.proxier.config().clone();
-        let mut p = IptablesProxier::new(cfg, r.ipt.clone(), r.ct.clone())
-            .unwrap()
-            .with_flush_threshold(0);
+        let mut p = IptablesProxier::new(
+            cfg,
+            r.ipt.clone(),
+            r.ct.clone(),
+            Arc::new(FakeSysctl::default()),
+        )
+        .unwrap()
+        .with_flush_threshold(0);
         let (snapshot, changes) = r.tracker.apply();
         p.sync(&SyncRequest {
             snapshot,

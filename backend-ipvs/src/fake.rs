@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use crate::client::{IpvsError, Op, Timeouts};
 use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
 use crate::desired::{VsKey, key_of};
-use crate::kernel::{Ipset, Ipvs, Links, Sysctl};
+use crate::kernel::{Ipset, Ipvs, Links};
 
 /// A virtual server with its real servers by `(address, port)`.
 pub type VirtualServer = (Service, BTreeMap<(IpAddr, u16), Dest>);
@@ -244,28 +244,6 @@ impl Ipset for FakeIpset {
                 _ => return Err(io::Error::other(format!("bad line {line:?}"))),
             }
         }
-        Ok(())
-    }
-}
-
-/// Fake sysctls.
-#[derive(Debug, Clone, Default)]
-pub struct FakeSysctl(pub Arc<Mutex<BTreeMap<String, String>>>);
-
-impl Sysctl for FakeSysctl {
-    fn get(&self, key: &str) -> io::Result<String> {
-        self.0
-            .lock()
-            .expect("lock")
-            .get(key)
-            .cloned()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, key.to_string()))
-    }
-    fn set(&self, key: &str, value: &str) -> io::Result<()> {
-        self.0
-            .lock()
-            .expect("lock")
-            .insert(key.into(), value.into());
         Ok(())
     }
 }

@@ -6,9 +6,10 @@
 //! | [`Ipvs`] | [`IpvsClient`] (generic netlink) | `ipvsadm -Ln` |
 //! | [`Links`] | [`Rtnl`] (rtnetlink) | `ip addr show kube-ipvs0` |
 //! | [`Ipset`] | [`IpsetCmd`] (`ipset restore` / `ipset save`) | `ipset list` |
-//! | [`Sysctl`] | [`ProcSys`] (`/proc/sys`) | `sysctl net.ipv4.vs` |
+//!
+//! Kernel parameters go through `proxier_netfilter::Sysctl`, the node's
+//! addresses through `proxier_netfilter::node_addresses`.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::net::IpAddr;
@@ -17,7 +18,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::LinkAttribute;
 use rtnetlink::{Handle, LinkDummy};
 
 use crate::client::{IpvsClient, IpvsError, Op, Timeouts};
@@ -152,20 +152,6 @@ impl Rtnl {
         }
         Ok(out)
     }
-
-    async fn names(&self) -> io::Result<BTreeMap<u32, String>> {
-        let mut out = BTreeMap::new();
-        let mut s = self.handle.link().get().execute();
-        while let Some(l) = s.try_next().await.map_err(nl)? {
-            if let Some(n) = l.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            }) {
-                out.insert(l.header.index, n);
-            }
-        }
-        Ok(out)
-    }
 }
 
 #[async_trait]
@@ -239,17 +225,7 @@ impl Links for Rtnl {
     }
 
     async fn node_addresses(&self, except: &str) -> io::Result<Vec<IpAddr>> {
-        let names = self.names().await?;
-        let mut out: Vec<IpAddr> = self
-            .all_addresses()
-            .await?
-            .into_iter()
-            .filter(|(i, _, _)| names.get(i).map(String::as_str) != Some(except))
-            .map(|(_, ip, _)| ip)
-            .collect();
-        out.sort();
-        out.dedup();
-        Ok(out)
+        proxier_netfilter::node_addresses(Some(except)).await
     }
 }
 
@@ -311,29 +287,5 @@ impl Ipset for IpsetCmd {
             )));
         }
         Ok(())
-    }
-}
-
-/// Kernel parameters.
-pub trait Sysctl: Send + Sync + fmt::Debug {
-    /// `sysctl -n KEY` (`net/ipv4/vs/conntrack`).
-    fn get(&self, key: &str) -> io::Result<String>;
-    /// `sysctl -w KEY=VALUE`.
-    fn set(&self, key: &str, value: &str) -> io::Result<()>;
-}
-
-/// [`Sysctl`] through `/proc/sys` (of the mount namespace's view, which
-/// follows the network namespace for `net/`).
-#[derive(Debug, Clone, Default)]
-pub struct ProcSys;
-
-impl Sysctl for ProcSys {
-    fn get(&self, key: &str) -> io::Result<String> {
-        Ok(std::fs::read_to_string(format!("/proc/sys/{key}"))?
-            .trim()
-            .to_string())
-    }
-    fn set(&self, key: &str, value: &str) -> io::Result<()> {
-        std::fs::write(format!("/proc/sys/{key}"), value)
     }
 }

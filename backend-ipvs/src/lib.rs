@@ -14,12 +14,12 @@
 //! - [`client`]: [`IpvsClient`], the IPVS family on one netlink socket,
 //!   with batched writes; each call names its `ipvsadm` equivalent.
 //! - [`kernel`]: the seams ([`kernel::Ipvs`], [`kernel::Links`],
-//!   [`kernel::Ipset`], [`kernel::Sysctl`]) and the real implementations.
+//!   [`kernel::Ipset`]) and the real implementations.
 //! - [`fake`]: in-memory seams for unit tests.
 //! - [`desired`]: what one service port asks of the kernel (pure).
 //! - [`sets`]: kube-proxy's ipsets and the `ipset restore` diff (pure).
 //! - [`rules`]: the companion iptables rules (pure), written through
-//!   [`backend_iptables::owned`].
+//!   `proxier_netfilter::owned`.
 //! - [`proxier`]: [`IpvsProxier`]: full syncs against one dump of the
 //!   kernel, partial syncs of the changed services only, graceful
 //!   termination, restart adoption, `cleanup`.
@@ -46,8 +46,8 @@
 //!   the build to the host's libipset, and is `unsafe` underneath; the
 //!   tool costs one process per sync and is what `ipset save` output is
 //!   compared against anyway.
-//! - iptables and conntrack come from `backend-iptables` (its restore
-//!   code, its `conntrack` seam), not a copy.
+//! - iptables, conntrack (over netlink), sysctls and the node's addresses
+//!   come from `proxier-netfilter`, which every netfilter backend shares.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -22,18 +22,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backend_iptables::owned::{self, TableRules};
-use backend_iptables::{Conntrack, ConntrackCmd, Iptables, IptablesCmd};
 use ipnet::IpNet;
 use proxier_core::{
     IpFamily, Proxier, ProxierError, ServicePortName, Snapshot, SyncRequest, SyncStats,
+};
+use proxier_netfilter::owned::{self, TableRules};
+use proxier_netfilter::{
+    Conntrack, ConntrackNetlink, Iptables, IptablesCmd, Masquerade, ProcSys, StaleFlows, Sysctl,
+    clean_stale,
 };
 use tracing::{debug, info, warn};
 
 use crate::client::{IpvsClient, IpvsError, Op, Timeouts};
 use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
 use crate::desired::{Contribution, Settings, VsKey, contribution, key_of};
-use crate::kernel::{Ipset, IpsetCmd, Ipvs, Links, ProcSys, Rtnl, Sysctl};
+use crate::kernel::{Ipset, IpsetCmd, Ipvs, Links, Rtnl};
 use crate::rules;
 use crate::sets::{self, Entries, Set};
 
@@ -64,8 +67,8 @@ pub struct Config {
     /// `--ipvs-udp-timeout` (0: leave the kernel's).
     pub timeouts: Timeouts,
     /// The masquerade mark, `--masquerade-all` and the local-traffic
-    /// detector, shared with the iptables backend.
-    pub rules: backend_iptables::Config,
+    /// detector (the same settings the iptables backend takes).
+    pub rules: Masquerade,
     /// How long a removed TCP real server may keep draining at weight 0.
     pub graceful_termination_cap: Duration,
     /// The dummy interface (`kube-ipvs0`).
@@ -84,10 +87,7 @@ impl Config {
             node_port_range: 30000..=32767,
             exclude_cidrs: Vec::new(),
             timeouts: Timeouts::default(),
-            rules: backend_iptables::Config {
-                family,
-                ..Default::default()
-            },
+            rules: Masquerade::new(family),
             graceful_termination_cap: Duration::from_secs(15 * 60),
             dummy: DUMMY.into(),
         }
@@ -112,6 +112,12 @@ impl Config {
             return Err("rules.family differs from family".into());
         }
         self.rules.validate().map_err(|e| e.to_string())?;
+        proxier_netfilter::check_family(
+            "node_port_addresses",
+            self.family,
+            &self.node_port_addresses,
+        )
+        .map_err(|e| e.to_string())?;
         for ip in &self.node_ips {
             if !self.family.matches(ip) {
                 return Err(format!("node address {ip} is not {}", self.family.as_str()));
@@ -155,12 +161,13 @@ impl Kernel {
     pub fn real_with(iptables: IptablesCmd) -> Result<Kernel, ProxierError> {
         let ipvs = IpvsClient::connect().map_err(|e| perr("IPVS", e))?;
         let links = Rtnl::new().map_err(|e| perr("rtnetlink", e))?;
+        let conntrack = ConntrackNetlink::new().map_err(|e| perr("conntrack", e))?;
         Ok(Kernel {
             ipvs: Box::new(ipvs),
             links: Arc::new(links),
             ipset: Arc::new(IpsetCmd),
             iptables: Arc::new(iptables),
-            conntrack: Arc::new(ConntrackCmd),
+            conntrack: Arc::new(conntrack),
             sysctl: Arc::new(ProcSys),
         })
     }
@@ -284,13 +291,7 @@ impl IpvsProxier {
 
     fn set_sysctls(&self) -> Result<(), ProxierError> {
         let sys = &self.k.sysctl;
-        let must = |key: &str, v: &str| {
-            if sys.get(key).ok().as_deref() != Some(v) {
-                sys.set(key, v)
-                    .map_err(|e| perr(&format!("sysctl {key}={v}"), e))?;
-            }
-            Ok::<(), ProxierError>(())
-        };
+        let must = |key: &str, v: &str| sys.ensure(key, v).map_err(|e| perr("sysctl", e));
         must("net/ipv4/vs/conntrack", "1")?;
         must("net/ipv4/vs/expire_nodest_conn", "1")?;
         must("net/ipv4/vs/expire_quiescent_template", "1")?;
@@ -629,11 +630,26 @@ impl IpvsProxier {
         self.report.address_changes += add.len() + del.len();
     }
 
+    /// Deletes the stale UDP and SCTP flows: the change set's targeted
+    /// deletes and the reconciler (node ports on the node's addresses), in
+    /// one dump. A failure is logged and does not fail the sync.
     async fn clear_conntrack(&self, req: &SyncRequest) {
-        for f in backend_iptables::proxier::stale_conntrack(req) {
-            if let Err(e) = self.k.conntrack.delete(self.cfg.family, &f).await {
-                warn!(filter = ?f, error = %e, "conntrack cleanup");
+        let node_ips = self
+            .settings
+            .as_ref()
+            .map(|s| s.node_ips.clone())
+            .unwrap_or_default();
+        let stale = StaleFlows::from_changes(req).reconcile(&req.snapshot, &node_ips);
+        match clean_stale(&*self.k.conntrack, &stale).await {
+            Ok(r) if r.deleted > 0 => {
+                debug!(
+                    deleted = r.deleted,
+                    seen = r.seen,
+                    "stale conntrack flows deleted"
+                )
             }
+            Ok(_) => {}
+            Err(e) => warn!(error = %proxier_core::ErrorChain(&e), "conntrack cleanup failed"),
         }
     }
 

@@ -1,36 +1,42 @@
 //! The iptables rules beside IPVS (kube-proxy's `writeIptablesRules`):
 //! masquerade, node ports, source-range firewall, hairpin and the VIP
 //! access filter, all driven by the ipsets. Pure: the proxier writes the
-//! result through [`backend_iptables::owned`], the iptables backend's own
-//! restore code.
+//! result through `proxier_netfilter::owned`, the restore code every
+//! netfilter backend shares.
 //!
 //! Check by hand with `iptables-save -t nat | grep KUBE-`.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
-use backend_iptables::owned::{Jump, Position, TableRules};
 use proxier_core::IpFamily;
+use proxier_netfilter::Masquerade;
+use proxier_netfilter::chains::{
+    KUBE_FORWARD, KUBE_IPVS_FILTER, KUBE_IPVS_OUT_FILTER, KUBE_LOAD_BALANCER, KUBE_MARK_MASQ,
+    KUBE_NODE_PORT, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
+    KUBE_SOURCE_RANGES_FIREWALL,
+};
+use proxier_netfilter::owned::{Jump, Position, TableRules};
 
 use crate::sets::Set;
 
 /// Chains this backend owns, per table.
 pub const NAT_CHAINS: [&str; 5] = [
-    "KUBE-SERVICES",
-    "KUBE-POSTROUTING",
-    "KUBE-NODE-PORT",
-    "KUBE-LOAD-BALANCER",
-    "KUBE-MARK-MASQ",
+    KUBE_SERVICES,
+    KUBE_POSTROUTING,
+    KUBE_NODE_PORT,
+    KUBE_LOAD_BALANCER,
+    KUBE_MARK_MASQ,
 ];
 
 /// Filter chains this backend owns.
 pub const FILTER_CHAINS: [&str; 6] = [
-    "KUBE-FORWARD",
-    "KUBE-NODE-PORT",
-    "KUBE-PROXY-FIREWALL",
-    "KUBE-SOURCE-RANGES-FIREWALL",
-    "KUBE-IPVS-FILTER",
-    "KUBE-IPVS-OUT-FILTER",
+    KUBE_FORWARD,
+    KUBE_NODE_PORT,
+    KUBE_PROXY_FIREWALL,
+    KUBE_SOURCE_RANGES_FIREWALL,
+    KUBE_IPVS_FILTER,
+    KUBE_IPVS_OUT_FILTER,
 ];
 
 /// Whether `chain` in `table` is ours.
@@ -47,7 +53,7 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     (
         Set::LoopBack,
         "nat",
-        "KUBE-POSTROUTING",
+        KUBE_POSTROUTING,
         "MASQUERADE",
         "dst,dst,src",
         "",
@@ -55,15 +61,15 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     (
         Set::LoadBalancer,
         "nat",
-        "KUBE-SERVICES",
-        "KUBE-LOAD-BALANCER",
+        KUBE_SERVICES,
+        KUBE_LOAD_BALANCER,
         "dst,dst",
         "",
     ),
     (
         Set::LoadBalancerLocal,
         "nat",
-        "KUBE-LOAD-BALANCER",
+        KUBE_LOAD_BALANCER,
         "RETURN",
         "dst,dst",
         "",
@@ -71,7 +77,7 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     (
         Set::NodePortLocalTcp,
         "nat",
-        "KUBE-NODE-PORT",
+        KUBE_NODE_PORT,
         "RETURN",
         "dst",
         "tcp",
@@ -79,15 +85,15 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     (
         Set::NodePortTcp,
         "nat",
-        "KUBE-NODE-PORT",
-        "KUBE-MARK-MASQ",
+        KUBE_NODE_PORT,
+        KUBE_MARK_MASQ,
         "dst",
         "tcp",
     ),
     (
         Set::NodePortLocalUdp,
         "nat",
-        "KUBE-NODE-PORT",
+        KUBE_NODE_PORT,
         "RETURN",
         "dst",
         "udp",
@@ -95,15 +101,15 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     (
         Set::NodePortUdp,
         "nat",
-        "KUBE-NODE-PORT",
-        "KUBE-MARK-MASQ",
+        KUBE_NODE_PORT,
+        KUBE_MARK_MASQ,
         "dst",
         "udp",
     ),
     (
         Set::NodePortLocalSctp,
         "nat",
-        "KUBE-NODE-PORT",
+        KUBE_NODE_PORT,
         "RETURN",
         "dst,dst",
         "sctp",
@@ -111,23 +117,23 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     (
         Set::NodePortSctp,
         "nat",
-        "KUBE-NODE-PORT",
-        "KUBE-MARK-MASQ",
+        KUBE_NODE_PORT,
+        KUBE_MARK_MASQ,
         "dst,dst",
         "sctp",
     ),
     (
         Set::LoadBalancerFw,
         "filter",
-        "KUBE-PROXY-FIREWALL",
-        "KUBE-SOURCE-RANGES-FIREWALL",
+        KUBE_PROXY_FIREWALL,
+        KUBE_SOURCE_RANGES_FIREWALL,
         "dst,dst",
         "",
     ),
     (
         Set::LoadBalancerSourceCidr,
         "filter",
-        "KUBE-SOURCE-RANGES-FIREWALL",
+        KUBE_SOURCE_RANGES_FIREWALL,
         "RETURN",
         "dst,dst,src",
         "",
@@ -135,7 +141,7 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     (
         Set::LoadBalancerSourceIp,
         "filter",
-        "KUBE-SOURCE-RANGES-FIREWALL",
+        KUBE_SOURCE_RANGES_FIREWALL,
         "RETURN",
         "dst,dst,src",
         "",
@@ -145,7 +151,7 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
 /// The nat and filter rules for the sets in `non_empty`, plus the
 /// per-LB `KUBE-IPVS-OUT-FILTER` rules.
 pub fn render(
-    cfg: &backend_iptables::Config,
+    cfg: &Masquerade,
     non_empty: &BTreeSet<Set>,
     out_filter: &[&str],
 ) -> (TableRules, TableRules) {
@@ -163,7 +169,7 @@ pub fn render(
         IpFamily::V4 => "127.0.0.0/8",
         IpFamily::V6 => "::1/128",
     };
-    let i = body(&mut nat, "KUBE-SERVICES");
+    let i = body(&mut nat, KUBE_SERVICES);
     let _ = writeln!(nat[i].1, "-A KUBE-SERVICES -s {lo} -j RETURN");
     for (set, table, from, to, m, p) in SET_RULES {
         if !non_empty.contains(&set) {
@@ -187,7 +193,7 @@ pub fn render(
             name(set)
         );
     }
-    let svc = body(&mut nat, "KUBE-SERVICES");
+    let svc = body(&mut nat, KUBE_SERVICES);
     let set_match = |s: Set| {
         format!(
             "-A KUBE-SERVICES -m comment --comment \"{}\" -m set --match-set {}",
@@ -199,7 +205,7 @@ pub fn render(
         let head = set_match(Set::ClusterIp);
         let line = if cfg.masquerade_all {
             format!("{head} dst,dst -j KUBE-MARK-MASQ")
-        } else if cfg.local_detector != backend_iptables::LocalDetector::None {
+        } else if cfg.local_detector.is_implemented() {
             let mut not_local = String::new();
             cfg.local_match(&mut not_local, true);
             format!("{head} dst,dst{not_local} -j KUBE-MARK-MASQ")
@@ -228,15 +234,15 @@ pub fn render(
         nat[svc].1,
         "-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT"
     );
-    let lb = body(&mut nat, "KUBE-LOAD-BALANCER");
+    let lb = body(&mut nat, KUBE_LOAD_BALANCER);
     nat[lb]
         .1
         .push_str("-A KUBE-LOAD-BALANCER -j KUBE-MARK-MASQ\n");
-    let srf = body(&mut filter, "KUBE-SOURCE-RANGES-FIREWALL");
+    let srf = body(&mut filter, KUBE_SOURCE_RANGES_FIREWALL);
     filter[srf]
         .1
         .push_str("-A KUBE-SOURCE-RANGES-FIREWALL -j DROP\n");
-    let of = body(&mut filter, "KUBE-IPVS-OUT-FILTER");
+    let of = body(&mut filter, KUBE_IPVS_OUT_FILTER);
     for r in out_filter {
         let _ = writeln!(filter[of].1, "{r}");
     }
@@ -250,16 +256,16 @@ pub fn render(
             );
         }
     }
-    let fwd = body(&mut filter, "KUBE-FORWARD");
+    let fwd = body(&mut filter, KUBE_FORWARD);
     filter[fwd].1 = cfg.forward_rules();
-    let np = body(&mut filter, "KUBE-NODE-PORT");
+    let np = body(&mut filter, KUBE_NODE_PORT);
     let _ = writeln!(
         filter[np].1,
         "-A KUBE-NODE-PORT -m comment --comment \"{}\" -m set --match-set {} dst -j ACCEPT",
         Set::HealthCheckNodePort.comment(),
         name(Set::HealthCheckNodePort)
     );
-    let vf = body(&mut filter, "KUBE-IPVS-FILTER");
+    let vf = body(&mut filter, KUBE_IPVS_FILTER);
     for (s, m) in [
         (Set::LoadBalancer, "dst,dst"),
         (Set::ClusterIp, "dst,dst"),
@@ -278,9 +284,9 @@ pub fn render(
         "-A KUBE-IPVS-FILTER -m conntrack --ctstate NEW -m set --match-set {} dst -j REJECT",
         name(Set::IpvsIps)
     );
-    let pr = body(&mut nat, "KUBE-POSTROUTING");
+    let pr = body(&mut nat, KUBE_POSTROUTING);
     nat[pr].1.push_str(&cfg.postrouting_rules());
-    let mm = body(&mut nat, "KUBE-MARK-MASQ");
+    let mm = body(&mut nat, KUBE_MARK_MASQ);
     nat[mm].1 = cfg.mark_masq_rules();
 
     let jump = |from: &'static str, comment: &str, to: &str| Jump {
@@ -291,12 +297,12 @@ pub fn render(
     let nat_rules = TableRules {
         chains: nat.into_iter().map(|(c, b)| (c.to_string(), b)).collect(),
         jumps: vec![
-            jump("OUTPUT", "kubernetes service portals", "KUBE-SERVICES"),
-            jump("PREROUTING", "kubernetes service portals", "KUBE-SERVICES"),
+            jump("OUTPUT", "kubernetes service portals", KUBE_SERVICES),
+            jump("PREROUTING", "kubernetes service portals", KUBE_SERVICES),
             jump(
                 "POSTROUTING",
                 "kubernetes postrouting rules",
-                "KUBE-POSTROUTING",
+                KUBE_POSTROUTING,
             ),
         ],
     };
@@ -306,19 +312,15 @@ pub fn render(
             .map(|(c, b)| (c.to_string(), b))
             .collect(),
         jumps: vec![
-            jump("FORWARD", "kubernetes forwarding rules", "KUBE-FORWARD"),
-            jump("INPUT", "kubernetes health check rules", "KUBE-NODE-PORT"),
-            jump("INPUT", "kube-proxy firewall rules", "KUBE-PROXY-FIREWALL"),
-            jump(
-                "FORWARD",
-                "kube-proxy firewall rules",
-                "KUBE-PROXY-FIREWALL",
-            ),
-            jump("INPUT", "kubernetes ipvs access filter", "KUBE-IPVS-FILTER"),
+            jump("FORWARD", "kubernetes forwarding rules", KUBE_FORWARD),
+            jump("INPUT", "kubernetes health check rules", KUBE_NODE_PORT),
+            jump("INPUT", "kube-proxy firewall rules", KUBE_PROXY_FIREWALL),
+            jump("FORWARD", "kube-proxy firewall rules", KUBE_PROXY_FIREWALL),
+            jump("INPUT", "kubernetes ipvs access filter", KUBE_IPVS_FILTER),
             jump(
                 "OUTPUT",
                 "kubernetes ipvs access filter",
-                "KUBE-IPVS-OUT-FILTER",
+                KUBE_IPVS_OUT_FILTER,
             ),
         ],
     };
@@ -335,7 +337,7 @@ mod tests {
     /// the accept.
     #[test]
     fn node_port_udp_rules_match_kube_proxy() {
-        let cfg = backend_iptables::Config::default();
+        let cfg = Masquerade::default();
         let sets = BTreeSet::from([Set::ClusterIp, Set::NodePortUdp, Set::IpvsIps]);
         let (nat, filter) = render(&cfg, &sets, &[]);
         let chain = |t: &TableRules, c: &str| -> Vec<String> {
@@ -346,13 +348,13 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(
-            chain(&nat, "KUBE-NODE-PORT"),
+            chain(&nat, KUBE_NODE_PORT),
             vec![
                 "-A KUBE-NODE-PORT -p udp -m comment --comment \"Kubernetes nodeport UDP port for masquerade purpose\" -m set --match-set KUBE-NODE-PORT-UDP dst -j KUBE-MARK-MASQ"
             ]
         );
         assert_eq!(
-            chain(&nat, "KUBE-SERVICES"),
+            chain(&nat, KUBE_SERVICES),
             vec![
                 "-A KUBE-SERVICES -s 127.0.0.0/8 -j RETURN",
                 "-A KUBE-SERVICES -m comment --comment \"Kubernetes service cluster ip + port for masquerade purpose\" -m set --match-set KUBE-CLUSTER-IP src,dst -j KUBE-MARK-MASQ",
@@ -361,19 +363,19 @@ mod tests {
             ]
         );
         assert_eq!(
-            chain(&filter, "KUBE-NODE-PORT"),
+            chain(&filter, KUBE_NODE_PORT),
             vec![
                 "-A KUBE-NODE-PORT -m comment --comment \"Kubernetes health check node port\" -m set --match-set KUBE-HEALTH-CHECK-NODE-PORT dst -j ACCEPT"
             ]
         );
         assert!(
-            chain(&filter, "KUBE-IPVS-FILTER")
+            chain(&filter, KUBE_IPVS_FILTER)
                 .last()
                 .unwrap()
                 .ends_with("--ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT")
         );
         assert_eq!(nat.jumps.len(), 3);
         assert_eq!(filter.jumps.len(), 6);
-        assert!(owns("nat", "KUBE-NODE-PORT") && !owns("nat", "KUBE-SVC-X"));
+        assert!(owns("nat", KUBE_NODE_PORT) && !owns("nat", "KUBE-SVC-X"));
     }
 }

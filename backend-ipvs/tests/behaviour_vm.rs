@@ -5,10 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use backend_iptables::{IptablesCmd, Variant};
 use backend_ipvs::desired::{Settings, contribution};
 use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
 use proxier_core::{IpFamily, Proxier, Snapshot};
+use proxier_netfilter::{IptablesCmd, Variant};
 use proxier_testbed::Topology;
 use proxier_testbed::suite::{Backend, Env};
 
@@ -17,7 +17,8 @@ fn make(env: &Env) -> Box<dyn Proxier> {
     let mut cfg = Config::new(IpFamily::V4);
     cfg.node_ips = env.node_ips.clone();
     cfg.node_port_addresses = env.node_port_addresses.clone();
-    cfg.rules.local_detector = backend_iptables::LocalDetector::ClusterCidr(vec![env.cluster_cidr]);
+    cfg.rules.local_detector =
+        proxier_netfilter::LocalDetector::ClusterCidr(vec![env.cluster_cidr]);
     Box::new(IpvsProxier::new(cfg, kernel).expect("config"))
 }
 

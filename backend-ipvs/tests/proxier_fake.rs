@@ -5,12 +5,12 @@
 
 use std::sync::Arc;
 
-use backend_iptables::Variant;
-use backend_iptables::fake::{FakeConntrack, FakeIptables};
 use backend_ipvs::codec::Dest;
-use backend_ipvs::fake::{FakeIpset, FakeIpvs, FakeLinks, FakeSysctl};
+use backend_ipvs::fake::{FakeIpset, FakeIpvs, FakeLinks};
 use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, ServiceType, SyncRequest};
+use proxier_netfilter::Variant;
+use proxier_netfilter::fake::{FakeConntrack, FakeIptables, FakeSysctl};
 use proxier_testbed::objects::{ep, service, slice};
 
 const TCP: Protocol = Protocol::Tcp;
@@ -275,19 +275,17 @@ async fn partial_syncs_move_addresses_and_entries() {
 async fn sysctls_strict_arp_and_timeouts() {
     for strict in [false, true] {
         let ipvs = FakeIpvs::default();
-        let sysctl = FakeSysctl::default();
-        sysctl
-            .0
-            .lock()
-            .unwrap()
-            .insert("kernel/osrelease".into(), "5.4.0-100-generic".into());
+        let sysctl = Arc::new(FakeSysctl::with(&[(
+            "kernel/osrelease",
+            "5.4.0-100-generic",
+        )]));
         let kernel = Kernel {
             ipvs: Box::new(ipvs.clone()),
             links: Arc::new(FakeLinks::default()),
             ipset: Arc::new(FakeIpset::default()),
             iptables: Arc::new(FakeIptables::new(Variant::Nft)),
             conntrack: Arc::new(FakeConntrack::default()),
-            sysctl: Arc::new(sysctl.clone()),
+            sysctl: sysctl.clone(),
         };
         let mut cfg = Config::new(IpFamily::V4);
         cfg.node_ips = vec!["192.168.0.1".parse().unwrap()];
@@ -307,7 +305,7 @@ async fn sysctls_strict_arp_and_timeouts() {
             full: true,
         };
         p.sync(&req).await.unwrap();
-        let s = sysctl.0.lock().unwrap().clone();
+        let s = sysctl.values.lock().unwrap().clone();
         for (k, v) in [
             ("net/ipv4/vs/conntrack", "1"),
             ("net/ipv4/vs/expire_nodest_conn", "1"),

@@ -8,12 +8,12 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use backend_iptables::{IptablesCmd, Variant};
 use backend_ipvs::{Config, IpvsProxier, Kernel, SyncReport};
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, Protocol, Proxier, ProxierError, Service, ServiceType,
     SyncRequest, SyncStats,
 };
+use proxier_netfilter::{IptablesCmd, Variant};
 use proxier_testbed::objects::{ep, service, slice};
 use proxier_testbed::topology::{NODE_IP, NODE_IP2};
 use proxier_testbed::traffic::tcp_line;

@@ -10,7 +10,7 @@
 //! - [`proxy`]: the data path of one service port (TCP accept loop, UDP
 //!   flow table with idle timeout and a bound).
 //! - [`portal`]: the iptables rules that redirect service traffic to the
-//!   proxy ports, written through `backend_iptables::owned`.
+//!   proxy ports, written through `proxier_netfilter::owned`.
 //! - [`proxier`]: [`UserspaceProxier`], in [`Mode::Portal`] (like the
 //!   original) or [`Mode::Direct`] (bind the service addresses, no
 //!   iptables at all).
@@ -42,8 +42,9 @@
 //! once), `socket2` (`SO_REUSEADDR`, `IP_FREEBIND`, backlog), `nix` for
 //! the calls std and tokio lack, with safe wrappers: `splice(2)`,
 //! `IP_PKTINFO` on `recvmsg`/`sendmsg` (replies leave from the address
-//! the client used), `SO_ORIGINAL_DST`, `setrlimit`. `backend-iptables`
-//! for the portal rules, so there is one restore code path.
+//! the client used), `SO_ORIGINAL_DST`, `setrlimit`. `proxier-netfilter`
+//! for the portal rules and conntrack, so there is one restore code path
+//! and no backend stands on another.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,7 +1,7 @@
 //! Portal rules: the iptables rules that send service traffic to the
 //! proxy's own ports (kube-proxy's userspace `iptables` portals, §6.5 of
 //! the reference), rendered here and written through
-//! [`backend_iptables::owned`]. Check by hand with
+//! `proxier_netfilter::owned`. Check by hand with
 //! `iptables-save -t nat | grep -e PORTALS -e NODEPORT`.
 //!
 //! | chain | table, hooked from | what |
@@ -28,23 +28,16 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
-use backend_iptables::owned::{Jump, Position, TableRules};
-use backend_iptables::render::safe_label;
 use ipnet::IpNet;
 use proxier_core::{Protocol, ServicePort};
+use proxier_netfilter::owned::{Jump, Position, TableRules};
+use proxier_netfilter::safe_service_port_name;
 
-/// nat: cluster, external and LB IPs (from `PREROUTING`).
-pub const PORTALS_CONTAINER: &str = "KUBE-PORTALS-CONTAINER";
-/// nat: the same from the node (`OUTPUT`).
-pub const PORTALS_HOST: &str = "KUBE-PORTALS-HOST";
-/// nat: node ports (from `PREROUTING`).
-pub const NODEPORT_CONTAINER: &str = "KUBE-NODEPORT-CONTAINER";
-/// nat: node ports from the node (`OUTPUT`).
-pub const NODEPORT_HOST: &str = "KUBE-NODEPORT-HOST";
-/// filter: accept redirected traffic to proxy ports (`INPUT`).
-pub const NODEPORT_NON_LOCAL: &str = "KUBE-NODEPORT-NON-LOCAL";
-/// filter: refusals and source-range drops.
-pub const PORTALS_FILTER: &str = "KUBE-PORTALS-FILTER";
+pub use proxier_netfilter::chains::{
+    KUBE_NODEPORT_CONTAINER as NODEPORT_CONTAINER, KUBE_NODEPORT_HOST as NODEPORT_HOST,
+    KUBE_NODEPORT_NON_LOCAL as NODEPORT_NON_LOCAL, KUBE_PORTALS_CONTAINER as PORTALS_CONTAINER,
+    KUBE_PORTALS_FILTER as PORTALS_FILTER, KUBE_PORTALS_HOST as PORTALS_HOST,
+};
 
 /// Whether a chain is one of the portal chains (what cleanup removes).
 pub fn is_portal_chain(c: &str) -> bool {
@@ -88,10 +81,7 @@ pub fn render(
     let mut errors = Vec::new();
     for p in ports {
         let n = &p.svc.name;
-        let safe = safe_label(&n.service.namespace)
-            && safe_label(&n.service.name)
-            && (n.port.is_empty() || safe_label(&n.port));
-        if !safe {
+        if !safe_service_port_name(n) {
             errors.push(UnsafeName {
                 service: n.to_string(),
             });
@@ -353,7 +343,7 @@ mod tests {
         assert!(
             nat.jumps
                 .iter()
-                .all(|j| is_portal_chain(backend_iptables::owned::target(&j.rule).unwrap()))
+                .all(|j| is_portal_chain(proxier_netfilter::owned::target(&j.rule).unwrap()))
         );
     }
 

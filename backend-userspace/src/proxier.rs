@@ -10,12 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use backend_iptables::owned::{self, TableRules};
-use backend_iptables::{Conntrack, ConntrackFilter, Iptables};
 use ipnet::IpNet;
 use proxier_core::{
     IpFamily, Protocol, Proxier, ProxierError, ServicePort, ServicePortName, SyncRequest, SyncStats,
 };
+use proxier_netfilter::owned::{self, TableRules};
+use proxier_netfilter::{Conntrack, ConntrackFilter, Iptables, StaleFlows, clean_stale};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -43,7 +43,9 @@ pub struct Portal {
     /// iptables of the proxier's family (`IptablesCmd`).
     pub iptables: Arc<dyn Iptables>,
     /// conntrack, to forget UDP flows of deleted services
-    /// (`conntrack -D -p udp --orig-dst IP`).
+    /// (`conntrack -D -p udp --orig-dst IP`, over netlink). The reconciler
+    /// is not used: a portal's flows are redirected to the proxy, not to
+    /// endpoints.
     pub conntrack: Arc<dyn Conntrack>,
     /// `--nodeport-addresses`: node ports only on these ranges (empty:
     /// every local address).
@@ -432,14 +434,18 @@ impl Proxier for UserspaceProxier {
         }
         let rules = self.write_portals(req.full).await?;
         if let Mode::Portal(p) = &self.cfg.mode {
-            for ip in &req.changes.deleted_udp_cluster_ips {
-                let f = ConntrackFilter {
-                    orig_dst: Some(*ip),
-                    ..ConntrackFilter::default()
-                };
-                if let Err(e) = p.conntrack.delete(self.cfg.family, &f).await {
-                    warn!(ip = %ip, error = %e, "conntrack cleanup");
-                }
+            let stale = StaleFlows::filters(
+                self.cfg.family,
+                req.changes
+                    .deleted_udp_cluster_ips
+                    .iter()
+                    .map(|ip| ConntrackFilter {
+                        orig_dst: Some(*ip),
+                        ..ConntrackFilter::default()
+                    }),
+            );
+            if let Err(e) = clean_stale(&*p.conntrack, &stale).await {
+                warn!(error = %proxier_core::ErrorChain(&e), "conntrack cleanup failed");
             }
         }
         if !errors.is_empty() {

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend_iptables::{ConntrackCmd, IptablesCmd, Variant};
 use backend_userspace::{Config, DataPath, Mode, Portal, UserspaceProxier};
 use proxier_core::{IpFamily, Protocol, Proxier};
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, Variant};
 use proxier_testbed::objects::{ep, service, slice};
 use proxier_testbed::suite::{Backend, Ctx, Env, Feature};
 use proxier_testbed::traffic::tcp_line;
@@ -17,7 +17,7 @@ fn make(env: &Env) -> Box<dyn Proxier> {
         family: IpFamily::V4,
         mode: Mode::Portal(Portal {
             iptables: Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft)),
-            conntrack: Arc::new(ConntrackCmd),
+            conntrack: Arc::new(ConntrackNetlink::new().unwrap()),
             node_port_addresses: env.node_port_addresses.clone(),
         }),
         data: DataPath::default(),

@@ -14,12 +14,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backend_iptables::render::Ruleset;
-use backend_iptables::{
-    Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
-};
+use backend_iptables::{Config, IptablesProxier};
 use benches::{endpoint_moved, filled, service_added, sizes, slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, SyncRequest, SyncStats};
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, Variant};
 use proxier_testbed::{Netns, NsRuntime};
 
 const EPS: usize = 10;
@@ -57,7 +56,8 @@ impl Kernel {
         let p = IptablesProxier::new(
             config(),
             Arc::new(IptablesCmd::new(IpFamily::V4, variant)),
-            Arc::new(ConntrackCmd),
+            Arc::new(ConntrackNetlink::new().unwrap()),
+            Arc::new(proxier_netfilter::ProcSys),
         )
         .expect("config");
         Kernel {

@@ -18,12 +18,12 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backend_iptables::{IptablesCmd, LocalDetector, Variant};
 use backend_ipvs::codec::{Dest, Service};
 use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op, SyncReport};
 use benches::{endpoint_moved, filled, service_added, sizes};
 use criterion::{Criterion, SamplingMode};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, Snapshot, SyncRequest};
+use proxier_netfilter::{IptablesCmd, LocalDetector, Variant};
 use proxier_testbed::{Netns, NsRuntime, vm};
 
 const EPS: usize = 10;

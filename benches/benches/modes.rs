@@ -24,7 +24,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use backend_iptables::{ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant};
+use backend_iptables::IptablesProxier;
 use backend_userspace::{DataPath, Mode, Portal, UserspaceProxier};
 use benches::wire::{Bulk, CHUNK, echo_once, serve_forever};
 use benches::{endpoint_moved, service, service_added, slice};
@@ -33,6 +33,7 @@ use proxier_core::{
     ChangeSet, ChangeTracker, IpFamily, PortSpec, Protocol, Proxier, Service, ServiceType,
     SliceEndpoint, SlicePort, SyncRequest, SyncStats,
 };
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, Variant};
 use proxier_testbed::topology::{CLUSTER_CIDR, NODE_IP, NODE_IP2};
 use proxier_testbed::{Plan, Topology, Where, vm};
 
@@ -68,7 +69,8 @@ fn make(mode: &str) -> Box<dyn Proxier> {
                     ..Default::default()
                 },
                 nft(),
-                Arc::new(ConntrackCmd),
+                Arc::new(ConntrackNetlink::new().unwrap()),
+                Arc::new(proxier_netfilter::ProcSys),
             )
             .expect("config"),
         ),
@@ -78,7 +80,7 @@ fn make(mode: &str) -> Box<dyn Proxier> {
                 family: IpFamily::V4,
                 mode: Mode::Portal(Portal {
                     iptables: nft(),
-                    conntrack: Arc::new(ConntrackCmd),
+                    conntrack: Arc::new(ConntrackNetlink::new().unwrap()),
                     node_port_addresses: Vec::new(),
                 }),
                 data: DataPath::default(),

@@ -300,8 +300,8 @@ impl LocalDetect {
     pub fn detector(
         &self,
         cluster_cidr: &[IpNet],
-    ) -> Result<backend_iptables::LocalDetector, String> {
-        use backend_iptables::LocalDetector;
+    ) -> Result<proxier_netfilter::LocalDetector, String> {
+        use proxier_netfilter::LocalDetector;
         match self.detect_local_mode.as_deref() {
             None | Some("ClusterCIDR") if !cluster_cidr.is_empty() => {
                 Ok(LocalDetector::ClusterCidr(cluster_cidr.to_vec()))

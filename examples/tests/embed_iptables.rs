@@ -12,16 +12,22 @@ fn embed_iptables_backend() {
     let manifests = format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"));
     let synced = rt.block_on(async move {
         // --- the example ---
-        use backend_iptables::{Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector};
+        use backend_iptables::{Config, IptablesProxier};
         use proxier_core::{ChangeTracker, IpFamily, ManifestSource, Runner, RunnerConfig};
+        use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, ProcSys};
 
         let cfg = Config {
             local_detector: LocalDetector::ClusterCidr(vec!["10.0.0.0/16".parse().unwrap()]),
             ..Config::default()
         };
         let iptables = IptablesCmd::detect(IpFamily::V4).await.unwrap(); // nft or legacy
-        let backend =
-            IptablesProxier::new(cfg, Arc::new(iptables), Arc::new(ConntrackCmd)).unwrap();
+        let backend = IptablesProxier::new(
+            cfg,
+            Arc::new(iptables),
+            Arc::new(ConntrackNetlink::new().unwrap()),
+            Arc::new(ProcSys),
+        )
+        .unwrap();
         let tracker = ChangeTracker::new(IpFamily::V4, "node-1");
         let (runner, handle) = Runner::new(tracker, Box::new(backend), RunnerConfig::default());
         tokio::spawn(ManifestSource::new(manifests, "node-1").run(handle.clone()));

@@ -15,9 +15,9 @@ fn embed_ipvs_backend() {
         let synced = rt.block_on(async move {
             tokio::time::timeout(std::time::Duration::from_secs(180), async move {
                 // --- the example ---
-                use backend_iptables::LocalDetector;
                 use backend_ipvs::{Config, IpvsProxier, Kernel};
                 use proxier_core::{ChangeTracker, IpFamily, ManifestSource, Runner, RunnerConfig};
+                use proxier_netfilter::LocalDetector;
 
                 let mut cfg = Config::new(IpFamily::V4); // rr, kube-ipvs0, node IPs read from the kernel
                 cfg.scheduler = "wrr".into();

@@ -68,6 +68,24 @@ impl ProxierError {
     }
 }
 
+/// Displays an error with every cause after it, `a: b: c`: what a log
+/// line or an exit message carries, so that the OS or netlink cause is
+/// never dropped on the way.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}
+
 /// A backend: programs the node so that service addresses reach their
 /// endpoints. Object safe: `Box<dyn Proxier>` works.
 #[async_trait]

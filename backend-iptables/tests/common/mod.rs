@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use backend_iptables::{
-    Config, ConntrackCmd, IptablesCmd, IptablesProxier, LocalDetector, Variant,
-};
+use backend_iptables::{Config, IptablesProxier};
 use proxier_core::{IpFamily, Proxier};
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, Variant};
 use proxier_testbed::Topology;
 use proxier_testbed::suite::Env;
 
@@ -22,7 +21,8 @@ pub fn make(env: &Env, variant: Variant) -> IptablesProxier {
     IptablesProxier::new(
         cfg,
         Arc::new(IptablesCmd::new(IpFamily::V4, variant)),
-        Arc::new(ConntrackCmd),
+        Arc::new(ConntrackNetlink::new().unwrap()),
+        Arc::new(proxier_netfilter::ProcSys),
     )
     .expect("config")
 }

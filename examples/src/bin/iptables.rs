@@ -5,10 +5,11 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use backend_iptables::{Config, ConntrackCmd, IptablesCmd, IptablesProxier, Variant};
+use backend_iptables::{Config, IptablesProxier};
 use clap::Parser;
 use examples::cli::{Common, LocalDetect};
 use proxier_core::Proxier;
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, ProcSys, Variant};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -72,8 +73,13 @@ async fn main() -> ExitCode {
                 .await
                 .map_err(|e| e.to_string())?,
         };
-        let p = IptablesProxier::new(cfg, Arc::new(cmd), Arc::new(ConntrackCmd))
-            .map_err(|e| e.to_string())?;
+        let p = IptablesProxier::new(
+            cfg,
+            Arc::new(cmd),
+            Arc::new(ConntrackNetlink::new().map_err(|e| e.to_string())?),
+            Arc::new(ProcSys),
+        )
+        .map_err(|e| e.to_string())?;
         Ok(Box::new(p) as Box<dyn Proxier>)
     })
     .await

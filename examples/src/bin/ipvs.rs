@@ -6,12 +6,12 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use backend_iptables::{IptablesCmd, Variant};
 use backend_ipvs::{Config, IpvsProxier, Kernel, Timeouts};
 use clap::Parser;
 use examples::cli::{Common, LocalDetect, parse_duration};
 use ipnet::IpNet;
 use proxier_core::Proxier;
+use proxier_netfilter::{IptablesCmd, Variant};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -82,7 +82,6 @@ async fn main() -> ExitCode {
         };
         cfg.rules.masquerade_bit = s.masquerade_bit;
         cfg.rules.masquerade_all = s.masquerade_all;
-        cfg.rules.node_port_addresses = s.nodeport_addresses.clone();
         cfg.rules.local_detector = cli.local.detector(&s.cluster_cidr)?;
         cfg.validate()?;
         let iptables = match cli.iptables_variant.as_str() {

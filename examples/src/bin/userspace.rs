@@ -8,11 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backend_iptables::{ConntrackCmd, IptablesCmd, Variant};
 use backend_userspace::{Config, DataPath, Direct, Mode, Portal, Relay, UserspaceProxier};
 use clap::Parser;
 use examples::cli::{Common, parse_duration};
 use proxier_core::Proxier;
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, Variant};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -92,7 +92,7 @@ async fn main() -> ExitCode {
             };
             Mode::Portal(Portal {
                 iptables: Arc::new(ipt),
-                conntrack: Arc::new(ConntrackCmd),
+                conntrack: Arc::new(ConntrackNetlink::new().map_err(|e| e.to_string())?),
                 node_port_addresses: s.nodeport_addresses.clone(),
             })
         };

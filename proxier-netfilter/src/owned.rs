@@ -1,13 +1,14 @@
 //! A small set of chains owned by a component, written and removed with
 //! one `iptables-restore --noflush` per table: what the userspace
 //! proxier's portal rules and the IPVS proxier's companion rules use, so
-//! that neither copies the restore code.
+//! that neither copies the restore code, and what the iptables proxier
+//! reads its jump rules with.
 //!
 //! Check by hand with `iptables-save -t nat | grep KUBE-`.
 
 use std::fmt::Write as _;
 
-use crate::exec::{ExecError, Iptables};
+use crate::iptables::{ExecError, Iptables};
 
 /// The built-in chains of a table that jumps are read from.
 pub fn builtin_chains(table: &str) -> &'static [&'static str] {
@@ -207,8 +208,8 @@ pub async fn remove(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exec::Variant;
     use crate::fake::FakeIptables;
+    use crate::iptables::Variant;
 
     fn ours(c: &str) -> bool {
         c.starts_with("TEST-")

@@ -1,13 +1,12 @@
-//! The kernel seam: running `iptables-restore`, listing chains, and
-//! deleting conntrack entries. [`Iptables`] and [`Conntrack`] are narrow
-//! traits; [`IptablesCmd`] and [`ConntrackCmd`] run the real tools, and
-//! [`crate::fake`] holds in-memory fakes for unit tests.
+//! The iptables seam: running `iptables-restore`, listing chains.
+//! [`Iptables`] is a narrow trait; [`IptablesCmd`] runs the real tools
+//! (legacy or nf_tables, `iptables` or `ip6tables`), and `FakeIptables`
+//! (feature `testing`) applies restore input in memory for unit tests.
 //!
-//! Check by hand with `iptables-save -t nat`, `iptables -t nat -S CHAIN`,
-//! `nft list chains ip` and `conntrack -L -p udp`.
+//! Check by hand with `iptables-save -t nat`, `iptables -t nat -S CHAIN`
+//! and `nft list chains ip`.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::process::Stdio;
 
 use async_trait::async_trait;
@@ -406,85 +405,6 @@ impl Iptables for IptablesCmd {
     }
 }
 
-/// One set of conntrack entries to delete (kube-proxy's
-/// `ClearEntriesFor*`), always UDP.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ConntrackFilter {
-    /// `--orig-dst`.
-    pub orig_dst: Option<IpAddr>,
-    /// `--orig-port-dst`.
-    pub orig_port_dst: Option<u16>,
-    /// `--dst-nat` (the endpoint the entry was DNATed to).
-    pub dst_nat: Option<IpAddr>,
-}
-
-impl ConntrackFilter {
-    /// The `conntrack -D` arguments.
-    pub fn args(&self, family: IpFamily) -> Vec<String> {
-        let mut a: Vec<String> = vec!["-D".into(), "-f".into()];
-        a.push(match family {
-            IpFamily::V4 => "ipv4".into(),
-            IpFamily::V6 => "ipv6".into(),
-        });
-        a.extend(["-p".into(), "udp".into()]);
-        if let Some(ip) = self.orig_dst {
-            a.extend(["--orig-dst".into(), ip.to_string()]);
-        }
-        if let Some(p) = self.orig_port_dst {
-            a.extend(["--orig-port-dst".into(), p.to_string()]);
-        }
-        if let Some(ip) = self.dst_nat {
-            a.extend(["--dst-nat".into(), ip.to_string()]);
-        }
-        a
-    }
-}
-
-/// The conntrack seam.
-#[async_trait]
-pub trait Conntrack: Send + Sync + fmt::Debug {
-    /// Deletes the entries matching `filter`; returns how many.
-    async fn delete(&self, family: IpFamily, filter: &ConntrackFilter) -> Result<usize, ExecError>;
-}
-
-/// The `conntrack` tool (conntrack-tools).
-///
-/// Why the tool and not netlink: cleanup runs only when UDP services or
-/// endpoints go away, a handful of calls per sync; `conntrack -D` with a
-/// filter runs the kernel-side filtered delete, and no maintained Rust
-/// crate speaks ctnetlink yet (`netlink-packet-netfilter` has no
-/// conntrack messages).
-#[derive(Debug, Clone, Default)]
-pub struct ConntrackCmd;
-
-#[async_trait]
-impl Conntrack for ConntrackCmd {
-    async fn delete(&self, family: IpFamily, filter: &ConntrackFilter) -> Result<usize, ExecError> {
-        let args = filter.args(family);
-        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (status, out, err) = run("conntrack", &argv, None).await?;
-        // "conntrack v1.4.7 (conntrack-tools): N flow entries have been deleted."
-        let deleted = err
-            .lines()
-            .chain(out.lines())
-            .find_map(|l| {
-                let (_, rest) = l.split_once("): ")?;
-                rest.split_whitespace().next()?.parse::<usize>().ok()
-            })
-            .unwrap_or(0);
-        match status {
-            Some(0) => Ok(deleted),
-            // Exit 1 with nothing deleted is "no such entries", not an error.
-            Some(1) if deleted == 0 && err.contains("0 flow entries") => Ok(0),
-            _ => Err(ExecError {
-                command: format!("conntrack {}", argv.join(" ")),
-                status,
-                detail: err,
-            }),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -512,18 +432,5 @@ mod tests {
         );
         assert!(d.contains("3> -A A -j NOPE"), "{d}");
         assert!(d.contains("2: :A - [0:0]"), "{d}");
-    }
-
-    #[test]
-    fn conntrack_args() {
-        let f = ConntrackFilter {
-            orig_dst: Some("10.96.0.10".parse().unwrap()),
-            orig_port_dst: None,
-            dst_nat: Some("10.0.1.6".parse().unwrap()),
-        };
-        assert_eq!(
-            f.args(IpFamily::V4).join(" "),
-            "-D -f ipv4 -p udp --orig-dst 10.96.0.10 --dst-nat 10.0.1.6"
-        );
     }
 }

@@ -12,7 +12,10 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use proxier_core::IpFamily;
 
-use crate::exec::{Conntrack, ConntrackFilter, ExecError, Iptables, Variant};
+use crate::conntrack::{Conntrack, ConntrackError, Flow};
+use crate::iptables::{ExecError, Iptables, Variant};
+use crate::owned::{builtin_chains as builtins, target};
+use crate::sysctl::{Sysctl, SysctlError};
 
 const BUILTIN_TARGETS: [&str; 9] = [
     "ACCEPT",
@@ -48,29 +51,11 @@ pub struct FakeIptables {
     pub state: Mutex<FakeState>,
 }
 
-fn builtins(table: &str) -> &'static [&'static str] {
-    match table {
-        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
-        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
-        _ => &[],
-    }
-}
-
 fn empty_table(table: &str) -> Table {
     builtins(table)
         .iter()
         .map(|c| (c.to_string(), (Some("ACCEPT".to_string()), Vec::new())))
         .collect()
-}
-
-fn target(rule: &str) -> Option<&str> {
-    let mut w = rule.split_whitespace();
-    while let Some(x) = w.next() {
-        if x == "-j" {
-            return w.next();
-        }
-    }
-    None
 }
 
 impl FakeIptables {
@@ -267,7 +252,7 @@ impl Iptables for FakeIptables {
             }
             Err((line, msg)) => Err(err(
                 1,
-                crate::exec::restore_context(
+                crate::iptables::restore_context(
                     &format!("{msg}\nError occurred at line: {line}\n"),
                     payload,
                 ),
@@ -294,20 +279,107 @@ impl Iptables for FakeIptables {
     }
 }
 
-/// Records conntrack deletions.
+/// An in-memory conntrack table: [`FakeConntrack::flows`] is what a dump
+/// returns, and deletes remove from it and are recorded.
 #[derive(Debug, Default)]
 pub struct FakeConntrack {
-    /// Every filter asked for.
-    pub deleted: Mutex<Vec<(IpFamily, ConntrackFilter)>>,
+    /// The table.
+    pub flows: Mutex<Vec<Flow>>,
+    /// Every flow deleted, in order.
+    pub deleted: Mutex<Vec<Flow>>,
+    /// Dumps asked for.
+    pub dumps: Mutex<usize>,
+    /// Fail every call with this errno (a socket without permission).
+    pub fail_with: Mutex<Option<i32>>,
+}
+
+impl FakeConntrack {
+    fn failure(&self) -> Option<ConntrackError> {
+        self.fail_with
+            .lock()
+            .expect("lock")
+            .map(|e| ConntrackError::Socket {
+                what: "fake".into(),
+                source: std::io::Error::from_raw_os_error(e),
+            })
+    }
 }
 
 #[async_trait]
 impl Conntrack for FakeConntrack {
-    async fn delete(&self, family: IpFamily, filter: &ConntrackFilter) -> Result<usize, ExecError> {
-        self.deleted
+    async fn dump(
+        &self,
+        family: IpFamily,
+        keep: &(dyn for<'f> Fn(&'f Flow) -> bool + Send + Sync),
+    ) -> Result<(Vec<Flow>, usize), ConntrackError> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        *self.dumps.lock().expect("lock") += 1;
+        let flows = self.flows.lock().expect("lock");
+        let of_family: Vec<&Flow> = flows.iter().filter(|f| f.family() == family).collect();
+        let kept = of_family.iter().filter(|f| keep(f)).map(|f| **f).collect();
+        Ok((kept, of_family.len()))
+    }
+
+    async fn delete(&self, flows: &[Flow]) -> Result<usize, ConntrackError> {
+        if let Some(e) = self.failure() {
+            return Err(e);
+        }
+        let mut table = self.flows.lock().expect("lock");
+        table.retain(|f| !flows.contains(f));
+        self.deleted.lock().expect("lock").extend_from_slice(flows);
+        Ok(flows.len())
+    }
+}
+
+/// In-memory kernel parameters: what was read and written.
+#[derive(Debug, Default)]
+pub struct FakeSysctl {
+    /// Current values by key (`net/ipv4/vs/conntrack`).
+    pub values: Mutex<BTreeMap<String, String>>,
+    /// Every write, in order.
+    pub writes: Mutex<Vec<(String, String)>>,
+}
+
+impl FakeSysctl {
+    /// Parameters with these values.
+    pub fn with(values: &[(&str, &str)]) -> FakeSysctl {
+        FakeSysctl {
+            values: Mutex::new(
+                values
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            writes: Mutex::default(),
+        }
+    }
+}
+
+impl Sysctl for FakeSysctl {
+    fn get(&self, key: &str) -> Result<String, SysctlError> {
+        self.values
             .lock()
             .expect("lock")
-            .push((family, filter.clone()));
-        Ok(0)
+            .get(key)
+            .cloned()
+            .ok_or_else(|| SysctlError {
+                key: key.into(),
+                value: None,
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            })
+    }
+
+    fn set(&self, key: &str, value: &str) -> Result<(), SysctlError> {
+        self.values
+            .lock()
+            .expect("lock")
+            .insert(key.into(), value.into());
+        self.writes
+            .lock()
+            .expect("lock")
+            .push((key.into(), value.into()));
+        Ok(())
     }
 }
