@@ -45,7 +45,7 @@ mod addresses;
 pub mod chains;
 pub mod conntrack;
 pub mod escape;
-#[cfg(feature = "testing")]
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod iptables;
 mod local;

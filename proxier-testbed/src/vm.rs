@@ -139,6 +139,7 @@ const BOOT_MODULES: &[&str] = &[
     "dummy",
     "veth",
     "nf_conntrack",
+    "nf_conntrack_netlink",
     "nf_nat",
     "xt_ipvs",
     "ip_set",

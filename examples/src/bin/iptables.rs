@@ -30,26 +30,6 @@ struct Cli {
     local: LocalDetect,
 }
 
-/// This node's addresses of `family` (`ip -j addr`).
-fn node_ips(family: proxier_core::IpFamily) -> Vec<std::net::IpAddr> {
-    let Ok(out) = std::process::Command::new("ip")
-        .args(["-j", "addr", "show"])
-        .output()
-    else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
-        return Vec::new();
-    };
-    v.as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
-        .filter_map(|a| a["local"].as_str().and_then(|s| s.parse().ok()))
-        .filter(|ip| family.matches(ip))
-        .collect()
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -62,7 +42,12 @@ async fn main() -> ExitCode {
             masquerade_all: s.masquerade_all,
             local_detector,
             node_port_addresses: s.nodeport_addresses.clone(),
-            node_ips: node_ips(s.family),
+            node_ips: proxier_netfilter::node_addresses(None)
+                .await
+                .map_err(|e| format!("reading the node's addresses: {e}"))?
+                .into_iter()
+                .filter(|ip| s.family.matches(ip))
+                .collect(),
             localhost_node_ports: cli.iptables_localhost_nodeports,
             ..Config::default()
         };
