@@ -1,7 +1,8 @@
 //! Conntrack cleanup over netlink, in a fresh network namespace: deleting
 //! stale UDP flows (against `conntrack -D` of the same flows in the same
-//! run) and one reconcile pass over a table of unrelated flows (its time
-//! and the process's peak RSS growth, printed).
+//! run) and one reconcile pass over a table of unrelated flows (its time,
+//! the process's peak RSS growth, and the bare dump and `conntrack -L` of
+//! the same table as the floor, printed).
 //!
 //! `PROXIER_CT_FLOWS=STALE,UNRELATED` (default `5000,50000`); the services
 //! in the snapshot are the largest of `PROXIER_BENCH_SIZES` (UDP, 10
@@ -136,6 +137,27 @@ fn bench(c: &mut Criterion) {
         assert_eq!((r.seen, r.deleted), (unrelated_n, 0), "{r:?}");
     }
     let peak = rss_kib("VmHWM:");
+    // Where a pass's time goes: building the frontends, the bare dump
+    // (the kernel's floor), and `conntrack -L` of the same table.
+    {
+        let t0 = Instant::now();
+        let st = reconciler(&snap);
+        let build = t0.elapsed();
+        let ct2 = ct.clone();
+        let (dump, n) = rt.block_on(async move {
+            let t0 = Instant::now();
+            let (_, n) = proxier_netfilter::Conntrack::dump(&*ct2, IpFamily::V4, &|_: &Flow| false).await.unwrap();
+            (t0.elapsed(), n)
+        });
+        let t0 = Instant::now();
+        let out = ns.exec_unchecked("sh", &["-c", "conntrack -L -p udp 2>/dev/null | wc -l"]).unwrap();
+        let tool = t0.elapsed();
+        println!(
+            "conntrack floor: frontends of {services} services built in {build:?} ({} empty); bare dump of {n} flows {dump:?}; conntrack -L -p udp {tool:?} ({} lines)",
+            if st.is_empty() { "" } else { "not" },
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
     println!(
         "conntrack reconcile over {unrelated_n} unrelated flows, {services} UDP services: peak RSS growth {} KiB (VmRSS {before} KiB before, VmHWM {peak} KiB)",
         peak.saturating_sub(before)
