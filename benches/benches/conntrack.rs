@@ -45,7 +45,11 @@ fn addr(n: u32, first: u8) -> IpAddr {
 }
 
 /// `n` flows from distinct clients to `to`, answered by `by(i)`.
-fn flows(n: usize, to: impl Fn(u32) -> (IpAddr, u16), by: impl Fn(u32) -> (IpAddr, u16)) -> Vec<Flow> {
+fn flows(
+    n: usize,
+    to: impl Fn(u32) -> (IpAddr, u16),
+    by: impl Fn(u32) -> (IpAddr, u16),
+) -> Vec<Flow> {
     (0..n as u32)
         .map(|i| {
             let client = addr(i, 172);
@@ -53,8 +57,18 @@ fn flows(n: usize, to: impl Fn(u32) -> (IpAddr, u16), by: impl Fn(u32) -> (IpAdd
             let (rs, rport) = by(i);
             Flow {
                 protocol: UDP,
-                orig: FlowTuple { src: client, dst, src_port: 10000 + (i % 50000) as u16, dst_port: dport },
-                reply: FlowTuple { src: rs, dst: client, src_port: rport, dst_port: 10000 + (i % 50000) as u16 },
+                orig: FlowTuple {
+                    src: client,
+                    dst,
+                    src_port: 10000 + (i % 50000) as u16,
+                    dst_port: dport,
+                },
+                reply: FlowTuple {
+                    src: rs,
+                    dst: client,
+                    src_port: rport,
+                    dst_port: 10000 + (i % 50000) as u16,
+                },
                 zone: 0,
                 id: None,
             }
@@ -81,7 +95,7 @@ fn bench(c: &mut Criterion) {
     let rt = NsRuntime::start(&ns).unwrap();
     let ct = std::sync::Arc::new(rt.block_on(async { ConntrackNetlink::new() }).unwrap());
     // Flows to service 0 answered by an endpoint it no longer has.
-    let stale = flows(stale_n, |_| vip, |i| (addr(i, 10) , 5353));
+    let stale = flows(stale_n, |_| vip, |i| (addr(i, 10), 5353));
     let reconciler = |snap: &Snapshot| StaleFlows::none(IpFamily::V4).reconcile(snap, &[]);
 
     let mut g = c.benchmark_group(format!("conntrack/{services}-udp-services"));
@@ -146,11 +160,15 @@ fn bench(c: &mut Criterion) {
         let ct2 = ct.clone();
         let (dump, n) = rt.block_on(async move {
             let t0 = Instant::now();
-            let (_, n) = proxier_netfilter::Conntrack::dump(&*ct2, IpFamily::V4, &|_: &Flow| false).await.unwrap();
+            let (_, n) = proxier_netfilter::Conntrack::dump(&*ct2, IpFamily::V4, &|_: &Flow| false)
+                .await
+                .unwrap();
             (t0.elapsed(), n)
         });
         let t0 = Instant::now();
-        let out = ns.exec_unchecked("sh", &["-c", "conntrack -L -p udp 2>/dev/null | wc -l"]).unwrap();
+        let out = ns
+            .exec_unchecked("sh", &["-c", "conntrack -L -p udp 2>/dev/null | wc -l"])
+            .unwrap();
         let tool = t0.elapsed();
         println!(
             "conntrack floor: frontends of {services} services built in {build:?} ({} empty); bare dump of {n} flows {dump:?}; conntrack -L -p udp {tool:?} ({} lines)",

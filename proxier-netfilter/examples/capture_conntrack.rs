@@ -32,7 +32,11 @@ fn main() {
     for f in FLOWS {
         let args: Vec<&str> = f.split_whitespace().collect();
         let out = ns.exec("conntrack", &args).expect("conntrack -I");
-        assert!(out.status.success(), "conntrack {f}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "conntrack {f}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let rt = NsRuntime::start(&ns).expect("runtime");
     let sections = rt.block_on(async {
@@ -41,21 +45,44 @@ fn main() {
             let cap = Arc::new(Mutex::new(Vec::new()));
             let ct = ConntrackNetlink::new().unwrap().capturing(cap.clone());
             let (flows, _) = ct.dump(family, &|_: &Flow| true).await.unwrap();
-            let one: Vec<Flow> = flows.iter().filter(|f| f.protocol == 17).take(1).copied().collect();
-            sections.push((name.to_string(), flows, std::mem::take(&mut *cap.lock().unwrap())));
+            let one: Vec<Flow> = flows
+                .iter()
+                .filter(|f| f.protocol == 17)
+                .take(1)
+                .copied()
+                .collect();
+            sections.push((
+                name.to_string(),
+                flows,
+                std::mem::take(&mut *cap.lock().unwrap()),
+            ));
             let ct = ConntrackNetlink::new().unwrap().capturing(cap.clone());
             ct.delete(&one).await.unwrap();
             // A delete of a flow that is gone: the kernel says ENOENT.
             ct.delete(&one).await.unwrap();
-            sections.push((format!("delete {}", &name[5..]), one, std::mem::take(&mut *cap.lock().unwrap())));
+            sections.push((
+                format!("delete {}", &name[5..]),
+                one,
+                std::mem::take(&mut *cap.lock().unwrap()),
+            ));
         }
         sections
     });
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
     let mut out = String::new();
-    let _ = writeln!(out, "# ctnetlink bytes exchanged with Linux {}", release.trim());
-    let _ = writeln!(out, "# made by `cargo run -p proxier-netfilter --example capture_conntrack`");
-    let _ = writeln!(out, "# '> ' sent, '< ' received, '= ' a flow the exchange concerned (conntrack -L form)");
+    let _ = writeln!(
+        out,
+        "# ctnetlink bytes exchanged with Linux {}",
+        release.trim()
+    );
+    let _ = writeln!(
+        out,
+        "# made by `cargo run -p proxier-netfilter --example capture_conntrack`"
+    );
+    let _ = writeln!(
+        out,
+        "# '> ' sent, '< ' received, '= ' a flow the exchange concerned (conntrack -L form)"
+    );
     for (name, flows, frames) in sections {
         let _ = writeln!(out, "[{name}]");
         for f in flows {

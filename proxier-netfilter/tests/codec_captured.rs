@@ -126,7 +126,7 @@ fn crate_flows(buf: &[u8]) -> Vec<(u8, IpAddr, IpAddr, IpAddr)> {
 #[test]
 fn dumps_decode_to_the_flows_the_conntrack_program_made() {
     for s in sections().iter().filter(|s| s.name.starts_with("dump")) {
-        let flows: Vec<Flow> = replies(&s)
+        let flows: Vec<Flow> = replies(s)
             .into_iter()
             .filter_map(|(_, r)| match r {
                 Reply::Flow(f) => Some(f),
@@ -136,7 +136,10 @@ fn dumps_decode_to_the_flows_the_conntrack_program_made() {
         let ours: BTreeSet<String> = flows.iter().map(Flow::to_string).collect();
         let want: BTreeSet<String> = s.flows.iter().cloned().collect();
         assert_eq!(ours, want, "{}", s.name);
-        assert!(flows.iter().all(|f| f.id.is_some()), "the kernel sends CTA_ID");
+        assert!(
+            flows.iter().all(|f| f.id.is_some()),
+            "the kernel sends CTA_ID"
+        );
         assert!(flows.iter().all(|f| f.family() == family(s)));
         // The reference parser reads the same tuples.
         let reference: BTreeSet<_> = s
@@ -151,17 +154,25 @@ fn dumps_decode_to_the_flows_the_conntrack_program_made() {
             .collect();
         assert_eq!(mine, reference, "{}", s.name);
         // The dump ends with NLMSG_DONE.
-        assert!(matches!(replies(&s).last(), Some((_, Reply::Done))));
+        assert!(matches!(replies(s).last(), Some((_, Reply::Done))));
     }
     let v4 = &sections()[0];
-    assert!(v4.flows.iter().any(|f| f.ends_with("zone=7")), "a zoned flow");
+    assert!(
+        v4.flows.iter().any(|f| f.ends_with("zone=7")),
+        "a zoned flow"
+    );
     assert!(v4.flows.iter().any(|f| f.starts_with("sctp")));
 }
 
 #[test]
 fn requests_reencode_byte_for_byte() {
     for s in sections() {
-        let sent: Vec<&Vec<u8>> = s.frames.iter().filter(|(x, _)| *x).map(|(_, b)| b).collect();
+        let sent: Vec<&Vec<u8>> = s
+            .frames
+            .iter()
+            .filter(|(x, _)| *x)
+            .map(|(_, b)| b)
+            .collect();
         let seq = |b: &[u8]| u32::from_ne_bytes([b[8], b[9], b[10], b[11]]);
         if s.name.starts_with("dump") {
             assert_eq!(sent.len(), 1);

@@ -107,7 +107,7 @@ impl ConntrackNetlink {
     /// Opens and binds the socket, in the calling thread's network
     /// namespace. Its first use must be inside a tokio runtime.
     pub fn new() -> Result<ConntrackNetlink, ConntrackError> {
-        let mut s = Socket::new(protocols::NETLINK_NETFILTER as isize)
+        let mut s = Socket::new(protocols::NETLINK_NETFILTER)
             .map_err(sock_err("opening NETLINK_NETFILTER"))?;
         s.bind_auto().map_err(sock_err("binding"))?;
         s.connect(&SocketAddr::new(0, 0))
