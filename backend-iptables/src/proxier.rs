@@ -460,7 +460,11 @@ impl IptablesProxier {
         if self.cfg.family != req.snapshot.family {
             return;
         }
-        let stale = StaleFlows::from_changes(req).reconcile(&req.snapshot, &self.cfg.node_ips);
+        // Service flows are DNATed by our rules: the kernel dumps only
+        // those for the reconciler (see `StaleFlows::dnat_only`).
+        let stale = StaleFlows::from_changes(req)
+            .reconcile(&req.snapshot, &self.cfg.node_ips)
+            .dnat_only();
         match clean_stale(&*self.ct, &stale).await {
             Ok(r) if r.deleted > 0 => {
                 tracing::debug!(backend = %self.name, deleted = r.deleted, seen = r.seen, "stale conntrack flows deleted")

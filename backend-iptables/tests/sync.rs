@@ -39,6 +39,8 @@ fn flow(proto: u8, to: &str, by: &str) -> Flow {
         },
         zone: 0,
         id: Some(7),
+        // A DNAT rule answered it from elsewhere.
+        dnat: to.ip() != by.ip(),
     }
 }
 

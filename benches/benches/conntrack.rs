@@ -1,8 +1,8 @@
 //! Conntrack cleanup over netlink, in a fresh network namespace: deleting
 //! stale UDP flows (against `conntrack -D` of the same flows in the same
-//! run) and one reconcile pass over a table of unrelated flows (its time,
-//! the process's peak RSS growth, and the bare dump and `conntrack -L` of
-//! the same table as the floor, printed).
+//! run) and one reconcile pass over a table of unrelated flows, TCP or UDP
+//! (its time, the process's peak RSS growth, and a bare dump and
+//! `conntrack -L` of the same table as the floor, printed).
 //!
 //! `PROXIER_CT_FLOWS=STALE,UNRELATED` (default `5000,50000`); the services
 //! in the snapshot are the largest of `PROXIER_BENCH_SIZES` (UDP, 10
@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use benches::{service, sizes, slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Snapshot};
-use proxier_netfilter::conntrack::UDP;
-use proxier_netfilter::{ConntrackNetlink, Flow, FlowTuple, StaleFlows, clean_stale};
+use proxier_netfilter::conntrack::{DumpFilter, TCP, UDP};
+use proxier_netfilter::{Conntrack, ConntrackNetlink, Flow, FlowTuple, StaleFlows, clean_stale};
 use proxier_testbed::{Netns, NsRuntime};
 
 fn counts() -> (usize, usize) {
@@ -71,6 +71,7 @@ fn flows(
                 },
                 zone: 0,
                 id: None,
+                dnat: false,
             }
         })
         .collect()
@@ -136,65 +137,87 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    // A table of unrelated flows (to addresses no service has).
-    let unrelated = flows(unrelated_n, |i| (addr(i, 192), 53), |i| (addr(i, 192), 53));
-    {
-        let (ct, unrelated) = (ct.clone(), unrelated.clone());
-        rt.block_on(async move { ct.create(&unrelated, 3600).await.unwrap() });
-    }
-    // Peak RSS growth of one pass: reset the high-water mark, run, read it.
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-    let before = rss_kib("VmRSS:");
-    {
-        let (ct, snap) = (ct.clone(), snap.clone());
-        let r = rt.block_on(async move { clean_stale(&*ct, &reconciler(&snap)).await.unwrap() });
-        assert_eq!((r.seen, r.deleted), (unrelated_n, 0), "{r:?}");
-    }
-    let peak = rss_kib("VmHWM:");
-    // Where a pass's time goes: building the frontends, the bare dump
-    // (the kernel's floor), and `conntrack -L` of the same table.
-    {
-        let t0 = Instant::now();
-        let st = reconciler(&snap);
-        let build = t0.elapsed();
+    // A table of unrelated flows (to addresses no service has): TCP, as
+    // most of a node's flows are, then UDP that no DNAT rewrote.
+    let tcp_table = flows(
+        unrelated_n,
+        |i| (addr(i, 192), 443),
+        |i| (addr(i, 192), 443),
+    );
+    let tcp_table: Vec<Flow> = tcp_table
+        .into_iter()
+        .map(|f| Flow { protocol: TCP, ..f })
+        .collect();
+    let udp_table = flows(unrelated_n, |i| (addr(i, 198), 53), |i| (addr(i, 198), 53));
+    let cases: [(&str, &Vec<Flow>, bool); 3] = [
+        ("tcp", &tcp_table, false),
+        ("udp", &udp_table, false),
+        ("udp_dnat_only", &udp_table, true),
+    ];
+    for (name, table, dnat_only) in cases {
+        {
+            let (ct, table) = (ct.clone(), table.clone());
+            rt.block_on(async move {
+                // Empty the table, then fill it with this case's flows.
+                let (all, _) = ct
+                    .dump(IpFamily::V4, DumpFilter::default(), &|_: &Flow| true)
+                    .await
+                    .unwrap();
+                ct.delete(&all).await.unwrap();
+                // TCP flows need a state to be created.
+                let made = ct.create(&table, 3600).await;
+                made.unwrap();
+            });
+        }
+        let pass = move |snap: &Snapshot| {
+            let s = reconciler(snap);
+            if dnat_only { s.dnat_only() } else { s }
+        };
+        // Peak RSS growth of one pass: reset the high-water mark, run, read.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let before = rss_kib("VmRSS:");
+        {
+            let (ct, snap) = (ct.clone(), snap.clone());
+            let r = rt.block_on(async move { clean_stale(&*ct, &pass(&snap)).await.unwrap() });
+            assert_eq!(r.deleted, 0, "{r:?}");
+        }
+        let peak = rss_kib("VmHWM:");
+        // The floor: a bare dump of the whole table, and `conntrack -L`.
         let ct2 = ct.clone();
         let (dump, n) = rt.block_on(async move {
             let t0 = Instant::now();
-            let (_, n) = proxier_netfilter::Conntrack::dump(&*ct2, IpFamily::V4, &|_: &Flow| false)
+            let (_, n) = ct2
+                .dump(IpFamily::V4, DumpFilter::default(), &|_: &Flow| false)
                 .await
                 .unwrap();
             (t0.elapsed(), n)
         });
         let t0 = Instant::now();
         let out = ns
-            .exec_unchecked("sh", &["-c", "conntrack -L -p udp 2>/dev/null | wc -l"])
+            .exec_unchecked("sh", &["-c", "conntrack -L 2>/dev/null | wc -l"])
             .unwrap();
         let tool = t0.elapsed();
         println!(
-            "conntrack floor: frontends of {services} services built in {build:?} ({} empty); bare dump of {n} flows {dump:?}; conntrack -L -p udp {tool:?} ({} lines)",
-            if st.is_empty() { "" } else { "not" },
+            "conntrack reconcile ({name}): {unrelated_n} unrelated flows, {services} UDP services: peak RSS growth {} KiB; floor: bare dump of {n} flows {dump:?}, conntrack -L {tool:?} ({} lines)",
+            peak.saturating_sub(before),
             String::from_utf8_lossy(&out.stdout).trim()
         );
+        g.bench_function(format!("reconcile_{unrelated_n}_unrelated_{name}"), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (ct, snap) = (ct.clone(), snap.clone());
+                    total += rt.block_on(async move {
+                        let t0 = Instant::now();
+                        let r = clean_stale(&*ct, &pass(&snap)).await.unwrap();
+                        assert_eq!(r.deleted, 0);
+                        t0.elapsed()
+                    });
+                }
+                total
+            })
+        });
     }
-    println!(
-        "conntrack reconcile over {unrelated_n} unrelated flows, {services} UDP services: peak RSS growth {} KiB (VmRSS {before} KiB before, VmHWM {peak} KiB)",
-        peak.saturating_sub(before)
-    );
-    g.bench_function(format!("reconcile_{unrelated_n}_unrelated"), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let (ct, snap) = (ct.clone(), snap.clone());
-                total += rt.block_on(async move {
-                    let t0 = Instant::now();
-                    let r = clean_stale(&*ct, &reconciler(&snap)).await.unwrap();
-                    assert_eq!(r.deleted, 0);
-                    t0.elapsed()
-                });
-            }
-            total
-        })
-    });
     g.finish();
 }
 

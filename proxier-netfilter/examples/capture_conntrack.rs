@@ -44,7 +44,10 @@ fn main() {
         for (name, family) in [("dump ipv4", IpFamily::V4), ("dump ipv6", IpFamily::V6)] {
             let cap = Arc::new(Mutex::new(Vec::new()));
             let ct = ConntrackNetlink::new().unwrap().capturing(cap.clone());
-            let (flows, _) = ct.dump(family, &|_: &Flow| true).await.unwrap();
+            let (flows, _) = ct
+                .dump(family, Default::default(), &|_: &Flow| true)
+                .await
+                .unwrap();
             let one: Vec<Flow> = flows
                 .iter()
                 .filter(|f| f.protocol == 17)

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use proxier_core::IpFamily;
 
-use crate::conntrack::{Conntrack, ConntrackError, Flow};
+use crate::conntrack::{Conntrack, ConntrackError, DumpFilter, Flow};
 use crate::iptables::{ExecError, Iptables, Variant};
 use crate::owned::{builtin_chains as builtins, target};
 use crate::sysctl::{Sysctl, SysctlError};
@@ -289,6 +289,8 @@ pub struct FakeConntrack {
     pub deleted: Mutex<Vec<Flow>>,
     /// Dumps asked for.
     pub dumps: Mutex<usize>,
+    /// The kernel-side filter of the last dump.
+    pub filters: Mutex<DumpFilter>,
     /// Fail every call with this errno (a socket without permission).
     pub fail_with: Mutex<Option<i32>>,
 }
@@ -310,6 +312,7 @@ impl Conntrack for FakeConntrack {
     async fn dump(
         &self,
         family: IpFamily,
+        filter: DumpFilter,
         keep: &(dyn for<'f> Fn(&'f Flow) -> bool + Send + Sync),
     ) -> Result<(Vec<Flow>, usize), ConntrackError> {
         if let Some(e) = self.failure() {
@@ -317,7 +320,13 @@ impl Conntrack for FakeConntrack {
         }
         *self.dumps.lock().expect("lock") += 1;
         let flows = self.flows.lock().expect("lock");
-        let of_family: Vec<&Flow> = flows.iter().filter(|f| f.family() == family).collect();
+        *self.filters.lock().expect("lock") = filter;
+        let of_family: Vec<&Flow> = flows
+            .iter()
+            .filter(|f| f.family() == family)
+            .filter(|f| filter.protocol.is_none_or(|p| f.protocol == p))
+            .filter(|f| !filter.dnat_only || f.dnat)
+            .collect();
         let kept = of_family.iter().filter(|f| keep(f)).map(|f| **f).collect();
         Ok((kept, of_family.len()))
     }

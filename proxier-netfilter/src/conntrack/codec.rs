@@ -12,8 +12,8 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
-    NetlinkPayload, NlaBuffer, NlasIterator,
+    DefaultNla, NLA_F_NESTED, NLA_TYPE_MASK, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader,
+    NetlinkMessage, NetlinkPayload, NlaBuffer, NlasIterator,
 };
 use netlink_packet_netfilter::conntrack::{
     ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple,
@@ -36,8 +36,23 @@ pub const IPCTNL_MSG_CT_DELETE: u8 = 2;
 pub const CTA_TUPLE_ORIG: u16 = 1;
 /// `CTA_TUPLE_REPLY`.
 pub const CTA_TUPLE_REPLY: u16 = 2;
+/// `CTA_STATUS`.
+pub const CTA_STATUS: u16 = 3;
 /// `CTA_ID`.
 pub const CTA_ID: u16 = 12;
+/// `CTA_FILTER` (kernel 5.10+: dump only what matches; older kernels
+/// ignore it and dump everything).
+pub const CTA_FILTER: u16 = 25;
+/// `CTA_STATUS_MASK` (with `CTA_STATUS`, a dump filter since 5.19).
+pub const CTA_STATUS_MASK: u16 = 26;
+/// `CTA_FILTER_ORIG_FLAGS`.
+pub const CTA_FILTER_ORIG_FLAGS: u16 = 1;
+/// `CTA_FILTER_REPLY_FLAGS`.
+pub const CTA_FILTER_REPLY_FLAGS: u16 = 2;
+/// `CTA_FILTER_FLAG(CTA_PROTO_NUM)`.
+pub const CTA_FILTER_FLAG_PROTO_NUM: u32 = 1 << 3;
+/// `IPS_DST_NAT`: the flow's destination was rewritten by a DNAT rule.
+pub const IPS_DST_NAT: u32 = 1 << 5;
 /// `CTA_ZONE`.
 pub const CTA_ZONE: u16 = 18;
 /// `CTA_TUPLE_IP`.
@@ -119,14 +134,72 @@ fn zone_and_id(flow: &Flow, attrs: &mut Vec<ConntrackAttribute>) {
     }
 }
 
-/// `conntrack -L -f FAMILY`: a dump of every flow of `family`.
-pub fn dump_request(family: IpFamily, seq: u32) -> Vec<u8> {
-    serialize(
+/// What the kernel itself leaves out of a dump. Kernels that do not know
+/// a filter ignore it; the reader checks every flow it keeps anyway.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DumpFilter {
+    /// Only this layer-4 protocol (`conntrack -L -p udp`; `CTA_FILTER`).
+    pub protocol: Option<u8>,
+    /// Only flows a DNAT rule rewrote (`conntrack -L --status DST_NAT`
+    /// ... as `CTA_STATUS` with `CTA_STATUS_MASK`).
+    pub dnat_only: bool,
+}
+
+fn nla_u32(kind: u16, v: u32) -> DefaultNla {
+    DefaultNla::new(kind, v.to_be_bytes().to_vec())
+}
+
+/// `conntrack -L -f FAMILY [-p PROTO] [--status DST_NAT]`: a dump of the
+/// flows of `family`, filtered in the kernel as `filter` says.
+pub fn dump_request(family: IpFamily, filter: DumpFilter, seq: u32) -> Vec<u8> {
+    let mut attrs = Vec::new();
+    if let Some(p) = filter.protocol {
+        attrs.push(ConntrackAttribute::CtaTupleOrig(vec![Tuple::Proto(vec![
+            ProtoTuple::Protocol(Protocol::from(p)),
+        ])]));
+        // CTA_FILTER { ORIG_FLAGS, REPLY_FLAGS }, nested.
+        let mut nested = Vec::new();
+        for (k, v) in [
+            (CTA_FILTER_ORIG_FLAGS, CTA_FILTER_FLAG_PROTO_NUM),
+            (CTA_FILTER_REPLY_FLAGS, 0),
+        ] {
+            nested.extend_from_slice(&8u16.to_ne_bytes());
+            nested.extend_from_slice(&k.to_ne_bytes());
+            nested.extend_from_slice(&v.to_ne_bytes());
+        }
+        attrs.push(ConntrackAttribute::Other(DefaultNla::new(
+            CTA_FILTER, nested,
+        )));
+    }
+    if filter.dnat_only {
+        attrs.push(ConntrackAttribute::Other(nla_u32(CTA_STATUS, IPS_DST_NAT)));
+        attrs.push(ConntrackAttribute::Other(nla_u32(
+            CTA_STATUS_MASK,
+            IPS_DST_NAT,
+        )));
+    }
+    let mut buf = serialize(
         family,
-        ConntrackMessage::Get(vec![]),
+        ConntrackMessage::Get(attrs),
         NLM_F_REQUEST | NLM_F_DUMP,
         seq,
-    )
+    );
+    // The kernel parses CTA_FILTER strictly: it must carry NLA_F_NESTED,
+    // which `DefaultNla` cannot set. Set it in place.
+    let mut at = 20; // nlmsghdr + nfgenmsg
+    while at + 4 <= buf.len() {
+        let len = u16::from_ne_bytes([buf[at], buf[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[at + 2], buf[at + 3]]);
+        if kind & NLA_TYPE_MASK == CTA_FILTER {
+            let flagged = kind | NLA_F_NESTED;
+            buf[at + 2..at + 4].copy_from_slice(&flagged.to_ne_bytes());
+        }
+        if len < 4 {
+            break;
+        }
+        at += (len + 3) & !3;
+    }
+    buf
 }
 
 /// `conntrack -D` of one flow, by its original tuple, its zone and its id;
@@ -353,13 +426,17 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, DecodeError> {
     if payload.len() < 4 {
         return Err(derr("nfgenmsg truncated"));
     }
-    let (mut orig, mut reply, mut zone, mut id) = (None, None, 0u16, None);
+    let (mut orig, mut reply, mut zone, mut id, mut status) = (None, None, 0u16, None, 0u32);
     for a in nlas(&payload[4..]) {
         let a = a?;
         match a.kind() {
             CTA_TUPLE_ORIG => orig = Some(parse_tuple(a.value())?),
             CTA_TUPLE_REPLY => reply = Some(parse_tuple(a.value())?),
             CTA_ZONE => zone = be16(a.value(), "CTA_ZONE")?,
+            CTA_STATUS => match <[u8; 4]>::try_from(a.value()) {
+                Ok(b) => status = u32::from_be_bytes(b),
+                Err(_) => return Err(derr("CTA_STATUS: want 4 bytes")),
+            },
             CTA_ID => match <[u8; 4]>::try_from(a.value()) {
                 Ok(b) => id = Some(u32::from_be_bytes(b)),
                 Err(_) => return Err(derr("CTA_ID: want 4 bytes")),
@@ -374,6 +451,7 @@ pub fn parse_flow(payload: &[u8]) -> Result<Flow, DecodeError> {
             reply,
             zone,
             id,
+            dnat: status & IPS_DST_NAT != 0,
         }),
         (Some(_), Some(_)) => Err(derr("original and reply tuples of different protocols")),
         _ => Err(derr("flow without an original and a reply tuple")),

@@ -26,6 +26,7 @@ use std::net::IpAddr;
 use async_trait::async_trait;
 use proxier_core::IpFamily;
 
+pub use codec::DumpFilter;
 pub use netlink::ConntrackNetlink;
 pub use stale::{CleanupReport, ConntrackFilter, StaleFlows, clean_stale};
 
@@ -63,6 +64,9 @@ pub struct Flow {
     /// The kernel's id of the entry, when it said (a delete with the id
     /// never removes a newer entry with the same tuple).
     pub id: Option<u32>,
+    /// A DNAT rule rewrote its destination (`IPS_DST_NAT`: iptables and
+    /// nftables service rules; IPVS alters the reply without it).
+    pub dnat: bool,
 }
 
 fn proto_name(p: u8) -> String {
@@ -152,12 +156,14 @@ pub enum ConntrackError {
 /// tracking table.
 #[async_trait]
 pub trait Conntrack: Send + Sync + fmt::Debug {
-    /// `conntrack -L -f FAMILY`: every flow of `family` for which `keep`
-    /// says yes, and how many flows the dump held. The dump is read as it
-    /// arrives, so memory grows with what is kept, not with the table.
+    /// `conntrack -L -f FAMILY`: every flow of `family` that passes
+    /// `filter` in the kernel and for which `keep` says yes, and how many
+    /// flows the dump held. The dump is read as it arrives, so memory grows
+    /// with what is kept, not with the table.
     async fn dump(
         &self,
         family: IpFamily,
+        filter: DumpFilter,
         keep: &(dyn for<'f> Fn(&'f Flow) -> bool + Send + Sync),
     ) -> Result<(Vec<Flow>, usize), ConntrackError>;
 

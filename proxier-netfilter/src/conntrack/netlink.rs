@@ -9,7 +9,7 @@ use netlink_sys::{Socket, SocketAddr, protocols};
 use proxier_core::IpFamily;
 use tokio::io::unix::AsyncFd;
 
-use super::codec::{self, NLM_F_DUMP_INTR, Reply};
+use super::codec::{self, DumpFilter, NLM_F_DUMP_INTR, Reply};
 use super::{Conntrack, ConntrackError, Flow};
 
 /// Requests per `sendmsg`: the kernel queues one acknowledgement per
@@ -211,12 +211,13 @@ impl Conntrack for ConntrackNetlink {
     async fn dump(
         &self,
         family: IpFamily,
+        filter: DumpFilter,
         keep: &(dyn for<'f> Fn(&'f Flow) -> bool + Send + Sync),
     ) -> Result<(Vec<Flow>, usize), ConntrackError> {
         let mut st = self.state.lock().await;
         let seq = st.seq;
         st.seq = st.seq.wrapping_add(1);
-        let req = codec::dump_request(family, seq);
+        let req = codec::dump_request(family, filter, seq);
         self.record(true, &req);
         st.sock.send(&req).await.map_err(sock_err("sending"))?;
         let (mut kept, mut seen, mut interrupted) = (Vec::new(), 0usize, false);

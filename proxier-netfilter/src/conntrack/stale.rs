@@ -23,7 +23,7 @@ use std::net::IpAddr;
 
 use proxier_core::{IpFamily, Protocol, Snapshot, SyncRequest};
 
-use super::{Conntrack, ConntrackError, Flow, SCTP, UDP};
+use super::{Conntrack, ConntrackError, DumpFilter, Flow, SCTP, UDP};
 
 /// One set of UDP flows to delete, as `conntrack -D -p udp` filters them
 /// (kube-proxy's `ClearEntriesFor*`).
@@ -90,10 +90,14 @@ pub struct StaleFlows {
     frontends: HashMap<(u8, IpAddr, u16), usize>,
     /// Node ports (protocol, port) → their serving set.
     node_ports: HashMap<(u8, u16), usize>,
-    /// Serving endpoints (address, port) of each service port.
-    serving: Vec<HashSet<(IpAddr, u16)>>,
+    /// Serving endpoints (address, port) of each service port, sorted (a
+    /// handful each: a sorted `Vec` is cheaper to build than a set).
+    serving: Vec<Vec<(IpAddr, u16)>>,
     /// The node's addresses (a node-port flow's destination); empty: any.
     node_ips: HashSet<IpAddr>,
+    /// The reconciler looks at DNATed flows only (see
+    /// [`StaleFlows::dnat_only`]).
+    dnat_only: bool,
 }
 
 impl StaleFlows {
@@ -108,6 +112,7 @@ impl StaleFlows {
             node_ports: HashMap::new(),
             serving: Vec::new(),
             node_ips: HashSet::new(),
+            dnat_only: false,
         }
     }
 
@@ -191,7 +196,7 @@ impl StaleFlows {
             let Some(p) = proto_num(name.protocol) else {
                 continue;
             };
-            let serving: HashSet<(IpAddr, u16)> = snapshot
+            let mut serving: Vec<(IpAddr, u16)> = snapshot
                 .endpoints
                 .get(name)
                 .into_iter()
@@ -199,6 +204,7 @@ impl StaleFlows {
                 .filter(|e| e.is_serving())
                 .map(|e| (e.ip(), e.port()))
                 .collect();
+            serving.sort_unstable();
             let i = self.serving.len();
             self.serving.push(serving);
             for ip in std::iter::once(&svc.cluster_ip)
@@ -212,6 +218,46 @@ impl StaleFlows {
             }
         }
         self
+    }
+
+    /// The reconciler looks only at flows a DNAT rule rewrote, and asks the
+    /// kernel to dump only those (`CTA_STATUS` `IPS_DST_NAT`, kernel 5.19+;
+    /// older kernels dump all and the check is made here). Right for
+    /// backends whose service traffic is DNATed by rules (iptables,
+    /// nftables), not for IPVS, which rewrites the reply tuple without the
+    /// flag. A flow to a frontend that was never DNATed (sent before the
+    /// rules existed) is left to the targeted deletes, which run when a
+    /// service gets its first endpoint, and on the first sync for all.
+    pub fn dnat_only(mut self) -> StaleFlows {
+        self.dnat_only = true;
+        self
+    }
+
+    /// The dumps a pass needs: one of every flow when targeted deletes
+    /// are due (they look at flows of any status), else one per protocol
+    /// the frontends use, filtered in the kernel.
+    pub fn dumps(&self) -> Vec<DumpFilter> {
+        if self.is_empty() {
+            return Vec::new();
+        }
+        if !self.filters.is_empty() {
+            return vec![DumpFilter::default()];
+        }
+        let mut protos: Vec<u8> = self
+            .frontends
+            .keys()
+            .map(|k| k.0)
+            .chain(self.node_ports.keys().map(|k| k.0))
+            .collect();
+        protos.sort_unstable();
+        protos.dedup();
+        protos
+            .into_iter()
+            .map(|p| DumpFilter {
+                protocol: Some(p),
+                dnat_only: self.dnat_only,
+            })
+            .collect()
     }
 
     /// Nothing to look for: no dump is needed.
@@ -243,19 +289,22 @@ impl StaleFlows {
         {
             return true;
         }
+        if self.dnat_only && !flow.dnat {
+            return false;
+        }
         let reply = (flow.reply.src, flow.reply.src_port);
         if let Some(&i) = self
             .frontends
             .get(&(flow.protocol, flow.orig.dst, flow.orig.dst_port))
         {
-            return !self.serving[i].contains(&reply);
+            return self.serving[i].binary_search(&reply).is_err();
         }
         if let Some(&i) = self.node_ports.get(&(flow.protocol, flow.orig.dst_port))
             && (self.node_ips.is_empty()
                 || self.node_ips.contains(&flow.orig.dst)
                 || flow.orig.dst.is_loopback())
         {
-            return !self.serving[i].contains(&reply);
+            return self.serving[i].binary_search(&reply).is_err();
         }
         false
     }
@@ -272,16 +321,21 @@ pub struct CleanupReport {
     pub deleted: usize,
 }
 
-/// One dump of the family's flows, then one batched delete of the stale
-/// ones. Does nothing when `stale` looks for nothing.
+/// The dumps [`StaleFlows::dumps`] names (one, or one per protocol),
+/// then one batched delete of the stale flows. Does nothing when `stale`
+/// looks for nothing.
 pub async fn clean_stale(
     ct: &dyn Conntrack,
     stale: &StaleFlows,
 ) -> Result<CleanupReport, ConntrackError> {
-    if stale.is_empty() {
-        return Ok(CleanupReport::default());
+    let (mut flows, mut seen) = (Vec::new(), 0);
+    for filter in stale.dumps() {
+        let (f, n) = ct
+            .dump(stale.family, filter, &|f| stale.is_stale(f))
+            .await?;
+        flows.extend(f);
+        seen += n;
     }
-    let (flows, seen) = ct.dump(stale.family, &|f| stale.is_stale(f)).await?;
     let deleted = if flows.is_empty() {
         0
     } else {
