@@ -20,6 +20,8 @@
 //! - [`conntrack`]: conntrack over netlink ([`ConntrackNetlink`]) and
 //!   kube-proxy's stale-flow cleanup with its reconciler ([`StaleFlows`],
 //!   [`clean_stale`]).
+//! - [`nfnl`]: a `NETLINK_NETFILTER` socket on tokio, for ctnetlink and
+//!   nf_tables.
 //! - `fake` (feature `testing`): in-memory [`Iptables`], [`Conntrack`]
 //!   and [`Sysctl`] for unit tests.
 //!
@@ -50,6 +52,7 @@ pub mod fake;
 pub mod iptables;
 mod local;
 mod masquerade;
+pub mod nfnl;
 pub mod owned;
 mod sysctl;
 

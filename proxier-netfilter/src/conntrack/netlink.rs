@@ -4,10 +4,9 @@
 use std::io;
 use std::sync::{Arc, Mutex};
 
+use crate::nfnl::NfnlSocket;
 use async_trait::async_trait;
-use netlink_sys::{Socket, SocketAddr, protocols};
 use proxier_core::IpFamily;
-use tokio::io::unix::AsyncFd;
 
 use super::codec::{self, DumpFilter, NLM_F_DUMP_INTR, Reply};
 use super::{Conntrack, ConntrackError, Flow};
@@ -21,57 +20,8 @@ const BATCH: usize = 128;
 /// sent, `false` for what the kernel answered, one buffer per syscall.
 pub type Capture = Arc<Mutex<Vec<(bool, Vec<u8>)>>>;
 
-/// The socket, registered with the tokio reactor on first use (so that
-/// [`ConntrackNetlink::new`] needs no runtime, and the socket still
-/// belongs to the namespace of the thread that created it).
-enum Sock {
-    Idle(Option<Socket>),
-    Ready(AsyncFd<Socket>),
-}
-
-impl Sock {
-    fn ready(&mut self) -> io::Result<&AsyncFd<Socket>> {
-        if let Sock::Idle(s) = self {
-            let s = s.take().ok_or_else(|| io::Error::other("socket lost"))?;
-            // tokio 1.54 deprecates the safe constructor because some
-            // types hand out a file descriptor they do not own; a
-            // `netlink_sys::Socket` owns its descriptor until it is dropped
-            // with the `AsyncFd`, which is what `register` asks for.
-            #[allow(deprecated)]
-            let fd = AsyncFd::new(s)?;
-            *self = Sock::Ready(fd);
-        }
-        match self {
-            Sock::Ready(fd) => Ok(fd),
-            Sock::Idle(_) => unreachable!("registered above"),
-        }
-    }
-
-    async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
-        let fd = self.ready()?;
-        loop {
-            let mut guard = fd.writable().await?;
-            match guard.try_io(|s| s.get_ref().send(buf, 0)) {
-                Ok(r) => return r.map(|_| ()),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-
-    async fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
-        let fd = self.ready()?;
-        loop {
-            let mut guard = fd.readable().await?;
-            match guard.try_io(|s| s.get_ref().recv(buf, 0)) {
-                Ok(r) => return r.map(|_| ()),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
 struct State {
-    sock: Sock,
+    sock: NfnlSocket,
     seq: u32,
     buf: Vec<u8>,
 }
@@ -107,17 +57,10 @@ impl ConntrackNetlink {
     /// Opens and binds the socket, in the calling thread's network
     /// namespace. Its first use must be inside a tokio runtime.
     pub fn new() -> Result<ConntrackNetlink, ConntrackError> {
-        let mut s = Socket::new(protocols::NETLINK_NETFILTER)
-            .map_err(sock_err("opening NETLINK_NETFILTER"))?;
-        s.bind_auto().map_err(sock_err("binding"))?;
-        s.connect(&SocketAddr::new(0, 0))
-            .map_err(sock_err("connecting"))?;
-        s.set_non_blocking(true)
-            .map_err(sock_err("setting O_NONBLOCK"))?;
-        // Shorter acknowledgements, and room for a batch of them.
-        let _ = s.set_cap_ack(true);
-        let _ = s.set_rx_buf_sz(1 << 20);
-        let sock = Sock::Idle(Some(s));
+        let sock = NfnlSocket::open().map_err(|source| ConntrackError::Socket {
+            what: "opening NETLINK_NETFILTER".into(),
+            source,
+        })?;
         Ok(ConntrackNetlink {
             state: tokio::sync::Mutex::new(State {
                 sock,

@@ -1,0 +1,152 @@
+//! The nf_tables seam: one transaction applied atomically. [`NfTables`] is
+//! the narrow trait; [`NfTablesNetlink`] sends the batch over
+//! `NETLINK_NETFILTER` (what `nft -f` does, without the `nft` program).
+//! Check by hand with `nft list table ip kube-proxy`.
+
+use std::fmt;
+use std::io;
+
+use async_trait::async_trait;
+use proxier_netfilter::nfnl::NfnlSocket;
+
+use crate::nl::msg::{Family, Transaction};
+
+/// A transaction the kernel refused: nothing of it was applied.
+#[derive(Debug, thiserror::Error)]
+pub enum NftError {
+    /// The socket failed.
+    #[error("nf_tables netlink socket: {what}: {source}")]
+    Socket {
+        /// What was being done.
+        what: &'static str,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused an operation; the whole batch was rolled back.
+    #[error("{op} in table {family} {table}: {source} (the transaction was not applied)")]
+    Refused {
+        /// The operation, as `nft` would say it.
+        op: String,
+        /// The table's family.
+        family: &'static str,
+        /// The table.
+        table: String,
+        /// The kernel's answer.
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel's reply could not be read.
+    #[error("nf_tables netlink: {0}")]
+    Decode(String),
+}
+
+/// The nf_tables seam.
+#[async_trait]
+pub trait NfTables: Send + Sync + fmt::Debug {
+    /// Applies `tx` atomically: all of it, or (on error) none.
+    async fn apply(&self, tx: &Transaction) -> Result<(), NftError>;
+}
+
+/// nf_tables over netlink, in the network namespace of the thread that
+/// created it.
+#[derive(Debug)]
+pub struct NfTablesNetlink {
+    state: tokio::sync::Mutex<(NfnlSocket, u32, Vec<u8>, usize)>,
+}
+
+impl NfTablesNetlink {
+    /// Opens the socket (no runtime needed; its first use must be in one).
+    pub fn new() -> Result<NfTablesNetlink, NftError> {
+        let sock = NfnlSocket::open().map_err(|source| NftError::Socket {
+            what: "opening NETLINK_NETFILTER",
+            source,
+        })?;
+        Ok(NfTablesNetlink {
+            state: tokio::sync::Mutex::new((sock, 1, Vec::with_capacity(1 << 16), 0)),
+        })
+    }
+}
+
+#[async_trait]
+impl NfTables for NfTablesNetlink {
+    async fn apply(&self, tx: &Transaction) -> Result<(), NftError> {
+        if tx.ops.is_empty() {
+            return Ok(());
+        }
+        let mut st = self.state.lock().await;
+        let (sock, seq, buf, sndbuf) = &mut *st;
+        let batch = tx.encode(*seq);
+        *seq = batch.last_seq.wrapping_add(2);
+        if batch.bytes.len() + 4096 > *sndbuf {
+            let want = (batch.bytes.len() + 4096).next_power_of_two();
+            sock.ensure_send_buffer(want)
+                .map_err(|source| NftError::Socket {
+                    what: "setting SO_SNDBUF",
+                    source,
+                })?;
+            *sndbuf = want;
+        }
+        sock.send(&batch.bytes)
+            .await
+            .map_err(|source| NftError::Socket {
+                what: "sending the batch",
+                source,
+            })?;
+        let mut first_error: Option<(u32, i32)> = None;
+        loop {
+            buf.clear();
+            sock.recv(buf).await.map_err(|source| NftError::Socket {
+                what: "receiving",
+                source,
+            })?;
+            let mut at = 0;
+            while at + 16 <= buf.len() {
+                let len =
+                    u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]]) as usize;
+                if len < 16 || at + len > buf.len() {
+                    return Err(NftError::Decode(format!("a reply of {len} bytes")));
+                }
+                let kind = u16::from_ne_bytes([buf[at + 4], buf[at + 5]]);
+                let mseq =
+                    u32::from_ne_bytes([buf[at + 8], buf[at + 9], buf[at + 10], buf[at + 11]]);
+                if kind == 2 && len >= 20 {
+                    let code = i32::from_ne_bytes([
+                        buf[at + 16],
+                        buf[at + 17],
+                        buf[at + 18],
+                        buf[at + 19],
+                    ]);
+                    if code != 0 && first_error.is_none() {
+                        first_error = Some((mseq, -code));
+                    }
+                    if mseq == batch.last_seq {
+                        return match first_error {
+                            None => Ok(()),
+                            Some((s, errno)) => {
+                                let op = batch
+                                    .seqs
+                                    .iter()
+                                    .find(|(q, _)| *q == s)
+                                    .and_then(|(_, i)| tx.ops.get(*i))
+                                    .map(|o| o.to_string())
+                                    .unwrap_or_else(|| "the batch".into());
+                                Err(NftError::Refused {
+                                    op,
+                                    family: family_str(tx.family),
+                                    table: tx.table.clone(),
+                                    source: io::Error::from_raw_os_error(errno),
+                                })
+                            }
+                        };
+                    }
+                }
+                at += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+fn family_str(f: Family) -> &'static str {
+    f.as_str()
+}

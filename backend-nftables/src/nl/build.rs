@@ -1,0 +1,242 @@
+//! Rule fragments in kube-proxy's words, as expression lists: what `nft`
+//! compiles `ip daddr . meta l4proto . th dport vmap @service-ips`,
+//! `numgen random mod N vmap { … }` or `dnat to IP:PORT` into.
+
+use std::net::IpAddr;
+
+use super::expr::{
+    BASE_NETWORK, BASE_TRANSPORT, CT_STATE, CT_STATE_NEW, CmpOp, Expr, META_L4PROTO, META_MARK,
+    REG_1, REG_2, REG_VERDICT, REG32_00, Verdict,
+};
+
+fn addr_offset(ip: IpAddr, dst: bool) -> (u32, u32) {
+    match (ip, dst) {
+        (IpAddr::V4(_), true) => (16, 4),
+        (IpAddr::V4(_), false) => (12, 4),
+        (IpAddr::V6(_), true) => (24, 16),
+        (IpAddr::V6(_), false) => (8, 16),
+    }
+}
+
+fn octets(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// `ip daddr IP` / `ip saddr IP` (`ip6` for IPv6).
+pub fn addr_eq(ip: IpAddr, dst: bool, op: CmpOp) -> Vec<Expr> {
+    let (offset, len) = addr_offset(ip, dst);
+    vec![
+        Expr::Payload {
+            base: BASE_NETWORK,
+            offset,
+            len,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op,
+            data: octets(ip),
+        },
+    ]
+}
+
+/// `ip saddr != NET/LEN` (`op` `Eq` for `ip saddr NET/LEN`).
+pub fn saddr_in(net: IpAddr, prefix: u8, op: CmpOp) -> Vec<Expr> {
+    let (offset, len) = addr_offset(net, false);
+    let bits = len * 8;
+    let mut mask = vec![0u8; len as usize];
+    for i in 0..u32::from(prefix).min(bits) {
+        mask[(i / 8) as usize] |= 0x80 >> (i % 8);
+    }
+    let masked: Vec<u8> = octets(net).iter().zip(&mask).map(|(a, m)| a & m).collect();
+    vec![
+        Expr::Payload {
+            base: BASE_NETWORK,
+            offset,
+            len,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            xor: vec![0; mask.len()],
+            mask,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op,
+            data: masked,
+        },
+    ]
+}
+
+/// `meta l4proto PROTO`.
+pub fn l4proto(proto: u8) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_L4PROTO,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: vec![proto],
+        },
+    ]
+}
+
+/// `th dport PORT` (after a protocol match).
+pub fn dport(port: u16) -> Vec<Expr> {
+    vec![
+        Expr::Payload {
+            base: BASE_TRANSPORT,
+            offset: 2,
+            len: 2,
+            dreg: REG_1,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: port.to_be_bytes().to_vec(),
+        },
+    ]
+}
+
+/// `ip daddr . meta l4proto . th dport vmap @MAP` (`ip6 daddr` for
+/// IPv6): kube-proxy's one-lookup dispatch.
+pub fn daddr_proto_port_vmap(v6: bool, map: &str) -> Vec<Expr> {
+    let (offset, len) = if v6 { (24, 16) } else { (16, 4) };
+    let r = |i: u32| REG32_00 + i;
+    let after_addr = len / 4;
+    vec![
+        Expr::Payload {
+            base: BASE_NETWORK,
+            offset,
+            len,
+            dreg: r(0),
+        },
+        Expr::Meta {
+            key: META_L4PROTO,
+            dreg: r(after_addr),
+        },
+        Expr::Payload {
+            base: BASE_TRANSPORT,
+            offset: 2,
+            len: 2,
+            dreg: r(after_addr + 1),
+        },
+        Expr::Lookup {
+            sreg: r(0),
+            set: map.into(),
+            set_id: None,
+            dreg: Some(REG_VERDICT),
+            invert: false,
+        },
+    ]
+}
+
+/// The key of a `ipv4_addr . inet_proto . inet_service` element.
+pub fn addr_proto_port_key(ip: IpAddr, proto: u8, port: u16) -> Vec<u8> {
+    let mut k = octets(ip);
+    k.extend_from_slice(&[proto, 0, 0, 0]);
+    k.extend_from_slice(&port.to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+/// `numgen random mod N vmap { … }`: the lookup into the anonymous map
+/// `set` (its id `set_id` in the same transaction).
+pub fn numgen_vmap(n: u32, set: &str, set_id: u32) -> Vec<Expr> {
+    vec![
+        Expr::Numgen {
+            dreg: REG_1,
+            modulus: n,
+        },
+        Expr::Lookup {
+            sreg: REG_1,
+            set: set.into(),
+            set_id: Some(set_id),
+            dreg: Some(REG_VERDICT),
+            invert: false,
+        },
+    ]
+}
+
+/// The key of element `i` of a `numgen` map (a host-order `u32`).
+pub fn numgen_key(i: u32) -> Vec<u8> {
+    i.to_ne_bytes().to_vec()
+}
+
+/// `meta l4proto PROTO dnat to IP:PORT` (`ip6` family for IPv6).
+pub fn dnat(proto: u8, ip: IpAddr, port: u16) -> Vec<Expr> {
+    let mut e = l4proto(proto);
+    e.push(Expr::Value {
+        dreg: REG_1,
+        data: octets(ip),
+    });
+    e.push(Expr::Value {
+        dreg: REG_2,
+        data: port.to_be_bytes().to_vec(),
+    });
+    e.push(Expr::Nat {
+        dnat: true,
+        family: if ip.is_ipv4() { 2 } else { 10 },
+        addr: REG_1,
+        proto: Some(REG_2),
+    });
+    e
+}
+
+/// `mark set mark or M`.
+pub fn mark_or(m: u32) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_MARK,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: (!m).to_ne_bytes().to_vec(),
+            xor: m.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSet {
+            key: META_MARK,
+            sreg: REG_1,
+        },
+    ]
+}
+
+/// `ct state new`.
+pub fn ct_new() -> Vec<Expr> {
+    vec![
+        Expr::Ct {
+            key: CT_STATE,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Neq,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+/// `jump CHAIN`.
+pub fn jump(chain: &str) -> Expr {
+    Expr::Verdict(Verdict::Jump(chain.into()))
+}
+
+/// `goto CHAIN`.
+pub fn goto(chain: &str) -> Expr {
+    Expr::Verdict(Verdict::Goto(chain.into()))
+}
