@@ -14,7 +14,8 @@
 //! masquerade configuration and local-traffic detection come from
 //! `proxier-netfilter`, which every netfilter backend shares.
 //!
-//! Dependencies, and why: `sha2` for kube-proxy's chain-name hash;
+//! Dependencies, and why: kube-proxy's chain-name hash comes from
+//! `proxier-netfilter` (SHA-256 and base32, shared with nftables mode);
 //! `imbl` so a partial sync clones the previous fragments in O(1).
 //! The `iptables` crate was considered for single rule edits and not
 //! used: every change, jump rules included, goes through one

@@ -6,7 +6,6 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use proxier_core::ServicePortName;
-use sha2::{Digest, Sha256};
 
 pub use proxier_netfilter::chains::{
     KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
@@ -41,25 +40,10 @@ pub fn is_owned_chain(table: &str, chain: &str) -> bool {
     is_fixed_chain(table, chain) || (table == "nat" && is_service_chain(chain))
 }
 
-const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
-
 /// The first 16 characters of standard base32 of SHA-256(`input`):
 /// kube-proxy's `portProtoHash` and `servicePortEndpointChainName`.
 pub fn hash16(input: &[u8]) -> [u8; 16] {
-    base32_16(&Sha256::digest(input))
-}
-
-fn base32_16(digest: &[u8]) -> [u8; 16] {
-    // 16 base32 characters are 80 bits: the first 10 bytes.
-    let mut bits: u128 = 0;
-    for b in &digest[..10] {
-        bits = (bits << 8) | u128::from(*b);
-    }
-    let mut out = [0u8; 16];
-    for (i, c) in out.iter_mut().enumerate() {
-        *c = BASE32[((bits >> (75 - 5 * i)) & 31) as usize];
-    }
-    out
+    proxier_netfilter::hash_base32(&[input])
 }
 
 fn chain(prefix: &str, hash: &[u8; 16]) -> String {
@@ -102,7 +86,7 @@ impl ServiceChains {
 /// renderer's fast path for `KUBE-SEP-` names (service key, then the
 /// endpoint's `ip:port` text).
 pub fn hash16_parts(a: &str, b: &str) -> [u8; 16] {
-    base32_16(&Sha256::new().chain_update(a).chain_update(b).finalize())
+    proxier_netfilter::hash_base32(&[a.as_bytes(), b.as_bytes()])
 }
 
 /// `KUBE-SEP-…` of one endpoint of one service port.

@@ -34,8 +34,12 @@
 #![warn(missing_docs)]
 
 pub mod kernel;
+pub mod layout;
 pub mod nl;
+pub mod proxier;
 
 pub use kernel::{NfTables, NfTablesNetlink, NftError};
+pub use layout::Config;
 pub use nl::expr::{Expr, Verdict};
 pub use nl::msg::{BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, Set, Transaction};
+pub use proxier::NftablesProxier;

@@ -4,6 +4,30 @@
 //! `iptables-restore` input, or read as a flag.
 
 use proxier_core::ServicePortName;
+use sha2::{Digest, Sha256};
+
+const BASE32: &[u8; 32] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+
+/// The first 16 characters of standard base32 of SHA-256 of `parts`
+/// concatenated: the hash in kube-proxy's chain names (iptables mode
+/// takes 16 characters, nftables mode 8).
+pub fn hash_base32(parts: &[&[u8]]) -> [u8; 16] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    let digest = h.finalize();
+    // 16 base32 characters are 80 bits: the first 10 bytes.
+    let mut bits: u128 = 0;
+    for b in &digest[..10] {
+        bits = (bits << 8) | u128::from(*b);
+    }
+    let mut out = [0u8; 16];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = BASE32[((bits >> (75 - 5 * i)) & 31) as usize];
+    }
+    out
+}
 
 /// What a namespace, service name or port name may carry into a comment:
 /// a DNS label or subdomain (what Kubernetes allows), so nothing that

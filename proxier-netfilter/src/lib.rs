@@ -61,7 +61,7 @@ pub use conntrack::{
     CleanupReport, Conntrack, ConntrackError, ConntrackFilter, ConntrackNetlink, Flow, FlowTuple,
     StaleFlows, clean_stale,
 };
-pub use escape::{safe_label, safe_service_port_name};
+pub use escape::{hash_base32, safe_label, safe_service_port_name};
 pub use iptables::{ExecError, Iptables, IptablesCmd, TableListing, Variant};
 pub use local::LocalDetector;
 pub use masquerade::{ConfigError, Masquerade, check_family};

@@ -45,7 +45,16 @@ pub fn addr_eq(ip: IpAddr, dst: bool, op: CmpOp) -> Vec<Expr> {
 
 /// `ip saddr != NET/LEN` (`op` `Eq` for `ip saddr NET/LEN`).
 pub fn saddr_in(net: IpAddr, prefix: u8, op: CmpOp) -> Vec<Expr> {
-    let (offset, len) = addr_offset(net, false);
+    addr_in(net, prefix, false, op)
+}
+
+/// `ip daddr|saddr [!=] NET/LEN`; a full-length prefix is a plain
+/// comparison (`ip daddr 10.0.0.1`).
+pub fn addr_in(net: IpAddr, prefix: u8, dst: bool, op: CmpOp) -> Vec<Expr> {
+    let (offset, len) = addr_offset(net, dst);
+    if u32::from(prefix) >= len * 8 {
+        return addr_eq(net, dst, op);
+    }
     let bits = len * 8;
     let mut mask = vec![0u8; len as usize];
     for i in 0..u32::from(prefix).min(bits) {
@@ -239,4 +248,103 @@ pub fn jump(chain: &str) -> Expr {
 /// `goto CHAIN`.
 pub fn goto(chain: &str) -> Expr {
     Expr::Verdict(Verdict::Goto(chain.into()))
+}
+
+/// `ip daddr` into `NFT_REG_1` (`ip6 daddr` for IPv6), for a lookup.
+pub fn daddr_load(v6: bool) -> Expr {
+    let (offset, len) = if v6 { (24, 16) } else { (16, 4) };
+    Expr::Payload {
+        base: BASE_NETWORK,
+        offset,
+        len,
+        dreg: REG_1,
+    }
+}
+
+/// `ip saddr` into `NFT_REG_1` (`ip6 saddr` for IPv6).
+pub fn saddr_load(v6: bool) -> Expr {
+    let (offset, len) = if v6 { (8, 16) } else { (12, 4) };
+    Expr::Payload {
+        base: BASE_NETWORK,
+        offset,
+        len,
+        dreg: REG_1,
+    }
+}
+
+/// `meta l4proto . th dport vmap @MAP` (node ports).
+pub fn proto_port_vmap(map: &str) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_L4PROTO,
+            dreg: REG32_00,
+        },
+        Expr::Payload {
+            base: BASE_TRANSPORT,
+            offset: 2,
+            len: 2,
+            dreg: REG32_00 + 1,
+        },
+        Expr::Lookup {
+            sreg: REG32_00,
+            set: map.into(),
+            set_id: None,
+            dreg: Some(REG_VERDICT),
+            invert: false,
+        },
+    ]
+}
+
+/// The key of an `ipv4_addr` (or `ipv6_addr`) element.
+pub fn addr_key(ip: IpAddr) -> Vec<u8> {
+    octets(ip)
+}
+
+/// The key of an `inet_proto . inet_service` element.
+pub fn proto_port_key(proto: u8, port: u16) -> Vec<u8> {
+    let mut k = vec![proto, 0, 0, 0];
+    k.extend_from_slice(&port.to_be_bytes());
+    k.extend_from_slice(&[0, 0]);
+    k
+}
+
+/// `mark and M == 0`.
+pub fn mark_and_zero(m: u32) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_MARK,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: m.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+/// `mark set mark xor M`.
+pub fn mark_xor(m: u32) -> Vec<Expr> {
+    vec![
+        Expr::Meta {
+            key: META_MARK,
+            dreg: REG_1,
+        },
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: u32::MAX.to_ne_bytes().to_vec(),
+            xor: m.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSet {
+            key: META_MARK,
+            sreg: REG_1,
+        },
+    ]
 }

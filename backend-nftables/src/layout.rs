@@ -1,0 +1,847 @@
+//! kube-proxy's nftables layout (`pkg/proxy/nftables/proxier.go`,
+//! `setupNFTables` and `syncProxyRules`), rendered from a [`Snapshot`] as
+//! one [`Transaction`], with no I/O. `nft list table ip kube-proxy` on a
+//! node shows the names, maps, chains and comments kube-proxy writes.
+//!
+//! Where the text differs from kube-proxy's: a firewall chain is
+//! `ip saddr CIDR return` per source range then `drop` (kube-proxy:
+//! `ip saddr != { CIDR, … } drop`), and the unallocated-ClusterIP rule is
+//! one `ip daddr CIDR drop` per service CIDR (kube-proxy: one anonymous
+//! set); the verdicts are the same.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+use proxier_core::{IpFamily, Protocol, ServicePort, ServicePortName, Snapshot};
+use proxier_netfilter::{LocalDetector, Masquerade, hash_base32, safe_service_port_name};
+
+use crate::nl::build;
+use crate::nl::expr::{
+    CmpOp, Expr, FIB_F_DADDR, FIB_F_SADDR, FIB_RESULT_ADDRTYPE, META_IIFNAME, NAT_RANDOM_FULLY,
+    REG_1, RTN_LOCAL, Verdict,
+};
+use crate::nl::msg::{
+    BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, SET_ANONYMOUS, SET_CONSTANT,
+    SET_EVAL, Set, Transaction,
+};
+
+/// The table, in `ip` and `ip6`.
+pub const TABLE: &str = "kube-proxy";
+
+/// What the layout needs to know about the node and the flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The mark, `--masquerade-all`, `--detect-local-mode` and the family.
+    pub masquerade: Masquerade,
+    /// `--nodeport-addresses`; empty: every local address (`fib daddr type
+    /// local`).
+    pub node_port_addresses: Vec<IpNet>,
+    /// The node's addresses (node ports restricted by CIDR, the
+    /// source-range hairpin).
+    pub node_ips: Vec<IpAddr>,
+    /// `--service-cluster-ip-range`: traffic to an unallocated cluster IP
+    /// in it is dropped (`cluster-ips-check`).
+    pub service_cidrs: Vec<IpNet>,
+}
+
+impl Config {
+    /// Defaults for `family`.
+    pub fn new(family: IpFamily) -> Config {
+        Config {
+            masquerade: Masquerade::new(family),
+            node_port_addresses: Vec::new(),
+            node_ips: Vec::new(),
+            service_cidrs: Vec::new(),
+        }
+    }
+
+    fn family(&self) -> IpFamily {
+        self.masquerade.family
+    }
+
+    fn match_all(&self) -> bool {
+        self.node_port_addresses.is_empty()
+            || self.node_port_addresses.iter().any(|n| n.prefix_len() == 0)
+    }
+}
+
+/// The nf_tables family of an IP family.
+pub fn nft_family(f: IpFamily) -> Family {
+    match f {
+        IpFamily::V4 => Family::Ip,
+        IpFamily::V6 => Family::Ip6,
+    }
+}
+
+const NAME_MAX: usize = 256 - 16;
+
+/// kube-proxy's `hashAndTruncate`: 8 base32 characters of SHA-256, a
+/// dash, and the name itself.
+pub fn hash_and_truncate(name: &str) -> String {
+    let h = hash_base32(&[name.as_bytes()]);
+    let mut s = String::with_capacity(9 + name.len());
+    s.extend(h[..8].iter().map(|&b| b as char));
+    s.push('-');
+    s.push_str(name);
+    if s.len() > NAME_MAX {
+        s.truncate(NAME_MAX - 3);
+        s.push_str("...");
+    }
+    s
+}
+
+/// `HASH-ns/svc/proto/port`, the base of a service port's chain names.
+pub fn service_base(name: &ServicePortName) -> String {
+    hash_and_truncate(&format!(
+        "{}/{}/{}/{}",
+        name.service.namespace,
+        name.service.name,
+        name.protocol.lower(),
+        name.port
+    ))
+}
+
+/// `HASH-ns/svc/proto/port__ip/port` (IPv6 colons as dots), the base of an
+/// endpoint's chain and affinity set.
+pub fn endpoint_base(name: &ServicePortName, ep: SocketAddr) -> String {
+    let ip = ep.ip().to_string().replace(':', ".");
+    hash_and_truncate(&format!(
+        "{}/{}/{}/{}__{}/{}",
+        name.service.namespace,
+        name.service.name,
+        name.protocol.lower(),
+        name.port,
+        ip,
+        ep.port()
+    ))
+}
+
+/// A service port that could not be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{service}: {reason}; skipped")]
+pub struct RenderError {
+    /// The service port.
+    pub service: String,
+    /// Why.
+    pub reason: &'static str,
+}
+
+fn proto_num(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => 6,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+    }
+}
+
+fn key_addr(f: IpFamily) -> KeyType {
+    match f {
+        IpFamily::V4 => KeyType::Ipv4Addr,
+        IpFamily::V6 => KeyType::Ipv6Addr,
+    }
+}
+
+fn map(name: &str, key: Vec<KeyType>, comment: &str, id: u32) -> Op {
+    Op::AddSet(Set {
+        name: name.into(),
+        key,
+        verdict_map: true,
+        flags: 0,
+        timeout_ms: None,
+        comment: Some(comment.into()),
+        id,
+    })
+}
+
+fn chain(name: &str) -> Chain {
+    Chain {
+        name: name.into(),
+        base: None,
+        comment: None,
+    }
+}
+
+fn rule(chain: &str, exprs: Vec<Expr>) -> Op {
+    Op::AddRule(Rule {
+        chain: chain.into(),
+        exprs,
+        comment: None,
+    })
+}
+
+fn rule_c(chain: &str, exprs: Vec<Expr>, comment: &str) -> Op {
+    Op::AddRule(Rule {
+        chain: chain.into(),
+        exprs,
+        comment: Some(comment.into()),
+    })
+}
+
+fn with(mut e: Vec<Expr>, last: Expr) -> Vec<Expr> {
+    e.push(last);
+    e
+}
+
+fn net_match(net: &IpNet, dst: bool, op: CmpOp) -> Vec<Expr> {
+    build::addr_in(net.network(), net.prefix_len(), dst, op)
+}
+
+/// The local-traffic match in nft (kube-proxy's `IfLocalNFT` and
+/// `IfNotLocalNFT`): one match per CIDR for "not local" (all must hold),
+/// one rule each for "local".
+fn local_matches(d: &LocalDetector, negate: bool) -> Vec<Vec<Expr>> {
+    match d {
+        LocalDetector::None => Vec::new(),
+        LocalDetector::ClusterCidr(cidrs) => {
+            let op = if negate { CmpOp::Neq } else { CmpOp::Eq };
+            if negate {
+                vec![cidrs.iter().flat_map(|c| net_match(c, false, op)).collect()]
+            } else {
+                cidrs.iter().map(|c| net_match(c, false, op)).collect()
+            }
+        }
+        LocalDetector::InterfacePrefix(p) => vec![vec![
+            Expr::Meta {
+                key: META_IIFNAME,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                sreg: REG_1,
+                op: if negate { CmpOp::Neq } else { CmpOp::Eq },
+                data: p.as_bytes().to_vec(),
+            },
+        ]],
+    }
+}
+
+fn fib_local(saddr: bool) -> Vec<Expr> {
+    vec![
+        Expr::Fib {
+            dreg: REG_1,
+            result: FIB_RESULT_ADDRTYPE,
+            flags: if saddr { FIB_F_SADDR } else { FIB_F_DADDR },
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+    ]
+}
+
+fn proto_port_vmap(map: &str) -> Vec<Expr> {
+    build::proto_port_vmap(map)
+}
+
+/// The whole table as one transaction: what a full sync writes after
+/// deleting the old table in the same batch, so that nothing of ours
+/// survives that is not wanted and nothing foreign is touched.
+pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Vec<RenderError>) {
+    let fam = cfg.family();
+    let v6 = fam == IpFamily::V6;
+    let addr = key_addr(fam);
+    let mut tx = Transaction::new(nft_family(fam), TABLE);
+    let mut ids = 0u32;
+    let mut id = || {
+        ids += 1;
+        ids
+    };
+    // Replace the table: add (so the delete cannot fail), delete, add.
+    tx.push(Op::AddTable { comment: None });
+    tx.push(Op::DeleteTable);
+    tx.push(Op::AddTable {
+        comment: Some("rules for kube-proxy".into()),
+    });
+    let bases: [(&str, &'static str, Hook, i32); 8] = [
+        ("filter-prerouting", "filter", Hook::Prerouting, -110),
+        ("filter-input", "filter", Hook::Input, -110),
+        ("filter-forward", "filter", Hook::Forward, -110),
+        ("filter-output", "filter", Hook::Output, -110),
+        ("filter-output-post-dnat", "filter", Hook::Output, -90),
+        ("nat-prerouting", "nat", Hook::Prerouting, -100),
+        ("nat-output", "nat", Hook::Output, -100),
+        ("nat-postrouting", "nat", Hook::Postrouting, 100),
+    ];
+    for (name, kind, hook, priority) in bases {
+        tx.push(Op::AddChain(Chain {
+            name: name.into(),
+            base: Some(BaseHook {
+                kind,
+                hook,
+                priority,
+            }),
+            comment: None,
+        }));
+    }
+    for c in [
+        "nodeport-endpoints-check",
+        "service-endpoints-check",
+        "firewall-check",
+        "services",
+        "masquerading",
+        "cluster-ips-check",
+        "mark-for-masquerade",
+    ] {
+        tx.push(Op::AddChain(chain(c)));
+    }
+    tx.push(Op::AddChain(Chain {
+        name: "reject-chain".into(),
+        base: None,
+        comment: Some("helper for @no-endpoint-services / @no-endpoint-nodeports".into()),
+    }));
+    let new = build::ct_new();
+    for (to, from, ct) in [
+        ("nodeport-endpoints-check", "filter-input", true),
+        ("service-endpoints-check", "filter-input", true),
+        ("service-endpoints-check", "filter-forward", true),
+        ("service-endpoints-check", "filter-output", true),
+        ("firewall-check", "filter-prerouting", true),
+        ("firewall-check", "filter-output", true),
+        ("services", "nat-output", false),
+        ("services", "nat-prerouting", false),
+        ("masquerading", "nat-postrouting", false),
+        ("cluster-ips-check", "filter-forward", true),
+        ("cluster-ips-check", "filter-output-post-dnat", true),
+    ] {
+        let e = if ct { new.clone() } else { Vec::new() };
+        tx.push(rule(from, with(e, build::jump(to))));
+    }
+    let mark = cfg.masquerade.mark();
+    tx.push(rule("mark-for-masquerade", build::mark_or(mark)));
+    tx.push(rule(
+        "masquerading",
+        with(build::mark_and_zero(mark), Expr::Verdict(Verdict::Return)),
+    ));
+    tx.push(rule("masquerading", build::mark_xor(mark)));
+    tx.push(rule(
+        "masquerading",
+        vec![Expr::Masq {
+            flags: NAT_RANDOM_FULLY,
+        }],
+    ));
+    let set = |name: &str, comment: &str, id: u32| {
+        Op::AddSet(Set {
+            name: name.into(),
+            key: vec![addr],
+            verdict_map: false,
+            flags: 0,
+            timeout_ms: None,
+            comment: Some(comment.into()),
+            id,
+        })
+    };
+    tx.push(set("cluster-ips", "Active ClusterIPs", id()));
+    let reject_code = if v6 { 4 } else { 3 };
+    tx.push(rule_c(
+        "cluster-ips-check",
+        vec![
+            build::daddr_load(v6),
+            Expr::Lookup {
+                sreg: REG_1,
+                set: "cluster-ips".into(),
+                set_id: None,
+                dreg: None,
+                invert: false,
+            },
+            Expr::Reject {
+                icmp_code: reject_code,
+            },
+        ],
+        "Reject traffic to invalid ports of ClusterIPs",
+    ));
+    for cidr in cfg.service_cidrs.iter().filter(|c| fam.matches(&c.addr())) {
+        tx.push(rule_c(
+            "cluster-ips-check",
+            with(
+                net_match(cidr, true, CmpOp::Eq),
+                Expr::Verdict(Verdict::Drop),
+            ),
+            "Drop traffic to unallocated ClusterIPs",
+        ));
+    }
+    let no_localhost: IpNet = if v6 {
+        "::1/128".parse().expect("net")
+    } else {
+        "127.0.0.0/8".parse().expect("net")
+    };
+    let match_all = cfg.match_all();
+    if !match_all {
+        tx.push(set(
+            "nodeport-ips",
+            "IPs that accept NodePort traffic",
+            id(),
+        ));
+        let ips: Vec<Element> = cfg
+            .node_ips
+            .iter()
+            .filter(|ip| fam.matches(ip) && !ip.is_loopback())
+            .filter(|ip| cfg.node_port_addresses.iter().any(|n| n.contains(*ip)))
+            .map(|ip| Element {
+                key: build::addr_key(*ip),
+                verdict: None,
+                comment: None,
+            })
+            .collect();
+        if !ips.is_empty() {
+            tx.push(Op::AddElements {
+                set: "nodeport-ips".into(),
+                set_id: None,
+                elements: ips,
+            });
+        }
+    }
+    let vip_key = vec![addr, KeyType::InetProto, KeyType::InetService];
+    let np_key = vec![KeyType::InetProto, KeyType::InetService];
+    tx.push(map(
+        "no-endpoint-services",
+        vip_key.clone(),
+        "vmap to drop or reject packets to services with no endpoints",
+        id(),
+    ));
+    tx.push(map(
+        "no-endpoint-nodeports",
+        np_key.clone(),
+        "vmap to drop or reject packets to service nodeports with no endpoints",
+        id(),
+    ));
+    tx.push(rule(
+        "reject-chain",
+        vec![Expr::Reject {
+            icmp_code: reject_code,
+        }],
+    ));
+    tx.push(rule(
+        "service-endpoints-check",
+        build::daddr_proto_port_vmap(v6, "no-endpoint-services"),
+    ));
+    let nodeport_dest = |e: &mut Vec<Expr>| {
+        if match_all {
+            e.extend(net_match(&no_localhost, true, CmpOp::Neq));
+        } else {
+            e.push(build::daddr_load(v6));
+            e.push(Expr::Lookup {
+                sreg: REG_1,
+                set: "nodeport-ips".into(),
+                set_id: None,
+                dreg: None,
+                invert: false,
+            });
+        }
+    };
+    let mut e = Vec::new();
+    nodeport_dest(&mut e);
+    e.extend(proto_port_vmap("no-endpoint-nodeports"));
+    tx.push(rule("nodeport-endpoints-check", e));
+    tx.push(map(
+        "firewall-ips",
+        vip_key.clone(),
+        "destinations that are subject to LoadBalancerSourceRanges",
+        id(),
+    ));
+    tx.push(rule(
+        "firewall-check",
+        build::daddr_proto_port_vmap(v6, "firewall-ips"),
+    ));
+    tx.push(map(
+        "service-ips",
+        vip_key,
+        "ClusterIP, ExternalIP and LoadBalancer IP traffic",
+        id(),
+    ));
+    tx.push(map("service-nodeports", np_key, "NodePort traffic", id()));
+    tx.push(rule(
+        "services",
+        build::daddr_proto_port_vmap(v6, "service-ips"),
+    ));
+    let mut e = Vec::new();
+    if match_all {
+        e.extend(fib_local(false));
+    }
+    nodeport_dest(&mut e);
+    e.extend(proto_port_vmap("service-nodeports"));
+    tx.push(rule("services", e));
+
+    let mut errors = Vec::new();
+    let mut elems = Elements::default();
+    for (name, svc) in &snap.services {
+        if !safe_service_port_name(name) {
+            errors.push(RenderError {
+                service: name.to_string(),
+                reason: "name is not a DNS label and cannot go into a chain name",
+            });
+            continue;
+        }
+        service(cfg, snap, svc, &mut tx, &mut elems, &mut id);
+    }
+    elems.write(&mut tx);
+    (tx, errors)
+}
+
+/// The map and set elements of every service, written after the chains
+/// they point at.
+#[derive(Debug, Default)]
+struct Elements {
+    cluster_ips: BTreeSet<IpAddr>,
+    service_ips: Vec<Element>,
+    service_nodeports: Vec<Element>,
+    no_endpoint_services: Vec<Element>,
+    no_endpoint_nodeports: Vec<Element>,
+    firewall_ips: Vec<Element>,
+}
+
+impl Elements {
+    fn write(self, tx: &mut Transaction) {
+        let cluster: Vec<Element> = self
+            .cluster_ips
+            .into_iter()
+            .map(|ip| Element {
+                key: build::addr_key(ip),
+                verdict: None,
+                comment: None,
+            })
+            .collect();
+        for (set, elements) in [
+            ("cluster-ips", cluster),
+            ("service-ips", self.service_ips),
+            ("service-nodeports", self.service_nodeports),
+            ("no-endpoint-services", self.no_endpoint_services),
+            ("no-endpoint-nodeports", self.no_endpoint_nodeports),
+            ("firewall-ips", self.firewall_ips),
+        ] {
+            if !elements.is_empty() {
+                tx.push(Op::AddElements {
+                    set: set.into(),
+                    set_id: None,
+                    elements,
+                });
+            }
+        }
+    }
+}
+
+fn vip(ip: IpAddr, svc: &ServicePort, verdict: Verdict, comment: Option<String>) -> Element {
+    Element {
+        key: build::addr_proto_port_key(ip, proto_num(svc.protocol()), svc.port),
+        verdict: Some(verdict),
+        comment,
+    }
+}
+
+fn nodeport(svc: &ServicePort, verdict: Verdict, comment: Option<String>) -> Element {
+    Element {
+        key: build::proto_port_key(proto_num(svc.protocol()), svc.node_port),
+        verdict: Some(verdict),
+        comment,
+    }
+}
+
+/// One service port: its map elements and its chains.
+fn service(
+    cfg: &Config,
+    snap: &Snapshot,
+    svc: &ServicePort,
+    tx: &mut Transaction,
+    el: &mut Elements,
+    id: &mut impl FnMut() -> u32,
+) {
+    let fam = cfg.family();
+    let v6 = fam == IpFamily::V6;
+    let name = &svc.name;
+    let label = name.to_string();
+    let proto = proto_num(svc.protocol());
+    let base = service_base(name);
+    let cluster_chain = format!("service-{base}");
+    let local_chain = format!("local-{base}");
+    let external_chain = format!("external-{base}");
+    let firewall_chain = format!("firewall-{base}");
+    let cat = snap.categorize(svc);
+    let has_endpoints = cat.has_any;
+    let (cluster, local) = (cat.cluster(), cat.local());
+    let uses_cluster = !cluster.is_empty() && svc.uses_cluster_endpoints();
+    let uses_local = !local.is_empty() && svc.uses_local_endpoints();
+    let (internal_chain, has_internal) = if svc.internal_policy_local {
+        (&local_chain, has_endpoints && !local.is_empty())
+    } else {
+        (&cluster_chain, has_endpoints)
+    };
+    let (external_policy, has_external) = if svc.external_policy_local {
+        (&local_chain, has_endpoints && !local.is_empty())
+    } else {
+        (&cluster_chain, has_endpoints)
+    };
+    let uses_external = has_endpoints && svc.externally_accessible();
+    let reject = Verdict::Goto("reject-chain".into());
+    let (internal_verdict, external_verdict) = if !has_endpoints {
+        (reject.clone(), reject)
+    } else {
+        (Verdict::Drop, Verdict::Drop)
+    };
+    let affinity = svc.sticky_seconds();
+    let endpoint_names: Vec<(SocketAddr, String)> = cat
+        .all_reachable
+        .iter()
+        .map(|e| (e.addr, endpoint_base(name, e.addr)))
+        .collect();
+
+    // Map and set elements.
+    el.cluster_ips.insert(svc.cluster_ip);
+    if has_internal {
+        el.service_ips.push(vip(
+            svc.cluster_ip,
+            svc,
+            Verdict::Goto(internal_chain.clone()),
+            None,
+        ));
+    } else {
+        el.no_endpoint_services.push(vip(
+            svc.cluster_ip,
+            svc,
+            internal_verdict,
+            Some(label.clone()),
+        ));
+    }
+    for ip in svc.external_ips.iter().filter(|ip| fam.matches(ip)) {
+        if has_endpoints {
+            el.service_ips
+                .push(vip(*ip, svc, Verdict::Goto(external_chain.clone()), None));
+        }
+        if !has_external {
+            el.no_endpoint_services.push(vip(
+                *ip,
+                svc,
+                external_verdict.clone(),
+                Some(label.clone()),
+            ));
+        }
+    }
+    let ranges: Vec<&IpNet> = svc
+        .load_balancer_source_ranges
+        .iter()
+        .filter(|n| fam.matches(&n.addr()))
+        .collect();
+    let lb_ips: Vec<IpAddr> = svc
+        .load_balancer_ips
+        .iter()
+        .copied()
+        .filter(|ip| fam.matches(ip))
+        .collect();
+    let uses_fw = !lb_ips.is_empty() && !ranges.is_empty();
+    for ip in &lb_ips {
+        if has_endpoints {
+            el.service_ips
+                .push(vip(*ip, svc, Verdict::Goto(external_chain.clone()), None));
+        }
+        if uses_fw {
+            el.firewall_ips
+                .push(vip(*ip, svc, Verdict::Goto(firewall_chain.clone()), None));
+        }
+        if !has_external {
+            el.no_endpoint_services.push(vip(
+                *ip,
+                svc,
+                external_verdict.clone(),
+                Some(label.clone()),
+            ));
+        }
+    }
+    if svc.node_port != 0 {
+        if has_endpoints {
+            el.service_nodeports
+                .push(nodeport(svc, Verdict::Goto(external_chain.clone()), None));
+        }
+        if !has_external {
+            el.no_endpoint_nodeports.push(nodeport(
+                svc,
+                external_verdict.clone(),
+                Some(label.clone()),
+            ));
+        }
+    }
+
+    // Chains: the endpoint chains first (the service chains go to them).
+    for (_, ep) in &endpoint_names {
+        tx.push(Op::AddChain(chain(&format!("endpoint-{ep}"))));
+        if let Some(secs) = affinity {
+            tx.push(Op::AddSet(Set {
+                name: format!("affinity-{ep}"),
+                key: vec![key_addr(fam)],
+                verdict_map: false,
+                flags: SET_EVAL,
+                timeout_ms: Some(u64::from(secs) * 1000),
+                comment: None,
+                id: id(),
+            }));
+        }
+    }
+    if uses_cluster {
+        tx.push(Op::AddChain(chain(&cluster_chain)));
+    }
+    if uses_local {
+        tx.push(Op::AddChain(chain(&local_chain)));
+    }
+    if uses_external {
+        tx.push(Op::AddChain(chain(&external_chain)));
+    }
+    if uses_fw {
+        tx.push(Op::AddChain(chain(&firewall_chain)));
+    }
+
+    // Internal traffic: masquerade what does not come from a pod.
+    if has_internal {
+        let mut e = build::addr_eq(svc.cluster_ip, true, CmpOp::Eq);
+        e.extend(build::l4proto(proto));
+        e.extend(build::dport(svc.port));
+        if cfg.masquerade.masquerade_all {
+            tx.push(rule(
+                internal_chain,
+                with(e, build::jump("mark-for-masquerade")),
+            ));
+        } else if cfg.masquerade.local_detector.is_implemented() {
+            for m in local_matches(&cfg.masquerade.local_detector, true) {
+                let mut e = e.clone();
+                e.extend(m);
+                tx.push(rule(
+                    internal_chain,
+                    with(e, build::jump("mark-for-masquerade")),
+                ));
+            }
+        }
+    }
+    // External traffic.
+    if uses_external {
+        if !svc.external_policy_local {
+            tx.push(rule(
+                &external_chain,
+                vec![build::jump("mark-for-masquerade")],
+            ));
+        } else {
+            for m in local_matches(&cfg.masquerade.local_detector, false) {
+                tx.push(rule_c(
+                    &external_chain,
+                    with(m, build::goto(&cluster_chain)),
+                    "short-circuit pod traffic",
+                ));
+            }
+            tx.push(rule_c(
+                &external_chain,
+                with(fib_local(true), build::jump("mark-for-masquerade")),
+                "masquerade local traffic",
+            ));
+            tx.push(rule_c(
+                &external_chain,
+                with(fib_local(true), build::goto(&cluster_chain)),
+                "short-circuit local traffic",
+            ));
+        }
+        if has_external {
+            tx.push(rule(&external_chain, vec![build::goto(external_policy)]));
+        }
+    }
+    if uses_fw {
+        let mut sources: Vec<IpNet> = ranges.iter().map(|n| **n).collect();
+        let allow_from_node = ranges
+            .iter()
+            .any(|n| cfg.node_ips.iter().any(|ip| n.contains(ip)));
+        if allow_from_node {
+            sources.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
+        }
+        for s in &sources {
+            tx.push(rule(
+                &firewall_chain,
+                with(
+                    net_match(s, false, CmpOp::Eq),
+                    Expr::Verdict(Verdict::Return),
+                ),
+            ));
+        }
+        tx.push(rule(&firewall_chain, vec![Expr::Verdict(Verdict::Drop)]));
+    }
+    let endpoint_chain = |addr: SocketAddr| {
+        endpoint_names
+            .iter()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, b)| b.clone())
+            .expect("reachable endpoint")
+    };
+    let mut to_endpoints = |tx: &mut Transaction, chain: &str, eps: &[&proxier_core::Endpoint]| {
+        if affinity.is_some() {
+            for ep in eps {
+                let b = endpoint_chain(ep.addr);
+                tx.push(rule(
+                    chain,
+                    vec![
+                        build::saddr_load(v6),
+                        Expr::Lookup {
+                            sreg: REG_1,
+                            set: format!("affinity-{b}"),
+                            set_id: None,
+                            dreg: None,
+                            invert: false,
+                        },
+                        build::goto(&format!("endpoint-{b}")),
+                    ],
+                ));
+            }
+        }
+        let set_id = id();
+        tx.push(Op::AddSet(Set {
+            name: "__map%d".into(),
+            key: vec![KeyType::Integer32],
+            verdict_map: true,
+            flags: SET_ANONYMOUS | SET_CONSTANT,
+            timeout_ms: None,
+            comment: None,
+            id: set_id,
+        }));
+        tx.push(Op::AddElements {
+            set: "__map%d".into(),
+            set_id: Some(set_id),
+            elements: eps
+                .iter()
+                .enumerate()
+                .map(|(i, ep)| Element {
+                    key: build::numgen_key(i as u32),
+                    verdict: Some(Verdict::Goto(format!(
+                        "endpoint-{}",
+                        endpoint_chain(ep.addr)
+                    ))),
+                    comment: None,
+                })
+                .collect(),
+        });
+        tx.push(rule(
+            chain,
+            build::numgen_vmap(eps.len() as u32, "__map%d", set_id),
+        ));
+    };
+    if uses_cluster {
+        to_endpoints(tx, &cluster_chain, cluster);
+    }
+    if uses_local {
+        to_endpoints(tx, &local_chain, local);
+    }
+    for (addr, b) in &endpoint_names {
+        let c = format!("endpoint-{b}");
+        tx.push(rule(
+            &c,
+            with(
+                build::addr_eq(addr.ip(), false, CmpOp::Eq),
+                build::jump("mark-for-masquerade"),
+            ),
+        ));
+        if affinity.is_some() {
+            tx.push(rule(
+                &c,
+                vec![
+                    build::saddr_load(v6),
+                    Expr::DynsetUpdate {
+                        sreg: REG_1,
+                        set: format!("affinity-{b}"),
+                    },
+                ],
+            ));
+        }
+        tx.push(rule(&c, build::dnat(proto, addr.ip(), addr.port())));
+    }
+}
