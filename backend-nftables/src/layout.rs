@@ -9,11 +9,11 @@
 //! one `ip daddr CIDR drop` per service CIDR (kube-proxy: one anonymous
 //! set); the verdicts are the same.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use proxier_core::{IpFamily, Protocol, ServicePort, ServicePortName, Snapshot};
+use proxier_core::{IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, Snapshot};
 use proxier_netfilter::{LocalDetector, Masquerade, hash_base32, safe_service_port_name};
 
 use crate::nl::build;
@@ -127,6 +127,185 @@ pub struct RenderError {
     pub reason: &'static str,
 }
 
+/// One rule of a service's chain: expressions, or kube-proxy's
+/// `numgen random mod N vmap { … }` over the named endpoint chains (its
+/// anonymous map is made when the rule is written).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A rule, with its comment.
+    Rule(Vec<Expr>, Option<String>),
+    /// `numgen random mod N vmap { 0 : goto C0, … }`.
+    Numgen(Vec<String>),
+}
+
+/// The key of a map or set element: the container and the key's bytes.
+pub type ElementKey = (&'static str, Vec<u8>);
+
+/// An element's value: its verdict (maps) and comment.
+pub type ElementValue = (Option<Verdict>, Option<String>);
+
+/// What one service (all its ports) puts in the table: its chains with
+/// their rules, its affinity sets, and its elements of the shared maps
+/// and sets. A partial sync compares these, service by service.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fragment {
+    /// Chains in creation order (endpoint chains first) with their rules.
+    pub chains: Vec<(String, Vec<Body>)>,
+    /// Affinity sets (ids are given when written).
+    pub sets: Vec<Set>,
+    /// Elements: container and key → verdict and comment.
+    pub elements: BTreeMap<ElementKey, ElementValue>,
+}
+
+impl Fragment {
+    /// Rules and elements it holds.
+    pub fn objects(&self) -> usize {
+        self.chains.iter().map(|(_, b)| b.len()).sum::<usize>() + self.elements.len()
+    }
+
+    fn vip(
+        &mut self,
+        map: &'static str,
+        ip: IpAddr,
+        svc: &ServicePort,
+        v: Verdict,
+        c: Option<String>,
+    ) {
+        let key = build::addr_proto_port_key(ip, proto_num(svc.protocol()), svc.port);
+        self.elements.insert((map, key), (Some(v), c));
+    }
+
+    fn nodeport(&mut self, map: &'static str, svc: &ServicePort, v: Verdict, c: Option<String>) {
+        let key = build::proto_port_key(proto_num(svc.protocol()), svc.node_port);
+        self.elements.insert((map, key), (Some(v), c));
+    }
+
+    fn chain(&mut self, chain: &str) {
+        if !self.chains.iter().any(|(c, _)| c == chain) {
+            self.chains.push((chain.to_string(), Vec::new()));
+        }
+    }
+
+    fn rule(&mut self, chain: &str, exprs: Vec<Expr>, comment: Option<&str>) {
+        self.chain(chain);
+        let body = Body::Rule(exprs, comment.map(String::from));
+        if let Some((_, b)) = self.chains.iter_mut().find(|(c, _)| c == chain) {
+            b.push(body);
+        }
+    }
+}
+
+/// Writes a chain's rules (the chain must exist).
+pub fn write_rules(
+    tx: &mut Transaction,
+    chain: &str,
+    bodies: &[Body],
+    id: &mut impl FnMut() -> u32,
+) {
+    for b in bodies {
+        match b {
+            Body::Rule(exprs, comment) => {
+                tx.push(Op::AddRule(Rule {
+                    chain: chain.into(),
+                    exprs: exprs.clone(),
+                    comment: comment.clone(),
+                }));
+            }
+            Body::Numgen(targets) => {
+                let set_id = id();
+                tx.push(Op::AddSet(Set {
+                    name: "__map%d".into(),
+                    key: vec![KeyType::Integer32],
+                    verdict_map: true,
+                    flags: SET_ANONYMOUS | SET_CONSTANT,
+                    timeout_ms: None,
+                    comment: None,
+                    id: set_id,
+                }));
+                tx.push(Op::AddElements {
+                    set: "__map%d".into(),
+                    set_id: Some(set_id),
+                    elements: targets
+                        .iter()
+                        .enumerate()
+                        .map(|(i, t)| Element {
+                            key: build::numgen_key(i as u32),
+                            verdict: Some(Verdict::Goto(t.clone())),
+                            comment: None,
+                        })
+                        .collect(),
+                });
+                tx.push(Op::AddRule(Rule {
+                    chain: chain.into(),
+                    exprs: build::numgen_vmap(targets.len() as u32, "__map%d", set_id),
+                    comment: None,
+                }));
+            }
+        }
+    }
+}
+
+/// Adds elements, one message run per container.
+pub fn write_elements<'a>(
+    tx: &mut Transaction,
+    elements: impl IntoIterator<Item = (&'a ElementKey, &'a ElementValue)>,
+) {
+    let mut by: BTreeMap<&'static str, Vec<Element>> = BTreeMap::new();
+    for ((set, key), (verdict, comment)) in elements {
+        by.entry(set).or_default().push(Element {
+            key: key.clone(),
+            verdict: verdict.clone(),
+            comment: comment.clone(),
+        });
+    }
+    for (set, elements) in by {
+        tx.push(Op::AddElements {
+            set: set.into(),
+            set_id: None,
+            elements,
+        });
+    }
+}
+
+/// Deletes elements by key, one message run per container.
+pub fn delete_elements<'a>(tx: &mut Transaction, keys: impl IntoIterator<Item = &'a ElementKey>) {
+    let mut by: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
+    for (set, key) in keys {
+        by.entry(set).or_default().push(key.clone());
+    }
+    for (set, keys) in by {
+        tx.push(Op::DeleteElements {
+            set: set.into(),
+            keys,
+        });
+    }
+}
+
+/// Renders one service (every port of `nn` in `snap`); `None` when it has
+/// no port (deleted). Ports whose names cannot go into a chain name are
+/// left out and reported.
+pub fn render_service(
+    cfg: &Config,
+    snap: &Snapshot,
+    nn: &NamespacedName,
+    errors: &mut Vec<RenderError>,
+) -> Option<Fragment> {
+    let mut f = Fragment::default();
+    let mut any = false;
+    for svc in snap.ports_of(nn) {
+        any = true;
+        if !safe_service_port_name(&svc.name) {
+            errors.push(RenderError {
+                service: svc.name.to_string(),
+                reason: "name is not a DNS label and cannot go into a chain name",
+            });
+            continue;
+        }
+        service(cfg, snap, svc, &mut f);
+    }
+    any.then_some(f)
+}
+
 fn proto_num(p: Protocol) -> u8 {
     match p {
         Protocol::Tcp => 6,
@@ -234,10 +413,13 @@ fn proto_port_vmap(map: &str) -> Vec<Expr> {
     build::proto_port_vmap(map)
 }
 
+/// The table's fragments by service, as [`full`] renders them.
+pub type Fragments = Vec<(NamespacedName, Fragment)>;
+
 /// The whole table as one transaction: what a full sync writes after
 /// deleting the old table in the same batch, so that nothing of ours
 /// survives that is not wanted and nothing foreign is touched.
-pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Vec<RenderError>) {
+pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<RenderError>) {
     let fam = cfg.family();
     let v6 = fam == IpFamily::V6;
     let addr = key_addr(fam);
@@ -463,88 +645,41 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Vec<RenderError>) {
     tx.push(rule("services", e));
 
     let mut errors = Vec::new();
-    let mut elems = Elements::default();
-    for (name, svc) in &snap.services {
-        if !safe_service_port_name(name) {
-            errors.push(RenderError {
-                service: name.to_string(),
-                reason: "name is not a DNS label and cannot go into a chain name",
-            });
+    let mut fragments = Vec::new();
+    let mut last: Option<&NamespacedName> = None;
+    for name in snap.services.keys() {
+        if last == Some(&name.service) {
             continue;
         }
-        service(cfg, snap, svc, &mut tx, &mut elems, &mut id);
-    }
-    elems.write(&mut tx);
-    (tx, errors)
-}
-
-/// The map and set elements of every service, written after the chains
-/// they point at.
-#[derive(Debug, Default)]
-struct Elements {
-    cluster_ips: BTreeSet<IpAddr>,
-    service_ips: Vec<Element>,
-    service_nodeports: Vec<Element>,
-    no_endpoint_services: Vec<Element>,
-    no_endpoint_nodeports: Vec<Element>,
-    firewall_ips: Vec<Element>,
-}
-
-impl Elements {
-    fn write(self, tx: &mut Transaction) {
-        let cluster: Vec<Element> = self
-            .cluster_ips
-            .into_iter()
-            .map(|ip| Element {
-                key: build::addr_key(ip),
-                verdict: None,
-                comment: None,
-            })
-            .collect();
-        for (set, elements) in [
-            ("cluster-ips", cluster),
-            ("service-ips", self.service_ips),
-            ("service-nodeports", self.service_nodeports),
-            ("no-endpoint-services", self.no_endpoint_services),
-            ("no-endpoint-nodeports", self.no_endpoint_nodeports),
-            ("firewall-ips", self.firewall_ips),
-        ] {
-            if !elements.is_empty() {
-                tx.push(Op::AddElements {
-                    set: set.into(),
-                    set_id: None,
-                    elements,
-                });
-            }
+        last = Some(&name.service);
+        if let Some(f) = render_service(cfg, snap, &name.service, &mut errors) {
+            fragments.push((name.service.clone(), f));
         }
     }
-}
-
-fn vip(ip: IpAddr, svc: &ServicePort, verdict: Verdict, comment: Option<String>) -> Element {
-    Element {
-        key: build::addr_proto_port_key(ip, proto_num(svc.protocol()), svc.port),
-        verdict: Some(verdict),
-        comment,
+    for (_, f) in &fragments {
+        for (c, _) in &f.chains {
+            tx.push(Op::AddChain(chain(c)));
+        }
+        for set in &f.sets {
+            let mut set = set.clone();
+            set.id = id();
+            tx.push(Op::AddSet(set));
+        }
     }
-}
-
-fn nodeport(svc: &ServicePort, verdict: Verdict, comment: Option<String>) -> Element {
-    Element {
-        key: build::proto_port_key(proto_num(svc.protocol()), svc.node_port),
-        verdict: Some(verdict),
-        comment,
+    for (_, f) in &fragments {
+        for (c, bodies) in &f.chains {
+            write_rules(&mut tx, c, bodies, &mut id);
+        }
     }
+    write_elements(
+        &mut tx,
+        fragments.iter().flat_map(|(_, f)| f.elements.iter()),
+    );
+    (tx, fragments, errors)
 }
 
-/// One service port: its map elements and its chains.
-fn service(
-    cfg: &Config,
-    snap: &Snapshot,
-    svc: &ServicePort,
-    tx: &mut Transaction,
-    el: &mut Elements,
-    id: &mut impl FnMut() -> u32,
-) {
+/// One service port: its map elements and its chains, into `f`.
+fn service(cfg: &Config, snap: &Snapshot, svc: &ServicePort, f: &mut Fragment) {
     let fam = cfg.family();
     let v6 = fam == IpFamily::V6;
     let name = &svc.name;
@@ -585,34 +720,37 @@ fn service(
         .collect();
 
     // Map and set elements.
-    el.cluster_ips.insert(svc.cluster_ip);
+    f.elements.insert(
+        ("cluster-ips", build::addr_key(svc.cluster_ip)),
+        (None, None),
+    );
     if has_internal {
-        el.service_ips.push(vip(
-            svc.cluster_ip,
-            svc,
-            Verdict::Goto(internal_chain.clone()),
-            None,
-        ));
+        let v = Verdict::Goto(internal_chain.clone());
+        f.vip("service-ips", svc.cluster_ip, svc, v, None);
     } else {
-        el.no_endpoint_services.push(vip(
+        let c = Some(label.clone());
+        f.vip(
+            "no-endpoint-services",
             svc.cluster_ip,
             svc,
             internal_verdict,
-            Some(label.clone()),
-        ));
+            c,
+        );
     }
     for ip in svc.external_ips.iter().filter(|ip| fam.matches(ip)) {
         if has_endpoints {
-            el.service_ips
-                .push(vip(*ip, svc, Verdict::Goto(external_chain.clone()), None));
+            let v = Verdict::Goto(external_chain.clone());
+            f.vip("service-ips", *ip, svc, v, None);
         }
         if !has_external {
-            el.no_endpoint_services.push(vip(
+            let c = Some(label.clone());
+            f.vip(
+                "no-endpoint-services",
                 *ip,
                 svc,
                 external_verdict.clone(),
-                Some(label.clone()),
-            ));
+                c,
+            );
         }
     }
     let ranges: Vec<&IpNet> = svc
@@ -629,62 +767,59 @@ fn service(
     let uses_fw = !lb_ips.is_empty() && !ranges.is_empty();
     for ip in &lb_ips {
         if has_endpoints {
-            el.service_ips
-                .push(vip(*ip, svc, Verdict::Goto(external_chain.clone()), None));
+            let v = Verdict::Goto(external_chain.clone());
+            f.vip("service-ips", *ip, svc, v, None);
         }
         if uses_fw {
-            el.firewall_ips
-                .push(vip(*ip, svc, Verdict::Goto(firewall_chain.clone()), None));
+            let v = Verdict::Goto(firewall_chain.clone());
+            f.vip("firewall-ips", *ip, svc, v, None);
         }
         if !has_external {
-            el.no_endpoint_services.push(vip(
+            let c = Some(label.clone());
+            f.vip(
+                "no-endpoint-services",
                 *ip,
                 svc,
                 external_verdict.clone(),
-                Some(label.clone()),
-            ));
+                c,
+            );
         }
     }
     if svc.node_port != 0 {
         if has_endpoints {
-            el.service_nodeports
-                .push(nodeport(svc, Verdict::Goto(external_chain.clone()), None));
+            let v = Verdict::Goto(external_chain.clone());
+            f.nodeport("service-nodeports", svc, v, None);
         }
         if !has_external {
-            el.no_endpoint_nodeports.push(nodeport(
-                svc,
-                external_verdict.clone(),
-                Some(label.clone()),
-            ));
+            let c = Some(label.clone());
+            f.nodeport("no-endpoint-nodeports", svc, external_verdict.clone(), c);
         }
     }
 
     // Chains: the endpoint chains first (the service chains go to them).
     for (_, ep) in &endpoint_names {
-        tx.push(Op::AddChain(chain(&format!("endpoint-{ep}"))));
+        f.chain(&format!("endpoint-{ep}"));
         if let Some(secs) = affinity {
-            tx.push(Op::AddSet(Set {
+            f.sets.push(Set {
                 name: format!("affinity-{ep}"),
                 key: vec![key_addr(fam)],
                 verdict_map: false,
                 flags: SET_EVAL,
                 timeout_ms: Some(u64::from(secs) * 1000),
                 comment: None,
-                id: id(),
-            }));
+                id: 0,
+            });
         }
     }
-    if uses_cluster {
-        tx.push(Op::AddChain(chain(&cluster_chain)));
-    }
-    if uses_local {
-        tx.push(Op::AddChain(chain(&local_chain)));
-    }
-    if uses_external {
-        tx.push(Op::AddChain(chain(&external_chain)));
-    }
-    if uses_fw {
-        tx.push(Op::AddChain(chain(&firewall_chain)));
+    for (uses, c) in [
+        (uses_cluster, &cluster_chain),
+        (uses_local, &local_chain),
+        (uses_external, &external_chain),
+        (uses_fw, &firewall_chain),
+    ] {
+        if uses {
+            f.chain(c);
+        }
     }
 
     // Internal traffic: masquerade what does not come from a pod.
@@ -693,49 +828,43 @@ fn service(
         e.extend(build::l4proto(proto));
         e.extend(build::dport(svc.port));
         if cfg.masquerade.masquerade_all {
-            tx.push(rule(
+            f.rule(
                 internal_chain,
                 with(e, build::jump("mark-for-masquerade")),
-            ));
+                None,
+            );
         } else if cfg.masquerade.local_detector.is_implemented() {
             for m in local_matches(&cfg.masquerade.local_detector, true) {
                 let mut e = e.clone();
                 e.extend(m);
-                tx.push(rule(
+                f.rule(
                     internal_chain,
                     with(e, build::jump("mark-for-masquerade")),
-                ));
+                    None,
+                );
             }
         }
     }
     // External traffic.
     if uses_external {
         if !svc.external_policy_local {
-            tx.push(rule(
+            f.rule(
                 &external_chain,
                 vec![build::jump("mark-for-masquerade")],
-            ));
+                None,
+            );
         } else {
             for m in local_matches(&cfg.masquerade.local_detector, false) {
-                tx.push(rule_c(
-                    &external_chain,
-                    with(m, build::goto(&cluster_chain)),
-                    "short-circuit pod traffic",
-                ));
+                let e = with(m, build::goto(&cluster_chain));
+                f.rule(&external_chain, e, Some("short-circuit pod traffic"));
             }
-            tx.push(rule_c(
-                &external_chain,
-                with(fib_local(true), build::jump("mark-for-masquerade")),
-                "masquerade local traffic",
-            ));
-            tx.push(rule_c(
-                &external_chain,
-                with(fib_local(true), build::goto(&cluster_chain)),
-                "short-circuit local traffic",
-            ));
+            let e = with(fib_local(true), build::jump("mark-for-masquerade"));
+            f.rule(&external_chain, e, Some("masquerade local traffic"));
+            let e = with(fib_local(true), build::goto(&cluster_chain));
+            f.rule(&external_chain, e, Some("short-circuit local traffic"));
         }
         if has_external {
-            tx.push(rule(&external_chain, vec![build::goto(external_policy)]));
+            f.rule(&external_chain, vec![build::goto(external_policy)], None);
         }
     }
     if uses_fw {
@@ -747,15 +876,13 @@ fn service(
             sources.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
         }
         for s in &sources {
-            tx.push(rule(
-                &firewall_chain,
-                with(
-                    net_match(s, false, CmpOp::Eq),
-                    Expr::Verdict(Verdict::Return),
-                ),
-            ));
+            let e = with(
+                net_match(s, false, CmpOp::Eq),
+                Expr::Verdict(Verdict::Return),
+            );
+            f.rule(&firewall_chain, e, None);
         }
-        tx.push(rule(&firewall_chain, vec![Expr::Verdict(Verdict::Drop)]));
+        f.rule(&firewall_chain, vec![Expr::Verdict(Verdict::Drop)], None);
     }
     let endpoint_chain = |addr: SocketAddr| {
         endpoint_names
@@ -764,84 +891,56 @@ fn service(
             .map(|(_, b)| b.clone())
             .expect("reachable endpoint")
     };
-    let mut to_endpoints = |tx: &mut Transaction, chain: &str, eps: &[&proxier_core::Endpoint]| {
+    let to_endpoints = |f: &mut Fragment, chain: &str, eps: &[&proxier_core::Endpoint]| {
         if affinity.is_some() {
             for ep in eps {
                 let b = endpoint_chain(ep.addr);
-                tx.push(rule(
-                    chain,
-                    vec![
-                        build::saddr_load(v6),
-                        Expr::Lookup {
-                            sreg: REG_1,
-                            set: format!("affinity-{b}"),
-                            set_id: None,
-                            dreg: None,
-                            invert: false,
-                        },
-                        build::goto(&format!("endpoint-{b}")),
-                    ],
-                ));
+                let e = vec![
+                    build::saddr_load(v6),
+                    Expr::Lookup {
+                        sreg: REG_1,
+                        set: format!("affinity-{b}"),
+                        set_id: None,
+                        dreg: None,
+                        invert: false,
+                    },
+                    build::goto(&format!("endpoint-{b}")),
+                ];
+                f.rule(chain, e, None);
             }
         }
-        let set_id = id();
-        tx.push(Op::AddSet(Set {
-            name: "__map%d".into(),
-            key: vec![KeyType::Integer32],
-            verdict_map: true,
-            flags: SET_ANONYMOUS | SET_CONSTANT,
-            timeout_ms: None,
-            comment: None,
-            id: set_id,
-        }));
-        tx.push(Op::AddElements {
-            set: "__map%d".into(),
-            set_id: Some(set_id),
-            elements: eps
-                .iter()
-                .enumerate()
-                .map(|(i, ep)| Element {
-                    key: build::numgen_key(i as u32),
-                    verdict: Some(Verdict::Goto(format!(
-                        "endpoint-{}",
-                        endpoint_chain(ep.addr)
-                    ))),
-                    comment: None,
-                })
-                .collect(),
-        });
-        tx.push(rule(
-            chain,
-            build::numgen_vmap(eps.len() as u32, "__map%d", set_id),
-        ));
+        let targets = eps
+            .iter()
+            .map(|ep| format!("endpoint-{}", endpoint_chain(ep.addr)))
+            .collect();
+        f.chain(chain);
+        if let Some((_, b)) = f.chains.iter_mut().find(|(c, _)| c == chain) {
+            b.push(Body::Numgen(targets));
+        }
     };
     if uses_cluster {
-        to_endpoints(tx, &cluster_chain, cluster);
+        to_endpoints(f, &cluster_chain, cluster);
     }
     if uses_local {
-        to_endpoints(tx, &local_chain, local);
+        to_endpoints(f, &local_chain, local);
     }
     for (addr, b) in &endpoint_names {
         let c = format!("endpoint-{b}");
-        tx.push(rule(
-            &c,
-            with(
-                build::addr_eq(addr.ip(), false, CmpOp::Eq),
-                build::jump("mark-for-masquerade"),
-            ),
-        ));
+        let e = with(
+            build::addr_eq(addr.ip(), false, CmpOp::Eq),
+            build::jump("mark-for-masquerade"),
+        );
+        f.rule(&c, e, None);
         if affinity.is_some() {
-            tx.push(rule(
-                &c,
-                vec![
-                    build::saddr_load(v6),
-                    Expr::DynsetUpdate {
-                        sreg: REG_1,
-                        set: format!("affinity-{b}"),
-                    },
-                ],
-            ));
+            let e = vec![
+                build::saddr_load(v6),
+                Expr::DynsetUpdate {
+                    sreg: REG_1,
+                    set: format!("affinity-{b}"),
+                },
+            ];
+            f.rule(&c, e, None);
         }
-        tx.push(rule(&c, build::dnat(proto, addr.ip(), addr.port())));
+        f.rule(&c, build::dnat(proto, addr.ip(), addr.port()), None);
     }
 }

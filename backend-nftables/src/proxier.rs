@@ -1,21 +1,50 @@
 //! [`NftablesProxier`]: kube-proxy's nftables mode as a [`Proxier`].
 //!
-//! Every sync that has something to change rebuilds the table in one
-//! atomic transaction (the old table is deleted in the same batch, so a
-//! failed sync leaves the previous ruleset in force and nothing of ours
-//! lingers); a sync with no change writes nothing. Stale UDP and SCTP
-//! flows are deleted over netlink after each sync (the shared reconciler,
-//! DNATed flows only, since these rules DNAT).
+//! - **Full sync** (the first, after a failure, on the runner's full
+//!   period, when the node changed): the table is rebuilt in one atomic
+//!   transaction that deletes the old one in the same batch.
+//! - **Partial sync**: only the services the change set names are
+//!   rendered again, and compared with what was written for them: new
+//!   chains are added, chains whose rules changed are flushed and
+//!   refilled, map and set elements are added and deleted one by one, and
+//!   nothing else is sent (no listing of the table). A sync with no change
+//!   sends nothing.
+//! - **Stale chains** are flushed in the sync that stops using them and
+//!   deleted in a later sync at least a second afterwards: before 6.2 the
+//!   kernel notices only a moment later that a deleted map element no
+//!   longer references its chain (kube-proxy waits the same way).
+//! - A failed transaction changes nothing; the next sync is full.
+//! - Stale UDP and SCTP flows are deleted over netlink after each sync
+//!   (the shared reconciler, DNATed flows only: these rules DNAT).
 
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use proxier_core::{ErrorChain, IpFamily, Proxier, ProxierError, SyncRequest, SyncStats};
+use proxier_core::{
+    ErrorChain, IpFamily, NamespacedName, Proxier, ProxierError, SyncRequest, SyncStats,
+};
 use proxier_netfilter::{Conntrack, StaleFlows, clean_stale};
 
 use crate::kernel::NfTables;
-use crate::layout::{self, Config, TABLE, nft_family};
-use crate::nl::msg::{Op, Transaction};
+use crate::layout::{
+    self, Config, Fragment, TABLE, delete_elements, nft_family, render_service, write_elements,
+    write_rules,
+};
+use crate::nl::msg::{Chain, Op, Transaction};
+
+/// How long a stale chain waits before it is deleted.
+pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
+
+/// What the last successful sync wrote.
+#[derive(Debug, Default)]
+struct Written {
+    fragments: HashMap<NamespacedName, Fragment>,
+    /// Chains no longer used, since when.
+    stale: BTreeMap<String, Instant>,
+    objects: usize,
+}
 
 /// kube-proxy's nftables mode.
 #[derive(Debug)]
@@ -24,7 +53,8 @@ pub struct NftablesProxier {
     nft: Arc<dyn NfTables>,
     ct: Arc<dyn Conntrack>,
     name: String,
-    written: Option<usize>,
+    written: Option<Written>,
+    last_ops: usize,
 }
 
 impl NftablesProxier {
@@ -39,6 +69,7 @@ impl NftablesProxier {
         cfg.masquerade.validate()?;
         let fam = cfg.masquerade.family;
         proxier_netfilter::check_family("node_port_addresses", fam, &cfg.node_port_addresses)?;
+        proxier_netfilter::check_family("service_cidrs", fam, &cfg.service_cidrs)?;
         let name = match fam {
             IpFamily::V4 => "nftables".to_string(),
             IpFamily::V6 => "nftables-ipv6".to_string(),
@@ -49,12 +80,27 @@ impl NftablesProxier {
             ct,
             name,
             written: None,
+            last_ops: 0,
         })
     }
 
     /// The layout configuration.
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// Operations in the last transaction sent (0: nothing was sent).
+    pub fn last_operations(&self) -> usize {
+        self.last_ops
+    }
+
+    /// Chains flushed and waiting to be deleted.
+    pub fn stale_chains(&self) -> usize {
+        self.written.as_ref().map_or(0, |w| w.stale.len())
+    }
+
+    fn tx(&self) -> Transaction {
+        Transaction::new(nft_family(self.cfg.masquerade.family), TABLE)
     }
 
     async fn clear_conntrack(&self, req: &SyncRequest) {
@@ -65,17 +111,132 @@ impl NftablesProxier {
             tracing::warn!(backend = %self.name, error = %ErrorChain(&e), "conntrack cleanup failed");
         }
     }
-}
 
-fn objects(tx: &Transaction) -> usize {
-    tx.ops
-        .iter()
-        .map(|op| match op {
-            Op::AddElements { elements, .. } => elements.len(),
-            Op::AddRule(_) | Op::AddChain(_) | Op::AddSet(_) => 1,
-            _ => 0,
-        })
-        .sum()
+    fn full(&self, req: &SyncRequest) -> (Transaction, Written) {
+        let (tx, fragments, errors) = layout::full(&self.cfg, &req.snapshot);
+        for e in &errors {
+            tracing::error!(backend = %self.name, error = %e, "service skipped");
+        }
+        let objects = fragments.iter().map(|(_, f)| f.objects()).sum();
+        let written = Written {
+            fragments: fragments.into_iter().collect(),
+            stale: BTreeMap::new(),
+            objects,
+        };
+        (tx, written)
+    }
+
+    /// The partial transaction for the services `req` names, and the
+    /// state after it (see the module docs for the order of operations).
+    fn partial(&self, req: &SyncRequest, prev: &Written, now: Instant) -> (Transaction, Written) {
+        let mut errors = Vec::new();
+        let mut add = Vec::new();
+        let mut refill = self.tx();
+        let (mut del_keys, mut add_elems) = (Vec::new(), Vec::new());
+        let mut flush_stale = Vec::new();
+        let mut del_sets = Vec::new();
+        let mut ids = 0u32;
+        let mut id = || {
+            ids += 1;
+            ids
+        };
+        let mut next = Written {
+            fragments: HashMap::new(),
+            stale: prev.stale.clone(),
+            objects: prev.objects,
+        };
+        let empty = Fragment::default();
+        for nn in &req.changes.updated_services {
+            let new = render_service(&self.cfg, &req.snapshot, nn, &mut errors);
+            let old = prev.fragments.get(nn).unwrap_or(&empty);
+            let new_ref = new.as_ref().unwrap_or(&empty);
+            for (c, bodies) in &new_ref.chains {
+                match old.chains.iter().find(|(o, _)| o == c) {
+                    None => {
+                        add.push(Op::AddChain(Chain {
+                            name: c.clone(),
+                            base: None,
+                            comment: None,
+                        }));
+                        if next.stale.remove(c).is_some() {
+                            refill.push(Op::FlushChain(c.clone()));
+                        }
+                        write_rules(&mut refill, c, bodies, &mut id);
+                    }
+                    Some((_, ob)) if ob != bodies => {
+                        refill.push(Op::FlushChain(c.clone()));
+                        write_rules(&mut refill, c, bodies, &mut id);
+                    }
+                    Some(_) => {}
+                }
+            }
+            for (c, _) in &old.chains {
+                if !new_ref.chains.iter().any(|(n, _)| n == c) {
+                    flush_stale.push(Op::FlushChain(c.clone()));
+                    next.stale.insert(c.clone(), now);
+                }
+            }
+            for s in &new_ref.sets {
+                if !old.sets.iter().any(|o| o.name == s.name) {
+                    let mut s = s.clone();
+                    s.id = id();
+                    add.push(Op::AddSet(s));
+                }
+            }
+            for s in &old.sets {
+                if !new_ref.sets.iter().any(|n| n.name == s.name) {
+                    del_sets.push(Op::DeleteSet(s.name.clone()));
+                }
+            }
+            for (k, v) in &old.elements {
+                if new_ref.elements.get(k) != Some(v) {
+                    del_keys.push(k.clone());
+                }
+            }
+            for (k, v) in &new_ref.elements {
+                if old.elements.get(k) != Some(v) {
+                    add_elems.push((k.clone(), v.clone()));
+                }
+            }
+            next.objects = next.objects + new_ref.objects() - old.objects();
+            if let Some(f) = new {
+                next.fragments.insert(nn.clone(), f);
+            }
+        }
+        for e in &errors {
+            tracing::error!(backend = %self.name, error = %e, "service skipped");
+        }
+        // Unchanged services keep what they had.
+        for (nn, f) in &prev.fragments {
+            if !req.changes.updated_services.contains(nn) {
+                next.fragments.insert(nn.clone(), f.clone());
+            }
+        }
+        let mut tx = self.tx();
+        tx.ops.extend(add);
+        tx.ops.extend(refill.ops);
+        delete_elements(&mut tx, del_keys.iter());
+        write_elements(&mut tx, add_elems.iter().map(|(k, v)| (k, v)));
+        tx.ops.extend(flush_stale);
+        tx.ops.extend(del_sets);
+        self.delete_stale(&mut tx, &mut next, now);
+        (tx, next)
+    }
+
+    /// Deletes chains stale for at least [`STALE_CHAIN_DELAY`] (they were
+    /// flushed, and nothing points at them since an earlier transaction).
+    fn delete_stale(&self, tx: &mut Transaction, w: &mut Written, now: Instant) {
+        let old: Vec<String> = w
+            .stale
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) >= STALE_CHAIN_DELAY)
+            .map(|(c, _)| c.clone())
+            .collect();
+        for c in old {
+            w.stale.remove(&c);
+            tx.push(Op::DeleteChain(c));
+        }
+    }
 }
 
 #[async_trait]
@@ -95,43 +256,45 @@ impl Proxier for NftablesProxier {
                 ),
             ));
         }
-        if let Some(n) = self.written
-            && !req.full
-            && req.changes.is_empty()
-        {
-            self.clear_conntrack(req).await;
-            return Ok(SyncStats {
-                objects: n,
-                written: 0,
-                full: false,
-            });
-        }
-        let (tx, errors) = layout::full(&self.cfg, &req.snapshot);
-        for e in &errors {
-            tracing::error!(backend = %self.name, error = %e, "service skipped");
-        }
-        let n = objects(&tx);
+        let now = Instant::now();
+        let full = req.full || req.changes.node_changed || self.written.is_none();
+        let (tx, next) = match self.written.take() {
+            Some(prev) if !full => {
+                let (tx, next) = self.partial(req, &prev, now);
+                self.written = Some(prev);
+                (tx, next)
+            }
+            _ => self.full(req),
+        };
+        self.last_ops = tx.ops.len();
         if let Err(e) = self.nft.apply(&tx).await {
+            // Nothing of the transaction was applied; only a full sync is
+            // safe from here.
             self.written = None;
             return Err(ProxierError::with_source(
                 self.name.clone(),
-                "nf_tables transaction",
+                if full {
+                    "nf_tables transaction (full sync)"
+                } else {
+                    "nf_tables transaction (partial sync)"
+                },
                 e,
             ));
         }
-        self.written = Some(n);
+        let objects = next.objects;
+        self.written = Some(next);
         self.clear_conntrack(req).await;
         Ok(SyncStats {
-            objects: n,
+            objects,
             written: tx.ops.len(),
-            full: true,
+            full,
         })
     }
 
     /// `nft delete table ip kube-proxy`: everything this backend owns,
     /// and nothing else.
     async fn cleanup(&mut self) -> Result<(), ProxierError> {
-        let mut tx = Transaction::new(nft_family(self.cfg.masquerade.family), TABLE);
+        let mut tx = self.tx();
         tx.push(Op::AddTable { comment: None });
         tx.push(Op::DeleteTable);
         self.nft
