@@ -1,0 +1,195 @@
+//! The nftables backend at cluster sizes, each first sync in a fresh
+//! network namespace: rendering in memory; first full sync; no-op sync;
+//! one endpoint changed; one service added; and, in the same run, the
+//! baseline: `nft -f` loading the same ruleset (what `nft list table`
+//! prints after our sync) into a fresh namespace, as kube-proxy's
+//! knftables does. Object counts and the process's peak RSS growth over
+//! a full sync are printed as `NFT …` lines.
+//!
+//! `PROXIER_BENCH_SIZES=1000,10000 cargo bench -p benches --bench nftables`.
+//! Needs root.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backend_nftables::{Config, NfTablesNetlink, NftablesProxier, layout};
+use benches::{endpoint_moved, filled, service_added, sizes};
+use criterion::{Criterion, criterion_group, criterion_main};
+use proxier_core::{ChangeSet, IpFamily, Proxier, SyncRequest, SyncStats};
+use proxier_netfilter::{ConntrackNetlink, LocalDetector};
+use proxier_testbed::{Netns, NsRuntime};
+
+const EPS: usize = 10;
+
+fn config() -> Config {
+    let mut c = Config::new(IpFamily::V4);
+    c.masquerade.local_detector =
+        LocalDetector::ClusterCidr(vec!["10.128.0.0/9".parse().expect("cidr")]);
+    c
+}
+
+/// A proxier in its own fresh namespace.
+struct Kernel {
+    rt: NsRuntime,
+    ns: Netns,
+    proxier: Option<NftablesProxier>,
+}
+
+impl Kernel {
+    fn new() -> Kernel {
+        let ns = Netns::new("bench-nft").expect("netns");
+        let rt = NsRuntime::start(&ns).expect("runtime");
+        let p = rt.block_on(async {
+            NftablesProxier::new(
+                config(),
+                Arc::new(NfTablesNetlink::new().expect("nft")),
+                Arc::new(ConntrackNetlink::new().expect("ct")),
+            )
+            .expect("config")
+        });
+        Kernel {
+            rt,
+            ns,
+            proxier: Some(p),
+        }
+    }
+
+    fn sync(&mut self, req: SyncRequest) -> (SyncStats, Duration) {
+        let mut p = self.proxier.take().expect("proxier");
+        let (p, r, d) = self.rt.block_on(async move {
+            let t0 = Instant::now();
+            let r = p.sync(&req).await;
+            let d = t0.elapsed();
+            (p, r, d)
+        });
+        self.proxier = Some(p);
+        (r.expect("sync"), d)
+    }
+
+    fn ops(&self) -> usize {
+        self.proxier.as_ref().expect("proxier").last_operations()
+    }
+
+    /// `nft -f -` of `text` in this namespace, timed.
+    fn nft_f(&self, text: String) -> Duration {
+        self.ns
+            .enter(move || {
+                let t0 = Instant::now();
+                let mut child = Command::new("nft")
+                    .args(["-f", "-"])
+                    .stdin(Stdio::piped())
+                    .spawn()
+                    .expect("nft");
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(text.as_bytes())
+                    .expect("write");
+                assert!(child.wait().expect("wait").success(), "nft -f failed");
+                t0.elapsed()
+            })
+            .expect("enter")
+    }
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+fn bench(c: &mut Criterion) {
+    proxier_testbed::netns::remove_stale();
+    for n in sizes() {
+        let mut t = filled(n, EPS);
+        let snap = t.snapshot().clone();
+        let full_req = SyncRequest {
+            snapshot: snap.clone(),
+            changes: ChangeSet::default(),
+            full: true,
+        };
+        let mut g = c.benchmark_group(format!("nftables/{n}x{EPS}"));
+        g.sample_size(10).warm_up_time(Duration::from_millis(1));
+        g.bench_function("render", |b| {
+            b.iter_with_large_drop(|| layout::full(&config(), &snap))
+        });
+        g.bench_function("full_sync", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| Kernel::new().sync(full_req.clone()).1)
+                    .sum()
+            })
+        });
+
+        // One loaded namespace for the incremental cases; its listing is
+        // the baseline's input.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let before = rss_kib("VmRSS:");
+        let mut k = Kernel::new();
+        let (stats, _) = k.sync(full_req.clone());
+        let peak = rss_kib("VmHWM:");
+        let listing = String::from_utf8(
+            k.ns.exec("nft", &["list", "table", "ip", "kube-proxy"])
+                .expect("nft list")
+                .stdout,
+        )
+        .expect("utf8");
+        eprintln!(
+            "NFT {n}x{EPS}: {} objects (rules and elements), {} operations in the first transaction, {} lines listed; peak RSS growth over the full sync {} KiB",
+            stats.objects,
+            k.ops(),
+            listing.lines().count(),
+            peak.saturating_sub(before)
+        );
+        g.bench_function("baseline_nft_f", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| Kernel::new().nft_f(listing.clone()))
+                    .sum()
+            })
+        });
+        let noop = SyncRequest {
+            snapshot: snap.clone(),
+            changes: ChangeSet::default(),
+            full: false,
+        };
+        g.bench_function("noop_sync", |b| {
+            b.iter_custom(|iters| (0..iters).map(|_| k.sync(noop.clone()).1).sum())
+        });
+        assert_eq!(k.ops(), 0, "a no-op sync sends nothing");
+        let mut generation = 0u32;
+        g.bench_function("one_endpoint", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        generation ^= 1;
+                        k.sync(endpoint_moved(&mut t, 0, EPS, generation)).1
+                    })
+                    .sum()
+            })
+        });
+        eprintln!("NFT {n}x{EPS}: one endpoint: {} operations", k.ops());
+        let mut next = n;
+        g.bench_function("service_added", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| {
+                        next += 1;
+                        k.sync(service_added(&mut t, next, EPS)).1
+                    })
+                    .sum()
+            })
+        });
+        eprintln!("NFT {n}x{EPS}: one service added: {} operations", k.ops());
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
