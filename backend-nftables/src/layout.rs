@@ -22,8 +22,7 @@ use crate::nl::expr::{
     REG_1, RTN_LOCAL, Verdict,
 };
 use crate::nl::msg::{
-    BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, SET_ANONYMOUS, SET_CONSTANT,
-    SET_EVAL, Set, Transaction,
+    BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, SET_EVAL, Set, Transaction,
 };
 
 /// The table, in `ip` and `ip6`.
@@ -127,14 +126,13 @@ pub struct RenderError {
     pub reason: &'static str,
 }
 
-/// One rule of a service's chain: expressions, or kube-proxy's
-/// `numgen random mod N vmap { … }` over the named endpoint chains (its
-/// anonymous map is made when the rule is written).
+/// One rule of a service's chain: expressions, or the random choice of an
+/// endpoint chain (see [`numgen_rules`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     /// A rule, with its comment.
     Rule(Vec<Expr>, Option<String>),
-    /// `numgen random mod N vmap { 0 : goto C0, … }`.
+    /// One of the endpoint chains, each with probability 1/N.
     Numgen(Vec<String>),
 }
 
@@ -195,52 +193,46 @@ impl Fragment {
     }
 }
 
+/// The endpoint choice of a service chain over `targets`: one rule per
+/// endpoint, `numgen random mod (N - i) 0 goto endpoint-i`, the last one
+/// unconditional: each endpoint is chosen with probability 1/N, as
+/// kube-proxy's `numgen random mod N vmap { … }` does. The vmap needs an
+/// anonymous set per service, and the kernel finds every set by walking
+/// the table's list of sets, so 10,000 services took minutes to load
+/// (measured with `examples/scale_probe.rs`); these rules need no set.
+pub fn numgen_rules(targets: &[String]) -> Vec<Vec<Expr>> {
+    let n = targets.len();
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if i + 1 == n {
+                vec![build::goto(t)]
+            } else {
+                let mut e = build::numgen_is_zero((n - i) as u32);
+                e.push(build::goto(t));
+                e
+            }
+        })
+        .collect()
+}
+
 /// Writes a chain's rules (the chain must exist).
-pub fn write_rules(
-    tx: &mut Transaction,
-    chain: &str,
-    bodies: &[Body],
-    id: &mut impl FnMut() -> u32,
-) {
+pub fn write_rules(tx: &mut Transaction, chain: &str, bodies: &[Body]) {
     for b in bodies {
-        match b {
-            Body::Rule(exprs, comment) => {
-                tx.push(Op::AddRule(Rule {
-                    chain: chain.into(),
-                    exprs: exprs.clone(),
-                    comment: comment.clone(),
-                }));
-            }
-            Body::Numgen(targets) => {
-                let set_id = id();
-                tx.push(Op::AddSet(Set {
-                    name: "__map%d".into(),
-                    key: vec![KeyType::Integer32],
-                    verdict_map: true,
-                    flags: SET_ANONYMOUS | SET_CONSTANT,
-                    timeout_ms: None,
-                    comment: None,
-                    id: set_id,
-                }));
-                tx.push(Op::AddElements {
-                    set: "__map%d".into(),
-                    set_id: Some(set_id),
-                    elements: targets
-                        .iter()
-                        .enumerate()
-                        .map(|(i, t)| Element {
-                            key: build::numgen_key(i as u32),
-                            verdict: Some(Verdict::Goto(t.clone())),
-                            comment: None,
-                        })
-                        .collect(),
-                });
-                tx.push(Op::AddRule(Rule {
-                    chain: chain.into(),
-                    exprs: build::numgen_vmap(targets.len() as u32, "__map%d", set_id),
-                    comment: None,
-                }));
-            }
+        let rules = match b {
+            Body::Rule(exprs, comment) => vec![(exprs.clone(), comment.clone())],
+            Body::Numgen(targets) => numgen_rules(targets)
+                .into_iter()
+                .map(|e| (e, None))
+                .collect(),
+        };
+        for (exprs, comment) in rules {
+            tx.push(Op::AddRule(Rule {
+                chain: chain.into(),
+                exprs,
+                comment,
+            }));
         }
     }
 }
@@ -668,7 +660,7 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
     }
     for (_, f) in &fragments {
         for (c, bodies) in &f.chains {
-            write_rules(&mut tx, c, bodies, &mut id);
+            write_rules(&mut tx, c, bodies);
         }
     }
     write_elements(

@@ -126,9 +126,10 @@ impl NftablesProxier {
         (tx, written)
     }
 
-    /// The partial transaction for the services `req` names, and the
-    /// state after it (see the module docs for the order of operations).
-    fn partial(&self, req: &SyncRequest, prev: &Written, now: Instant) -> (Transaction, Written) {
+    /// The partial transaction for the services `req` names; `w` becomes
+    /// the state after it (see the module docs for the order of
+    /// operations).
+    fn partial(&self, req: &SyncRequest, w: &mut Written, now: Instant) -> Transaction {
         let mut errors = Vec::new();
         let mut add = Vec::new();
         let mut refill = self.tx();
@@ -140,15 +141,11 @@ impl NftablesProxier {
             ids += 1;
             ids
         };
-        let mut next = Written {
-            fragments: HashMap::new(),
-            stale: prev.stale.clone(),
-            objects: prev.objects,
-        };
         let empty = Fragment::default();
         for nn in &req.changes.updated_services {
             let new = render_service(&self.cfg, &req.snapshot, nn, &mut errors);
-            let old = prev.fragments.get(nn).unwrap_or(&empty);
+            let old_owned = w.fragments.remove(nn);
+            let old = old_owned.as_ref().unwrap_or(&empty);
             let new_ref = new.as_ref().unwrap_or(&empty);
             for (c, bodies) in &new_ref.chains {
                 match old.chains.iter().find(|(o, _)| o == c) {
@@ -158,14 +155,14 @@ impl NftablesProxier {
                             base: None,
                             comment: None,
                         }));
-                        if next.stale.remove(c).is_some() {
+                        if w.stale.remove(c).is_some() {
                             refill.push(Op::FlushChain(c.clone()));
                         }
-                        write_rules(&mut refill, c, bodies, &mut id);
+                        write_rules(&mut refill, c, bodies);
                     }
                     Some((_, ob)) if ob != bodies => {
                         refill.push(Op::FlushChain(c.clone()));
-                        write_rules(&mut refill, c, bodies, &mut id);
+                        write_rules(&mut refill, c, bodies);
                     }
                     Some(_) => {}
                 }
@@ -173,7 +170,7 @@ impl NftablesProxier {
             for (c, _) in &old.chains {
                 if !new_ref.chains.iter().any(|(n, _)| n == c) {
                     flush_stale.push(Op::FlushChain(c.clone()));
-                    next.stale.insert(c.clone(), now);
+                    w.stale.insert(c.clone(), now);
                 }
             }
             for s in &new_ref.sets {
@@ -198,19 +195,13 @@ impl NftablesProxier {
                     add_elems.push((k.clone(), v.clone()));
                 }
             }
-            next.objects = next.objects + new_ref.objects() - old.objects();
+            w.objects = w.objects + new_ref.objects() - old.objects();
             if let Some(f) = new {
-                next.fragments.insert(nn.clone(), f);
+                w.fragments.insert(nn.clone(), f);
             }
         }
         for e in &errors {
             tracing::error!(backend = %self.name, error = %e, "service skipped");
-        }
-        // Unchanged services keep what they had.
-        for (nn, f) in &prev.fragments {
-            if !req.changes.updated_services.contains(nn) {
-                next.fragments.insert(nn.clone(), f.clone());
-            }
         }
         let mut tx = self.tx();
         tx.ops.extend(add);
@@ -219,8 +210,8 @@ impl NftablesProxier {
         write_elements(&mut tx, add_elems.iter().map(|(k, v)| (k, v)));
         tx.ops.extend(flush_stale);
         tx.ops.extend(del_sets);
-        self.delete_stale(&mut tx, &mut next, now);
-        (tx, next)
+        self.delete_stale(&mut tx, w, now);
+        tx
     }
 
     /// Deletes chains stale for at least [`STALE_CHAIN_DELAY`] (they were
@@ -258,11 +249,13 @@ impl Proxier for NftablesProxier {
         }
         let now = Instant::now();
         let full = req.full || req.changes.node_changed || self.written.is_none();
+        // The state is taken while the sync runs: on success it is what
+        // the kernel holds; on failure it is dropped and the next sync is
+        // full.
         let (tx, next) = match self.written.take() {
-            Some(prev) if !full => {
-                let (tx, next) = self.partial(req, &prev, now);
-                self.written = Some(prev);
-                (tx, next)
+            Some(mut w) if !full => {
+                let tx = self.partial(req, &mut w, now);
+                (tx, w)
             }
             _ => self.full(req),
         };

@@ -67,16 +67,20 @@ impl Attrs {
         self
     }
 
-    /// A nest: `f` writes its attributes.
+    /// A nest: `f` writes its attributes, in place.
     pub fn nested(&mut self, kind: u16, f: impl FnOnce(&mut Attrs)) -> &mut Self {
         let start = self.buf.len();
         self.header(kind | NLA_F_NESTED, 0);
-        let mut inner = Attrs::new();
-        f(&mut inner);
-        self.buf.extend_from_slice(&inner.buf);
+        f(self);
         let len = u16::try_from(self.buf.len() - start).expect("nest over 64 KiB");
         self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
         self.pad();
+        self
+    }
+
+    /// Appends attributes written elsewhere.
+    pub fn extend(&mut self, other: &Attrs) -> &mut Self {
+        self.buf.extend_from_slice(&other.buf);
         self
     }
 }

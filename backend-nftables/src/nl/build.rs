@@ -348,3 +348,18 @@ pub fn mark_xor(m: u32) -> Vec<Expr> {
         },
     ]
 }
+
+/// `numgen random mod N 0`: true with probability 1/N.
+pub fn numgen_is_zero(n: u32) -> Vec<Expr> {
+    vec![
+        Expr::Numgen {
+            dreg: REG_1,
+            modulus: n,
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op: CmpOp::Eq,
+            data: 0u32.to_ne_bytes().to_vec(),
+        },
+    ]
+}
