@@ -1,16 +1,42 @@
-//! Times one full transaction of `N` services in a fresh namespace, with
-//! parts of the layout left out: where the kernel's time goes.
-//! `cargo run --release -p backend-nftables --example scale_probe -- N`.
+//! Where the time of a transaction goes at scale: one full transaction of
+//! `N` services × 10 endpoints into a fresh namespace (render, encode,
+//! apply, and apply with parts of the layout left out), then one small
+//! transaction on the loaded table, 20 times (what a one-endpoint change
+//! costs: the kernel validates the whole table on every transaction).
+//! Run as root: `cargo run --release -p backend-nftables --example
+//! scale_probe -- N`; add `perf record -g` to see the kernel's share.
 
+use std::net::IpAddr;
 use std::time::Instant;
 
-use backend_nftables::layout::{Body, full};
+use backend_nftables::layout::full;
 use backend_nftables::nl::msg::Op;
-use backend_nftables::{Config, NfTables, NfTablesNetlink};
+use backend_nftables::{Config, Expr, NfTables, NfTablesNetlink, Transaction};
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, PortSpec, Protocol, Service, SliceEndpoint, SlicePort,
 };
 use proxier_testbed::{Netns, NsRuntime};
+
+fn addr(a: u8, i: usize) -> IpAddr {
+    IpAddr::from([a, (i >> 16) as u8, (i >> 8) as u8, i as u8])
+}
+
+fn apply(tx: Transaction) -> std::time::Duration {
+    let ns = Netns::new("probe").expect("netns");
+    let rt = NsRuntime::start(&ns).expect("runtime");
+    rt.block_on(async move {
+        let nft = NfTablesNetlink::new().expect("socket");
+        let t0 = Instant::now();
+        nft.apply(&tx).await.expect("apply");
+        t0.elapsed()
+    })
+}
+
+fn without(tx: &Transaction, drop: impl Fn(&Op) -> bool) -> Transaction {
+    let mut t = tx.clone();
+    t.ops.retain(|op| !drop(op));
+    t
+}
 
 fn main() {
     let n: usize = std::env::args()
@@ -19,21 +45,10 @@ fn main() {
         .unwrap_or(2000);
     let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
     for i in 0..n {
-        let ip = [
-            10,
-            96,
-            (i >> 8) as u8,
-            (i & 255) as u8 + if i & 255 == 255 { 0 } else { 0 },
-        ];
         t.update_service(&Service {
             namespace: "b".into(),
             name: format!("s{i}"),
-            cluster_ips: vec![std::net::IpAddr::from([
-                ip[0],
-                ip[1] + (i >> 16) as u8,
-                ip[2],
-                ip[3],
-            ])],
+            cluster_ips: vec![addr(10, i + 1)],
             ports: vec![PortSpec {
                 name: "p".into(),
                 protocol: Some(Protocol::Tcp),
@@ -42,7 +57,7 @@ fn main() {
             }],
             ..Service::default()
         })
-        .unwrap();
+        .expect("service");
         t.update_endpoint_slice(&EndpointSlice {
             namespace: "b".into(),
             name: format!("s{i}-1"),
@@ -55,29 +70,13 @@ fn main() {
             }],
             endpoints: (0..10)
                 .map(|k| SliceEndpoint {
-                    addresses: vec![
-                        std::net::IpAddr::from([
-                            10,
-                            128 + (i >> 16) as u8,
-                            (i >> 8) as u8,
-                            (i & 255) as u8,
-                        ])
-                        .to_string()
-                        .replace(".", ".")
-                        .parse()
-                        .map(|a: std::net::Ipv4Addr| {
-                            let mut o = a.octets();
-                            o[1] = o[1].wrapping_add(k as u8 * 8);
-                            std::net::IpAddr::from(o)
-                        })
-                        .unwrap(),
-                    ],
+                    addresses: vec![addr(100 + k as u8, i)],
                     node_name: Some("node-2".into()),
                     ..Default::default()
                 })
                 .collect(),
         })
-        .unwrap();
+        .expect("slice");
     }
     let snap = t.apply().0;
     let t0 = Instant::now();
@@ -86,36 +85,47 @@ fn main() {
     let t0 = Instant::now();
     let bytes = tx.encode(1).bytes.len();
     println!(
-        "{n} services: render {render:?}, encode {:?} ({bytes} bytes)",
-        t0.elapsed()
+        "{n} services: render {render:?}, encode {:?} ({bytes} bytes, {} operations)",
+        t0.elapsed(),
+        tx.ops.len()
     );
-    let variants: Vec<(&str, Box<dyn Fn(&Op) -> bool>)> = vec![
-        ("all", Box::new(|_| true)),
-        (
-            "no map elements",
-            Box::new(|op| !matches!(op, Op::AddElements { set, .. } if set != "__map%d")),
-        ),
-        (
-            "no numgen maps",
-            Box::new(|op| {
-                !matches!(op, Op::AddElements { set, .. } | Op::AddSet(backend_nftables::Set { name: set, .. }) if set == "__map%d")
-                    && !matches!(op, Op::AddRule(r) if r.exprs.iter().any(|e| matches!(e, backend_nftables::Expr::Numgen { .. })))
-            }),
-        ),
-    ];
-    let _ = Body::Numgen(vec![]);
-    for (name, keep) in variants {
-        let mut t2 = tx.clone();
-        t2.ops.retain(|op| keep(op));
-        let ns = Netns::new("probe").unwrap();
-        let rt = NsRuntime::start(&ns).unwrap();
-        let ops = t2.ops.len();
-        let d = rt.block_on(async move {
-            let nft = NfTablesNetlink::new().unwrap();
-            let t0 = Instant::now();
-            nft.apply(&t2).await.unwrap();
-            t0.elapsed()
-        });
-        println!("{n} services, {name}: {ops} ops in {d:?}");
-    }
+    println!("  apply all: {:?}", apply(tx.clone()));
+    let map_elements = without(&tx, |op| matches!(op, Op::AddElements { .. }));
+    println!("  apply without map elements: {:?}", apply(map_elements));
+    let numgen = without(
+        &tx,
+        |op| matches!(op, Op::AddRule(r) if r.exprs.iter().any(|e| matches!(e, Expr::Numgen { .. }))),
+    );
+    println!("  apply without numgen rules: {:?}", apply(numgen));
+
+    // A small transaction on the loaded table.
+    let svc = tx
+        .ops
+        .iter()
+        .find_map(|op| match op {
+            Op::AddChain(c) if c.name.starts_with("service-") => Some(c.name.clone()),
+            _ => None,
+        })
+        .expect("a service chain");
+    let mut small = Transaction::new(tx.family, tx.table.clone());
+    small.push(Op::FlushChain(svc.clone()));
+    small.ops.extend(
+        tx.ops
+            .iter()
+            .filter(|op| matches!(op, Op::AddRule(r) if r.chain == svc))
+            .cloned(),
+    );
+    let ops = small.ops.len();
+    let ns = Netns::new("probe").expect("netns");
+    let rt = NsRuntime::start(&ns).expect("runtime");
+    let d = rt.block_on(async move {
+        let nft = NfTablesNetlink::new().expect("socket");
+        nft.apply(&tx).await.expect("apply");
+        let t0 = Instant::now();
+        for _ in 0..20 {
+            nft.apply(&small).await.expect("apply");
+        }
+        t0.elapsed() / 20
+    });
+    println!("  a {ops}-operation transaction on the loaded table: {d:?}");
 }
