@@ -65,7 +65,8 @@ fn once_then_cleanup_in_a_namespace() {
         "10.96.0.10 . tcp . 80 : goto service-",
         "tcp . 30080 : goto external-",
         "ip daddr 10.96.0.0/16 drop comment \"Drop traffic to unallocated ClusterIPs\"",
-        "numgen random mod 3 vmap",
+        "numgen random mod 3 0 goto endpoint-",
+        "numgen random mod 2 0 goto endpoint-",
         "meta l4proto tcp dnat to 127.0.0.11:8080",
     ] {
         assert!(list.contains(want), "missing {want:?}:\n{list}");
