@@ -201,6 +201,42 @@ pub fn dnat(proto: u8, ip: IpAddr, port: u16) -> Vec<Expr> {
 
 /// `mark set mark or M`.
 pub fn mark_or(m: u32) -> Vec<Expr> {
+    mark_set(!m, m)
+}
+
+/// `ct state new`.
+pub fn ct_new() -> Vec<Expr> {
+    bits_test(
+        Expr::Ct {
+            key: CT_STATE,
+            dreg: REG_1,
+        },
+        CT_STATE_NEW,
+        CmpOp::Neq,
+    )
+}
+
+/// `LOAD and MASK OP 0`: a value loaded into `NFT_REG_1`, masked, and
+/// compared with zero.
+fn bits_test(load: Expr, mask: u32, op: CmpOp) -> Vec<Expr> {
+    vec![
+        load,
+        Expr::Bitwise {
+            sreg: REG_1,
+            dreg: REG_1,
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            sreg: REG_1,
+            op,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+/// `meta mark set (meta mark & MASK) ^ XOR`.
+fn mark_set(mask: u32, xor: u32) -> Vec<Expr> {
     vec![
         Expr::Meta {
             key: META_MARK,
@@ -209,33 +245,12 @@ pub fn mark_or(m: u32) -> Vec<Expr> {
         Expr::Bitwise {
             sreg: REG_1,
             dreg: REG_1,
-            mask: (!m).to_ne_bytes().to_vec(),
-            xor: m.to_ne_bytes().to_vec(),
+            mask: mask.to_ne_bytes().to_vec(),
+            xor: xor.to_ne_bytes().to_vec(),
         },
         Expr::MetaSet {
             key: META_MARK,
             sreg: REG_1,
-        },
-    ]
-}
-
-/// `ct state new`.
-pub fn ct_new() -> Vec<Expr> {
-    vec![
-        Expr::Ct {
-            key: CT_STATE,
-            dreg: REG_1,
-        },
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: CT_STATE_NEW.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Neq,
-            data: vec![0; 4],
         },
     ]
 }
@@ -310,43 +325,19 @@ pub fn proto_port_key(proto: u8, port: u16) -> Vec<u8> {
 
 /// `mark and M == 0`.
 pub fn mark_and_zero(m: u32) -> Vec<Expr> {
-    vec![
+    bits_test(
         Expr::Meta {
             key: META_MARK,
             dreg: REG_1,
         },
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: m.to_ne_bytes().to_vec(),
-            xor: vec![0; 4],
-        },
-        Expr::Cmp {
-            sreg: REG_1,
-            op: CmpOp::Eq,
-            data: vec![0; 4],
-        },
-    ]
+        m,
+        CmpOp::Eq,
+    )
 }
 
 /// `mark set mark xor M`.
 pub fn mark_xor(m: u32) -> Vec<Expr> {
-    vec![
-        Expr::Meta {
-            key: META_MARK,
-            dreg: REG_1,
-        },
-        Expr::Bitwise {
-            sreg: REG_1,
-            dreg: REG_1,
-            mask: u32::MAX.to_ne_bytes().to_vec(),
-            xor: m.to_ne_bytes().to_vec(),
-        },
-        Expr::MetaSet {
-            key: META_MARK,
-            sreg: REG_1,
-        },
-    ]
+    mark_set(u32::MAX, m)
 }
 
 /// `numgen random mod N 0`: true with probability 1/N.
