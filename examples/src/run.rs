@@ -91,7 +91,7 @@ pub async fn run_mode(
                 tracing::info!(backend = proxier.name(), "cleaned up");
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(e),
+            Err(e) => fail(proxier_core::ErrorChain(&e)),
         };
     }
     let last_error = Arc::new(Mutex::new(None));

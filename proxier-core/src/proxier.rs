@@ -203,3 +203,25 @@ impl Proxier for FakeProxier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod error_chain_tests {
+    use super::*;
+
+    #[test]
+    fn every_cause_is_printed() {
+        let os = std::io::Error::from_raw_os_error(libc_ebusy());
+        let e = ProxierError::with_source("iptables-nft", "restoring table nat", os);
+        let text = ErrorChain(&e).to_string();
+        assert!(
+            text.starts_with("iptables-nft: restoring table nat: "),
+            "{text}"
+        );
+        assert!(text.contains("busy"), "{text}");
+        assert_eq!(ErrorChain(&ProxierError::new("x", "y")).to_string(), "x: y");
+    }
+
+    fn libc_ebusy() -> i32 {
+        16
+    }
+}

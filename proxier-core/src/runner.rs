@@ -363,7 +363,7 @@ impl Runner {
                 Err(e) => {
                     failures += 1;
                     let delay = self.backoff(failures);
-                    tracing::warn!(backend = self.proxier.name(), error = %e, retry_in = ?delay, "sync failed; will retry with a full sync");
+                    tracing::warn!(backend = self.proxier.name(), error = %crate::ErrorChain(&e), retry_in = ?delay, "sync failed; will retry with a full sync");
                     self.shared.metrics.sync_failures_total.inc();
                     need_full = true;
                     carry = req.changes;
