@@ -1,10 +1,15 @@
 //! # backend-nftables
 //!
-//! kube-proxy's nftables mode (`pkg/proxy/nftables`), programmed with
-//! nf_tables netlink transactions instead of the `nft` program. This is
-//! the foundation: the wire format and the atomic transaction, tested
-//! against the kernel; the layout and the proxier come on top of it.
+//! kube-proxy's nftables mode (`pkg/proxy/nftables`) as a
+//! [`proxier_core::Proxier`], programmed with nf_tables netlink
+//! transactions instead of the `nft` program. Start at
+//! [`NftablesProxier`]; check a node by hand with
+//! `nft list table ip kube-proxy`.
 //!
+//! - [`layout`]: kube-proxy's table rendered from a snapshot (pure), whole
+//!   or one service at a time ([`layout::Fragment`]).
+//! - [`proxier`]: full syncs (one atomic rebuild), partial syncs (only what
+//!   changed), delayed deletion of stale chains, conntrack cleanup.
 //! - [`nl`]: attributes, the expressions kube-proxy's layout needs
 //!   (payload, meta, ct, cmp, bitwise, lookup and verdict maps, immediate,
 //!   nat, numgen, fib, masq, reject, counter, dynset), and the objects and
