@@ -719,9 +719,12 @@ impl TextKey {
 }
 
 /// A number whose order is the order of `n`'s decimal text among texts of
-/// at most `width` digits: each digit `d` becomes `d + 1` in base 11, and
-/// missing digits are 0 (a shorter text sorts first, as a prefix does).
-const fn decimal_text_order(n: u32, width: u32) -> u64 {
+/// at most `width` digits followed by a separator: each digit `d` becomes
+/// `d + 1` in base `base`, and a missing digit (where the separator
+/// stands) is `missing`: 0 when the separator sorts before the digits
+/// (`.`, or the end of the text), `base - 1` when it sorts after them
+/// (`:`).
+const fn decimal_text_order(n: u32, width: u32, base: u64, missing: u64) -> u64 {
     let mut digits = [0u8; 5];
     let mut len = 0;
     let mut v = n;
@@ -739,34 +742,50 @@ const fn decimal_text_order(n: u32, width: u32) -> u64 {
         let d = if i < len {
             digits[len - 1 - i] as u64 + 1
         } else {
-            0
+            missing
         };
-        code = code * 11 + d;
+        code = code * base + d;
         i += 1;
     }
     code
 }
 
-/// [`decimal_text_order`] of every octet.
+/// [`decimal_text_order`] of every octet followed by `.` (which sorts
+/// before the digits).
 const OCTET_ORDER: [u16; 256] = {
     let mut t = [0u16; 256];
     let mut i = 0;
     while i < 256 {
-        t[i] = decimal_text_order(i as u32, 3) as u16;
+        t[i] = decimal_text_order(i as u32, 3, 11, 0) as u16;
+        i += 1;
+    }
+    t
+};
+
+/// [`decimal_text_order`] of the last octet, followed by `:` (which sorts
+/// after the digits: `1.2.3.245:1` before `1.2.3.24:1`).
+const LAST_OCTET_ORDER: [u16; 256] = {
+    let mut t = [0u16; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = decimal_text_order(i as u32, 3, 12, 11) as u16;
         i += 1;
     }
     t
 };
 
 /// A `u64` that orders IPv4 `a.b.c.d:port` as their text does: the text
-/// compares part by part (`.` and `:` sort before digits, so a part that
-/// is a prefix of another sorts first), and each part is coded by
-/// [`decimal_text_order`]: 4 × 11^3 × 11^5 < 2^64. `port_order` is the
-/// port's code (computed once per list, ports repeat).
+/// compares part by part, and each part is coded by
+/// [`decimal_text_order`] with its separator's place among the digits
+/// (`.` before them, `:` after, the end of the port before):
+/// 11^9 × 12^3 × 11^5 < 2^64. `port_order` is the port's code (computed
+/// once per list, ports repeat).
 fn v4_text_order(ip: std::net::Ipv4Addr, port_order: u64) -> u64 {
-    let ip = ip.octets().iter().fold(0u64, |k, o| {
+    let o = ip.octets();
+    let ip = o[..3].iter().fold(0u64, |k, o| {
         k * 1331 + u64::from(OCTET_ORDER[usize::from(*o)])
     });
+    let ip = ip * 1728 + u64::from(LAST_OCTET_ORDER[usize::from(o[3])]);
     ip * 161_051 + port_order
 }
 
@@ -813,10 +832,10 @@ fn ordered_endpoints(raws: &[(&SliceEp, u16)], node_name: &str) -> Arc<[Endpoint
     if raws.iter().all(|(e, _)| e.ip.is_ipv4()) {
         // Ports repeat: code the first once.
         let p0 = raws.first().map_or(0, |r| r.1);
-        let c0 = decimal_text_order(u32::from(p0), 5);
+        let c0 = decimal_text_order(u32::from(p0), 5, 11, 0);
         let keyed = merge(raws, |e, p| match e.ip {
             IpAddr::V4(ip) if p == p0 => v4_text_order(ip, c0),
-            IpAddr::V4(ip) => v4_text_order(ip, decimal_text_order(u32::from(p), 5)),
+            IpAddr::V4(ip) => v4_text_order(ip, decimal_text_order(u32::from(p), 5, 11, 0)),
             IpAddr::V6(_) => u64::MAX,
         });
         keyed.iter().map(|(_, i)| endpoint(*i)).collect()

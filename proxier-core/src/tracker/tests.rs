@@ -478,8 +478,8 @@ proptest! {
     #[test]
     fn the_ipv4_key_orders_as_the_text(a in v4(), b in v4()) {
         prop_assert_eq!(
-            v4_text_order(*a.ip(), decimal_text_order(a.port().into(), 5))
-                .cmp(&v4_text_order(*b.ip(), decimal_text_order(b.port().into(), 5))),
+            v4_text_order(*a.ip(), decimal_text_order(a.port().into(), 5, 11, 0))
+                .cmp(&v4_text_order(*b.ip(), decimal_text_order(b.port().into(), 5, 11, 0))),
             a.to_string().cmp(&b.to_string()),
             "{} vs {}", a, b
         );
@@ -523,12 +523,15 @@ proptest! {
 fn decimal_text_order_examples() {
     // "1" < "10" < "100" < "11" < "2" < "25" < "255" < "3" < "9" < "99".
     let texts = [1, 10, 100, 11, 2, 25, 255, 3, 9, 99];
-    let codes: Vec<u64> = texts.iter().map(|n| decimal_text_order(*n, 3)).collect();
+    let codes: Vec<u64> = texts
+        .iter()
+        .map(|n| decimal_text_order(*n, 3, 11, 0))
+        .collect();
     assert!(codes.windows(2).all(|w| w[0] < w[1]), "{codes:?}");
     // "0" is the digit 0 (coded 1), then four missing digits.
-    assert_eq!(decimal_text_order(0, 5), 11u64.pow(4));
+    assert_eq!(decimal_text_order(0, 5, 11, 0), 11u64.pow(4));
     assert_eq!(
-        decimal_text_order(65535, 5),
+        decimal_text_order(65535, 5, 11, 0),
         7 * 11u64.pow(4) + 6 * 1331 + 6 * 121 + 4 * 11 + 6
     );
 }
@@ -553,4 +556,20 @@ fn interned_names_do_not_outlive_their_objects() {
     t.update_service(&kept).unwrap();
     t.apply();
     assert!(t.interned.contains("ns"));
+}
+
+/// The last octet is followed by `:`, which sorts after the digits:
+/// `1.2.3.245:1` comes before `1.2.3.24:1` in text order (a proptest found
+/// the key had it the other way).
+#[test]
+fn last_octet_sorts_before_a_longer_one_it_prefixes() {
+    let p = decimal_text_order(1, 5, 11, 0);
+    let a = v4_text_order("1.2.3.245".parse().unwrap(), p);
+    let b = v4_text_order("1.2.3.24".parse().unwrap(), p);
+    assert!(a < b, "1.2.3.245:1 < 1.2.3.24:1 as text");
+    assert!("1.2.3.245:1" < "1.2.3.24:1");
+    // Inner octets are followed by `.`, which sorts before the digits.
+    let c = v4_text_order("1.2.24.9".parse().unwrap(), p);
+    let d = v4_text_order("1.2.245.9".parse().unwrap(), p);
+    assert!(c < d && "1.2.24.9:1" < "1.2.245.9:1");
 }
