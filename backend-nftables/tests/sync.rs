@@ -209,6 +209,17 @@ fn same_as_full(a: &Node, t: &ChangeTracker) {
     }
 }
 
+/// Service `s0` with endpoints .1, .2 and `third`: one endpoint moved.
+fn s0_third_endpoint(t: &mut ChangeTracker, third: &str) {
+    let eps = vec![
+        ep(ip("10.0.0.1"), "node-1"),
+        ep(ip("10.0.0.2"), "node-2"),
+        ep(ip(third), "node-2"),
+    ];
+    t.update_endpoint_slice(&slice("ns", "s0", &P, eps))
+        .unwrap();
+}
+
 fn step(t: &mut ChangeTracker, full: bool) -> SyncRequest {
     let (snapshot, changes) = t.apply();
     SyncRequest {
@@ -249,17 +260,7 @@ fn partial_syncs() {
     assert_eq!(a.proxier().last_operations(), 0);
 
     // One endpoint moves, in a small and a larger table: the same cost.
-    t.update_endpoint_slice(&slice(
-        "ns",
-        "s0",
-        &P,
-        vec![
-            ep(ip("10.0.0.1"), "node-1"),
-            ep(ip("10.0.0.2"), "node-2"),
-            ep(ip("10.0.0.9"), "node-2"),
-        ],
-    ))
-    .unwrap();
+    s0_third_endpoint(&mut t, "10.0.0.9");
     let s = a.sync(step(&mut t, false)).unwrap();
     assert!(!s.full);
     let one_endpoint = a.proxier().last_operations();
@@ -312,17 +313,7 @@ fn partial_syncs() {
     );
     a.sync(step(&mut t, false)).unwrap();
     assert_eq!(a.proxier().stale_chains(), 0);
-    t.update_endpoint_slice(&slice(
-        "ns",
-        "s0",
-        &P,
-        vec![
-            ep(ip("10.0.0.1"), "node-1"),
-            ep(ip("10.0.0.2"), "node-2"),
-            ep(ip("10.0.0.8"), "node-2"),
-        ],
-    ))
-    .unwrap();
+    s0_third_endpoint(&mut t, "10.0.0.8");
     a.sync(step(&mut t, false)).unwrap();
     assert_eq!(
         a.proxier().last_operations(),
