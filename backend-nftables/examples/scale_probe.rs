@@ -118,14 +118,19 @@ fn main() {
     let ops = small.ops.len();
     let ns = Netns::new("probe").expect("netns");
     let rt = NsRuntime::start(&ns).expect("runtime");
+    // PROBE_REPEAT=200 makes the small transactions dominate a profile.
+    let repeat: u32 = std::env::var("PROBE_REPEAT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     let d = rt.block_on(async move {
         let nft = NfTablesNetlink::new().expect("socket");
         nft.apply(&tx).await.expect("apply");
         let t0 = Instant::now();
-        for _ in 0..20 {
+        for _ in 0..repeat {
             nft.apply(&small).await.expect("apply");
         }
-        t0.elapsed() / 20
+        t0.elapsed() / repeat
     });
     println!("  a {ops}-operation transaction on the loaded table: {d:?}");
 }

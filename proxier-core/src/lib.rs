@@ -50,4 +50,4 @@ pub use proxier::{ErrorChain, FakeProxier, Proxier, ProxierError, SyncRequest, S
 pub use runner::{Runner, RunnerConfig, RunnerHandle};
 pub use topology::{Categorized, categorize_endpoints};
 pub use tracker::{ChangeSet, ChangeTracker, NodeInfo, Snapshot, StaleEndpoint};
-pub use validate::{ObjectKind, ValidationError};
+pub use validate::{Escaped, ObjectKind, ValidationError, escape};

@@ -33,7 +33,12 @@ impl fmt::Display for ObjectKind {
 /// An object that was rejected: it changes nothing, every other object
 /// keeps working.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} {object}: {field}: {reason} (got {value:?})")]
+#[error(
+    "{kind} {}: {}: {} (got {value:?})",
+    Escaped(object),
+    Escaped(field),
+    Escaped(reason)
+)]
 pub struct ValidationError {
     /// What kind of object.
     pub kind: ObjectKind,
@@ -45,6 +50,33 @@ pub struct ValidationError {
     pub value: String,
     /// Why it is rejected.
     pub reason: String,
+}
+
+/// Text from an object, shown so that it cannot forge a log line: control
+/// characters (a newline in a name), backslashes and quotes are escaped
+/// as Rust escapes them (`\n`, `\u{1b}`); everything else is shown as is.
+#[derive(Debug, Clone, Copy)]
+pub struct Escaped<'a>(pub &'a str);
+
+impl fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.chars().all(|c| !c.is_control() && c != '\\') {
+            return f.write_str(self.0);
+        }
+        for c in self.0.chars() {
+            if c.is_control() || c == '\\' {
+                write!(f, "{}", c.escape_default())?;
+            } else {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`Escaped`] as a `String`.
+pub fn escape(s: &str) -> String {
+    Escaped(s).to_string()
 }
 
 /// Builds errors for one object. Borrows the names: the happy path
@@ -154,6 +186,20 @@ pub fn is_port_name(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_text_cannot_forge_a_line() {
+        let e = ErrCtx::new(ObjectKind::Service, "bad", "a\nCOMMIT\n*filter").err(
+            "metadata.name",
+            "a\nCOMMIT",
+            "not a DNS-1035 label",
+        );
+        let text = e.to_string();
+        assert!(!text.contains('\n'), "{text}");
+        assert!(text.contains("bad/a\\nCOMMIT\\n*filter"), "{text}");
+        assert_eq!(escape("web-1"), "web-1");
+        assert_eq!(escape("x\u{1b}[2J\\"), "x\\u{1b}[2J\\\\");
+    }
 
     #[test]
     fn names() {
