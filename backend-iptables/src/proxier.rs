@@ -90,6 +90,7 @@ impl IptablesProxier {
         ct: Arc<dyn Conntrack>,
         sysctl: Arc<dyn Sysctl>,
     ) -> Result<Self, ConfigError> {
+        let cfg = cfg.own_family();
         cfg.validate()?;
         let name = format!(
             "iptables-{}{}",

@@ -77,6 +77,14 @@ impl Config {
         )
     }
 
+    /// Keeps the `node_port_addresses` of this family (the flag may mix
+    /// families; each family's proxier takes its own, as kube-proxy's do).
+    pub fn own_family(mut self) -> Config {
+        self.node_port_addresses =
+            proxier_netfilter::of_family(self.family, &self.node_port_addresses);
+        self
+    }
+
     /// The masquerade settings, as the shared netfilter pieces take them.
     pub fn masquerade(&self) -> Masquerade {
         Masquerade {

@@ -8,6 +8,7 @@ static BACKEND: Backend = Backend {
     name: "iptables (legacy)",
     make: common::make_legacy,
     unsupported: &[],
+    no_ipv6: None,
     leftovers: common::leftovers_legacy,
     verify: None,
 };

@@ -8,6 +8,7 @@ static BACKEND: Backend = Backend {
     name: "iptables (nft)",
     make: common::make_nft,
     unsupported: &[],
+    no_ipv6: None,
     leftovers: common::leftovers_nft,
     verify: None,
 };

@@ -256,7 +256,10 @@ fn same_service(a: &Service, b: &Service) -> bool {
 
 impl IpvsProxier {
     /// A proxier over `kernel`; nothing is touched until the first sync.
-    pub fn new(cfg: Config, kernel: Kernel) -> Result<IpvsProxier, ProxierError> {
+    pub fn new(mut cfg: Config, kernel: Kernel) -> Result<IpvsProxier, ProxierError> {
+        // `--nodeport-addresses` may mix families; this proxier takes its own.
+        cfg.node_port_addresses =
+            proxier_netfilter::of_family(cfg.family, &cfg.node_port_addresses);
         cfg.validate().map_err(|e| ProxierError::new(NAME, e))?;
         Ok(IpvsProxier {
             cfg,

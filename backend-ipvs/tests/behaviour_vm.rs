@@ -106,6 +106,9 @@ static BACKEND: Backend = Backend {
     name: "ipvs",
     make,
     unsupported: &[],
+    no_ipv6: Some(
+        "not implemented yet: the IPVS proxier programs IPv4 virtual servers only (issue 15)",
+    ),
     leftovers,
     verify: Some(verify),
 };

@@ -62,14 +62,15 @@ impl NftablesProxier {
     /// `ct`. Fails if the configuration has a value that cannot reach a
     /// rule.
     pub fn new(
-        cfg: Config,
+        mut cfg: Config,
         nft: Arc<dyn NfTables>,
         ct: Arc<dyn Conntrack>,
     ) -> Result<NftablesProxier, proxier_netfilter::ConfigError> {
         cfg.masquerade.validate()?;
         let fam = cfg.masquerade.family;
-        proxier_netfilter::check_family("node_port_addresses", fam, &cfg.node_port_addresses)?;
-        proxier_netfilter::check_family("service_cidrs", fam, &cfg.service_cidrs)?;
+        // Both flags may mix families; each family's proxier takes its own.
+        cfg.node_port_addresses = proxier_netfilter::of_family(fam, &cfg.node_port_addresses);
+        cfg.service_cidrs = proxier_netfilter::of_family(fam, &cfg.service_cidrs);
         let name = match fam {
             IpFamily::V4 => "nftables".to_string(),
             IpFamily::V6 => "nftables-ipv6".to_string(),

@@ -9,6 +9,7 @@ static BACKEND: Backend = Backend {
     name: "nftables",
     make: common::make,
     unsupported: &[],
+    no_ipv6: None,
     leftovers: common::leftovers,
     verify: None,
 };

@@ -11,6 +11,7 @@ static BACKEND: Backend = Backend {
     name: "nftables (kernel 6.1)",
     make: common::make,
     unsupported: &[],
+    no_ipv6: None,
     leftovers: common::leftovers,
     verify: None,
 };

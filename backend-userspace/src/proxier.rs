@@ -113,7 +113,12 @@ fn err(what: impl Into<String>) -> ProxierError {
 
 impl UserspaceProxier {
     /// A proxier; nothing is bound or written until the first sync.
-    pub fn new(cfg: Config) -> Self {
+    pub fn new(mut cfg: Config) -> Self {
+        // `--nodeport-addresses` may mix families; this proxier takes its own.
+        if let Mode::Portal(p) = &mut cfg.mode {
+            p.node_port_addresses =
+                proxier_netfilter::of_family(cfg.family, &p.node_port_addresses);
+        }
         UserspaceProxier {
             cfg,
             entries: BTreeMap::new(),

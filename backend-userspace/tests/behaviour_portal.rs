@@ -14,9 +14,9 @@ use proxier_testbed::{Topology, Where};
 
 fn make(env: &Env) -> Box<dyn Proxier> {
     Box::new(UserspaceProxier::new(Config {
-        family: IpFamily::V4,
+        family: env.family,
         mode: Mode::Portal(Portal {
-            iptables: Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft)),
+            iptables: Arc::new(IptablesCmd::new(env.family, Variant::Nft)),
             conntrack: Arc::new(ConntrackNetlink::new().unwrap()),
             node_port_addresses: env.node_port_addresses.clone(),
         }),
@@ -28,7 +28,13 @@ fn make(env: &Env) -> Box<dyn Proxier> {
 /// namespace.
 fn leftovers(topo: &Topology) -> Vec<String> {
     let mut left: Vec<String> = topo
-        .node_exec("iptables-nft-save", &[])
+        .node_exec(
+            match topo.plan.family {
+                IpFamily::V4 => "iptables-nft-save",
+                IpFamily::V6 => "ip6tables-nft-save",
+            },
+            &[],
+        )
         .expect("iptables-save")
         .lines()
         .filter(|l| l.contains("KUBE-"))
@@ -46,9 +52,11 @@ fn leftovers(topo: &Topology) -> Vec<String> {
 static BACKEND: Backend = Backend {
     name: "userspace (portal)",
     make,
-    // A proxy opens its own connection to the endpoint: the client's
-    // source address cannot be kept.
-    unsupported: &[Feature::ExternalTrafficPolicyLocal],
+    unsupported: &[(
+        Feature::ExternalTrafficPolicyLocal,
+        "a proxy opens its own connection to the endpoint: the client's source address cannot be kept",
+    )],
+    no_ipv6: None,
     leftovers,
     verify: None,
 };
@@ -72,7 +80,7 @@ fn jumped(topo: &Topology, builtin: &str, chain: &str) -> u64 {
 /// relays must not walk them. Only a connection's first packets jump in.
 #[test]
 fn relayed_packets_skip_the_per_service_filter_chains() {
-    let mut ctx = Ctx::new(&BACKEND, vec![]);
+    let mut ctx = Ctx::new(&BACKEND, IpFamily::V4, vec![]);
     ctx.serve(&[Where::Local(0)], 8080);
     let ip = ctx.topo.ip_of(Where::Local(0));
     let node = ctx.topo.node_name_of(Where::Local(0)).to_string();

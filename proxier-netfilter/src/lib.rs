@@ -64,5 +64,5 @@ pub use conntrack::{
 pub use escape::{hash_base32, safe_label, safe_service_port_name};
 pub use iptables::{ExecError, Iptables, IptablesCmd, TableListing, Variant};
 pub use local::LocalDetector;
-pub use masquerade::{ConfigError, Masquerade, check_family};
+pub use masquerade::{ConfigError, Masquerade, check_family, of_family};
 pub use sysctl::{ProcSys, Sysctl, SysctlError};

@@ -66,6 +66,17 @@ impl ConfigError {
     }
 }
 
+/// The CIDRs of `nets` that are of `family`: kube-proxy's
+/// `NewNodePortAddresses`, which takes `--nodeport-addresses` of both
+/// families and gives each family's proxier its own (none of the family
+/// means every address of it).
+pub fn of_family(family: IpFamily, nets: &[IpNet]) -> Vec<IpNet> {
+    nets.iter()
+        .copied()
+        .filter(|n| family.matches(&n.addr()))
+        .collect()
+}
+
 /// Checks that every CIDR of `nets` is of `family`.
 pub fn check_family(
     field: &'static str,

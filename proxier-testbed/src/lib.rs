@@ -26,6 +26,9 @@ pub mod traffic;
 pub mod vm;
 
 pub use netns::Netns;
+/// The family type the suite macro names (so test crates need not name
+/// `proxier-core`).
+pub use proxier_core::IpFamily;
 pub use runtime::NsRuntime;
 pub use topology::{Plan, Topology, Where};
 pub use traffic::Outcome;

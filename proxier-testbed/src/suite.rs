@@ -3,8 +3,14 @@
 //! real TCP and UDP traffic.
 //!
 //! A backend test file expands [`behaviour_suite!`](crate::behaviour_suite)
-//! with a [`Backend`]: one `#[test]` per [`Feature`]. A feature the backend
-//! declares unsupported is not run; it is recorded as such. Every run
+//! with a [`Backend`]: one `#[test]` per [`Feature`] and IP family
+//! (`ipv4::cluster_ip_tcp`, `ipv6::cluster_ip_tcp`). Every scenario runs
+//! over IPv4 and over IPv6 on a dual-stack topology; its services are
+//! dual-stack (`clusterIPs`, external and LoadBalancer IPs and source
+//! ranges of both families) and its EndpointSlice is of the family under
+//! test, so the tracker's choice of family is exercised too. A feature the
+//! backend declares unsupported (in one family or both) is not run; it is
+//! recorded as such, with the reason. Every run
 //! writes its result to `target/proxier-features/`, and
 //! `cargo run -p proxier-testbed --bin feature-table` turns those into the
 //! README's feature table.
@@ -20,7 +26,7 @@ use proxier_core::{
 };
 
 use crate::objects::{ep, service, slice, terminating};
-use crate::topology::{NODE_IP, NODE_IP2, Plan, Topology, Where};
+use crate::topology::{Plan, Topology, Where};
 use crate::traffic::{Outcome, udp_exchange};
 
 /// One row of the feature table.
@@ -123,8 +129,11 @@ pub struct Env {
     pub node_ips: Vec<IpAddr>,
     /// The cluster (pod) CIDR.
     pub cluster_cidr: IpNet,
-    /// `--nodeport-addresses` (empty: all).
+    /// `--nodeport-addresses` (empty: all). May hold both families, as
+    /// the flag may.
     pub node_port_addresses: Vec<IpNet>,
+    /// The family under test.
+    pub family: IpFamily,
 }
 
 /// A check of the kernel against the snapshot just synced.
@@ -136,8 +145,11 @@ pub struct Backend {
     pub name: &'static str,
     /// Builds the proxier; called on the node namespace's runtime.
     pub make: fn(&Env) -> Box<dyn Proxier>,
-    /// Features it does not support.
-    pub unsupported: &'static [Feature],
+    /// Features it does not support, in either family, and why.
+    pub unsupported: &'static [(Feature, &'static str)],
+    /// `None` if the backend runs IPv6; otherwise why not (every
+    /// scenario is then recorded unsupported over IPv6, with this reason).
+    pub no_ipv6: Option<&'static str>,
     /// What the backend left in the node namespace (rules, listeners):
     /// empty after `cleanup`.
     pub leftovers: fn(&Topology) -> Vec<String>,
@@ -154,7 +166,17 @@ impl std::fmt::Debug for Backend {
 
 const T: Duration = Duration::from_millis(1500);
 const SHORT: Duration = Duration::from_millis(400);
-const CIP: &str = "10.96.0.10";
+/// An address of each family: (IPv4, IPv6).
+type Pair = (&'static str, &'static str);
+const CIP: Pair = ("10.96.0.10", "fd00:96::10");
+const CIP2: Pair = ("10.96.0.11", "fd00:96::11");
+const EXT_IP: Pair = ("203.0.113.10", "2001:db8:113::10");
+const EXT_IP2: Pair = ("203.0.113.11", "2001:db8:113::11");
+const LB_IP: Pair = ("198.51.100.10", "2001:db8:100::10");
+const LB_IP2: Pair = ("198.51.100.12", "2001:db8:100::12");
+/// `--nodeport-addresses` of the NodePortAddresses scenario (both
+/// families: the backend takes its own).
+const NPA: [&str; 2] = ["192.168.50.0/24", "fd00:50::/64"];
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
 const PORT: u16 = 80;
@@ -184,23 +206,29 @@ impl std::fmt::Debug for Ctx {
 }
 
 impl Ctx {
-    /// Builds the topology and the proxier.
-    pub fn new(backend: &'static Backend, node_port_addresses: Vec<IpNet>) -> Ctx {
+    /// Builds the (dual-stack) topology and the proxier for `family`.
+    pub fn new(
+        backend: &'static Backend,
+        family: IpFamily,
+        node_port_addresses: Vec<IpNet>,
+    ) -> Ctx {
         let mut topo = Topology::build(Plan {
             ext_clients: 8,
+            family,
             ..Plan::default()
         })
         .expect("topology");
         let env = Env {
             node_name: topo.plan.node_name.clone(),
-            node_ips: vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)],
-            cluster_cidr: crate::topology::CLUSTER_CIDR.parse().expect("cidr"),
+            node_ips: vec![topo.node_ip(), topo.node_ip2()],
+            cluster_cidr: topo.cluster_cidr(),
             node_port_addresses,
+            family,
         };
         let make = backend.make;
         let e = env.clone();
         let proxier = topo.node_rt().block_on(async move { make(&e) });
-        let tracker = ChangeTracker::new(IpFamily::V4, &topo.plan.node_name);
+        let tracker = ChangeTracker::new(family, &topo.plan.node_name);
         Ctx {
             topo,
             env,
@@ -306,6 +334,28 @@ impl Ctx {
     fn ip_of(&self, w: Where) -> IpAddr {
         self.topo.ip_of(w)
     }
+
+    /// The family under test.
+    pub fn family(&self) -> IpFamily {
+        self.env.family
+    }
+
+    /// The address of `pair` in the family under test.
+    fn at(&self, pair: Pair) -> IpAddr {
+        ip(if self.family() == IpFamily::V6 {
+            pair.1
+        } else {
+            pair.0
+        })
+    }
+
+    /// Both addresses of `pair`, the family under test's first (a
+    /// dual-stack service whose primary family is the one under test).
+    fn both(&self, pair: Pair) -> Vec<IpAddr> {
+        let mine = self.at(pair);
+        let other = if mine == ip(pair.0) { pair.1 } else { pair.0 };
+        vec![mine, ip(other)]
+    }
 }
 
 impl Drop for Ctx {
@@ -327,13 +377,17 @@ fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
-fn web(name: &str, cip: &str) -> Service {
-    service(
+/// A dual-stack service (`RequireDualStack`: a cluster IP of each family)
+/// with an HTTP (TCP) and a DNS (UDP) port.
+fn web(ctx: &Ctx, name: &str, cip: Pair) -> Service {
+    let mut s = service(
         "default",
         name,
-        cip,
+        cip.0,
         &[("http", PORT, TCP), ("dns", 53, UDP)],
-    )
+    );
+    s.cluster_ips = ctx.both(cip);
+    s
 }
 
 fn web_slice(name: &str, ctx: &Ctx, eps: &[Where]) -> EndpointSlice {
@@ -373,10 +427,12 @@ const FEATURE_LINE: &str = "PROXIER-FEATURE";
 pub fn run_in_vm(test_name: &str, backend: &'static Backend) {
     if crate::vm::in_vm() {
         let mut failed = Vec::new();
-        for f in Feature::ALL {
-            eprintln!("--- {}: {}", backend.name, f.label());
-            if std::panic::catch_unwind(|| run(f, backend)).is_err() {
-                failed.push(f.id());
+        for family in [IpFamily::V4, IpFamily::V6] {
+            for f in Feature::ALL {
+                eprintln!("--- {} ({}): {}", backend.name, family.as_str(), f.label());
+                if std::panic::catch_unwind(|| run(f, family, backend)).is_err() {
+                    failed.push(format!("{}/{}", family.as_str(), f.id()));
+                }
             }
         }
         assert!(
@@ -394,20 +450,18 @@ pub fn run_in_vm(test_name: &str, backend: &'static Backend) {
         std::time::Duration::from_secs(1800),
     )
     .expect("could not start the VM");
-    let result_dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-features");
-    let _ = std::fs::create_dir_all(&result_dir);
     // Each scenario reports "fail" before it starts and its verdict after:
-    // the last line per feature wins.
+    // the last line per feature and family wins.
     let mut seen = BTreeSet::new();
     for line in r.output.lines() {
         if let Some(rest) = line.split(FEATURE_LINE).nth(1) {
-            let rest = rest.trim();
+            let rest = rest.trim_start().trim_end_matches(['\r', '\n']);
             let mut f = rest.split('\t');
-            if let (Some(b), Some(id), Some(_)) = (f.next(), f.next(), f.next()) {
-                let file = result_dir.join(format!("{}.{id}", b.replace([' ', '(', ')'], "_")));
-                let _ = std::fs::write(file, format!("{rest}\n"));
-                seen.insert(id.to_string());
+            if let (Some(b), Some(id), Some(_), Some(fam)) =
+                (f.next(), f.next(), f.next(), f.next())
+            {
+                let _ = std::fs::write(result_file(b, fam, id), format!("{rest}\n"));
+                seen.insert((fam.to_string(), id.to_string()));
             }
         }
     }
@@ -421,51 +475,77 @@ pub fn run_in_vm(test_name: &str, backend: &'static Backend) {
     );
     assert_eq!(
         seen.len(),
-        Feature::ALL.len(),
-        "features reported from the VM"
+        2 * Feature::ALL.len(),
+        "features reported from the VM, over both families"
     );
 }
 
-/// Runs one feature's scenario against `backend`; records the result.
-pub fn run(feature: Feature, backend: &'static Backend) {
-    let result_dir =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-features");
-    let _ = std::fs::create_dir_all(&result_dir);
-    let file = result_dir.join(format!(
-        "{}.{}",
-        backend.name.replace([' ', '(', ')'], "_"),
-        feature.id()
-    ));
-    let record = |verdict: &str| {
-        let line = format!("{}\t{}\t{verdict}", backend.name, feature.id());
+/// Where the results go (`target/proxier-features/`).
+fn result_dir() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/proxier-features");
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// The result file of one backend, family and feature.
+fn result_file(backend: &str, family: &str, feature: &str) -> std::path::PathBuf {
+    result_dir().join(format!(
+        "{}.{family}.{feature}",
+        backend.replace([' ', '(', ')'], "_")
+    ))
+}
+
+/// Runs one feature's scenario against `backend` over `family`; records
+/// the result (`backend\tfeature\tverdict\tfamily`, and the reason of an
+/// unsupported one).
+pub fn run(feature: Feature, family: IpFamily, backend: &'static Backend) {
+    let file = result_file(backend.name, family.as_str(), &feature.id());
+    let record = |verdict: &str, why: &str| {
+        let line = format!(
+            "{}\t{}\t{verdict}\t{}\t{why}",
+            backend.name,
+            feature.id(),
+            family.as_str()
+        );
         if crate::vm::in_vm() {
-            // The host side of `behaviour_suite_vm!` writes it.
+            // The host side of `behaviour_suite!(@vm ...)` writes it.
             println!("{FEATURE_LINE} {line}");
         }
         let _ = std::fs::write(&file, format!("{line}\n"));
     };
-    if backend.unsupported.contains(&feature) {
-        record("unsupported");
+    let why = match (family, backend.no_ipv6) {
+        (IpFamily::V6, Some(why)) => Some(why),
+        _ => backend
+            .unsupported
+            .iter()
+            .find(|(f, _)| *f == feature)
+            .map(|(_, why)| *why),
+    };
+    if let Some(why) = why {
+        record("unsupported", why);
         eprintln!(
-            "{}: {} is declared unsupported; not run",
+            "{} ({}): {} is unsupported ({why}); not run",
             backend.name,
+            family.as_str(),
             feature.label()
         );
         return;
     }
-    record("fail");
+    record("fail", "");
     let npa = if feature == Feature::NodePortAddresses {
-        vec!["192.168.50.0/24".parse().expect("cidr")]
+        NPA.iter().map(|n| n.parse().expect("cidr")).collect()
     } else {
         Vec::new()
     };
-    let mut ctx = Ctx::new(backend, npa);
+    let mut ctx = Ctx::new(backend, family, npa);
     scenario(feature, &mut ctx);
-    record("pass");
+    record("pass", "");
 }
 
 fn scenario(feature: Feature, ctx: &mut Ctx) {
-    let cip = ip(CIP);
+    let cip = ctx.at(CIP);
+    let node_ip = ctx.topo.node_ip();
+    let node_ip2 = ctx.topo.node_ip2();
     match feature {
         Feature::ClusterIpTcp | Feature::ClusterIpUdp => {
             let proto = if feature == Feature::ClusterIpTcp {
@@ -475,7 +555,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
             };
             let port = if proto == TCP { PORT } else { 53 };
             ctx.serve(&ALL_EPS, TARGET);
-            let s = web("web", CIP);
+            let s = web(ctx, "web", CIP);
             let sl = web_slice("web", ctx, &ALL_EPS);
             ctx.apply(&[s], &[sl]);
             let out = ctx.replies(Where::ClientPod, proto, None, sa(cip, port), 40);
@@ -495,12 +575,13 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         Feature::MultiPort => {
             ctx.serve(&[Where::Local(0)], TARGET);
             ctx.serve(&[Where::Local(0)], 9090);
-            let s = service(
+            let mut s = service(
                 "default",
                 "multi",
-                CIP,
+                CIP.0,
                 &[("http", 80, TCP), ("alt", 81, TCP), ("dns", 53, UDP)],
             );
+            s.cluster_ips = ctx.both(CIP);
             let e = ep(ctx.ip_of(Where::Local(0)), "node-1");
             let sl = slice(
                 "default",
@@ -530,7 +611,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
             assert!(other.server().is_none(), "{other:?}");
         }
         Feature::NoEndpointsRejected => {
-            ctx.apply(&[web("empty", CIP)], &[]);
+            ctx.apply(&[web(ctx, "empty", CIP)], &[]);
             let t0 = std::time::Instant::now();
             let o = ctx.topo.tcp(
                 Where::ClientPod,
@@ -539,9 +620,19 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
                 Duration::from_secs(3),
             );
             assert_eq!(o, Outcome::Refused, "TCP to a service without endpoints");
+            // Linux's TCP over IPv6 takes the first ICMPv6 port-unreachable
+            // for a SYN as a soft error and gives up on the retransmitted
+            // SYN's, one second later (over IPv4 the first one ends the
+            // connect). kube-proxy rejects with ICMPv6 too; still a refusal,
+            // never the timeout of a dropped SYN.
+            let quick = match ctx.family() {
+                IpFamily::V4 => Duration::from_secs(1),
+                IpFamily::V6 => Duration::from_millis(2500),
+            };
             assert!(
-                t0.elapsed() < Duration::from_secs(1),
-                "refused quickly, not timed out"
+                t0.elapsed() < quick,
+                "refused quickly, not timed out ({:?})",
+                t0.elapsed()
             );
             let o = ctx
                 .topo
@@ -550,55 +641,49 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::NodePort | Feature::NodePortAddresses => {
             ctx.serve(&ALL_EPS, TARGET);
-            let s = node_port(web("np", CIP), 30080);
+            let s = node_port(web(ctx, "np", CIP), 30080);
             let sl = web_slice("np", ctx, &ALL_EPS);
             ctx.apply(&[s], &[sl]);
-            ctx.replies(Where::Ext, TCP, None, sa(IpAddr::V4(NODE_IP), 30080), 5);
-            ctx.replies(Where::Ext, UDP, None, sa(IpAddr::V4(NODE_IP), 30080), 5);
-            let second = ctx
-                .topo
-                .tcp(Where::Ext, None, sa(IpAddr::V4(NODE_IP2), 30080), SHORT);
+            ctx.replies(Where::Ext, TCP, None, sa(node_ip, 30080), 5);
+            ctx.replies(Where::Ext, UDP, None, sa(node_ip, 30080), 5);
+            let second = ctx.topo.tcp(Where::Ext, None, sa(node_ip2, 30080), SHORT);
             if feature == Feature::NodePort {
                 assert!(
                     second.server().is_some(),
                     "node port on the second node address: {second:?}"
                 );
-                ctx.replies(
-                    Where::ClientPod,
-                    TCP,
-                    None,
-                    sa(IpAddr::V4(NODE_IP), 30080),
-                    3,
-                );
+                ctx.replies(Where::ClientPod, TCP, None, sa(node_ip, 30080), 3);
             } else {
                 assert!(
                     second.server().is_none(),
-                    "--nodeport-addresses excludes 192.168.60.1: {second:?}"
+                    "--nodeport-addresses excludes {node_ip2}: {second:?}"
                 );
             }
         }
         Feature::ExternalIps => {
             ctx.serve(&ALL_EPS, TARGET);
-            let mut s = web("ext", CIP);
-            s.external_ips = vec![ip("203.0.113.10")];
+            let mut s = web(ctx, "ext", CIP);
+            s.external_ips = ctx.both(EXT_IP);
             let sl = web_slice("ext", ctx, &ALL_EPS);
             ctx.apply(&[s], &[sl]);
-            ctx.replies(Where::Ext, TCP, None, sa(ip("203.0.113.10"), PORT), 5);
-            ctx.replies(Where::ClientPod, TCP, None, sa(ip("203.0.113.10"), PORT), 3);
-            let other = ctx
-                .topo
-                .tcp(Where::Ext, None, sa(ip("203.0.113.10"), 81), SHORT);
+            let eip = ctx.at(EXT_IP);
+            ctx.replies(Where::Ext, TCP, None, sa(eip, PORT), 5);
+            ctx.replies(Where::ClientPod, TCP, None, sa(eip, PORT), 3);
+            let other = ctx.topo.tcp(Where::Ext, None, sa(eip, 81), SHORT);
             assert!(other.server().is_none(), "{other:?}");
         }
         Feature::LoadBalancerSourceRanges => {
             ctx.serve(&ALL_EPS, TARGET);
-            let mut s = node_port(web("lb", CIP), 30081);
+            let mut s = node_port(web(ctx, "lb", CIP), 30081);
             s.service_type = ServiceType::LoadBalancer;
-            s.load_balancer_ips = vec![ip("198.51.100.10")];
-            s.load_balancer_source_ranges = vec![" 192.168.50.2/32 ".into()];
+            s.load_balancer_ips = ctx.both(LB_IP);
+            // One range per family (the API's own spacing kept): each
+            // family's proxier takes its own.
+            s.load_balancer_source_ranges =
+                vec![" 192.168.50.2/32 ".into(), "fd00:50::2/128".into()];
             let sl = web_slice("lb", ctx, &ALL_EPS);
             ctx.apply(&[s], &[sl]);
-            let vip = sa(ip("198.51.100.10"), PORT);
+            let vip = sa(ctx.at(LB_IP), PORT);
             let allowed = ctx.topo.ext_ip(0);
             let blocked = ctx.topo.ext_ip(1);
             ctx.replies(Where::Ext, TCP, Some(allowed), vip, 5);
@@ -610,8 +695,9 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::SessionAffinity => {
             ctx.serve(&ALL_EPS, TARGET);
-            let mut s = web("sticky", CIP);
-            s.external_ips = vec![ip("203.0.113.11")];
+            let mut s = web(ctx, "sticky", CIP);
+            s.external_ips = ctx.both(EXT_IP2);
+            let eip = ctx.at(EXT_IP2);
             s.session_affinity = SessionAffinity::ClientIp {
                 timeout_seconds: 600,
             };
@@ -626,7 +712,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
             let mut chosen = BTreeSet::new();
             for i in 0..8 {
                 let src = ctx.topo.ext_ip(i);
-                let out = ctx.replies(Where::Ext, TCP, Some(src), sa(ip("203.0.113.11"), PORT), 6);
+                let out = ctx.replies(Where::Ext, TCP, Some(src), sa(eip, PORT), 6);
                 let s = Ctx::servers(&out);
                 assert_eq!(s.len(), 1, "client {src} sticks to one endpoint: {s:?}");
                 chosen.extend(s);
@@ -638,18 +724,12 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::ExternalTrafficPolicyLocal => {
             ctx.serve(&ALL_EPS, TARGET);
-            let mut s = node_port(web("etp", CIP), 30082);
+            let mut s = node_port(web(ctx, "etp", CIP), 30082);
             s.external_traffic_policy = TrafficPolicy::Local;
             let sl = web_slice("etp", ctx, &[Where::Local(0), Where::Remote(0)]);
             ctx.apply(&[s.clone()], &[sl]);
             let src = ctx.topo.ext_ip(2);
-            let out = ctx.replies(
-                Where::Ext,
-                TCP,
-                Some(src),
-                sa(IpAddr::V4(NODE_IP), 30082),
-                12,
-            );
+            let out = ctx.replies(Where::Ext, TCP, Some(src), sa(node_ip, 30082), 12);
             assert_eq!(
                 Ctx::servers(&out),
                 BTreeSet::from([ctx.ip_of(Where::Local(0))]),
@@ -670,7 +750,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
             ctx.apply(&[], &[sl]);
             let o = ctx
                 .topo
-                .tcp(Where::Ext, Some(src), sa(IpAddr::V4(NODE_IP), 30082), SHORT);
+                .tcp(Where::Ext, Some(src), sa(node_ip, 30082), SHORT);
             assert!(
                 o.server().is_none(),
                 "no local endpoint must not answer: {o:?}"
@@ -678,7 +758,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::InternalTrafficPolicyLocal => {
             ctx.serve(&ALL_EPS, TARGET);
-            let mut s = web("itp", CIP);
+            let mut s = web(ctx, "itp", CIP);
             s.internal_traffic_policy = TrafficPolicy::Local;
             let sl = web_slice(
                 "itp",
@@ -701,7 +781,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::TerminatingFallback => {
             ctx.serve(&ALL_EPS, TARGET);
-            let s = web("term", CIP);
+            let s = web(ctx, "term", CIP);
             let (a, b) = (ctx.ip_of(Where::Local(0)), ctx.ip_of(Where::Local(1)));
             let sl = slice(
                 "default",
@@ -722,7 +802,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::Hairpin => {
             ctx.serve(&[Where::Local(0)], TARGET);
-            let s = web("hair", CIP);
+            let s = web(ctx, "hair", CIP);
             let sl = web_slice("hair", ctx, &[Where::Local(0)]);
             ctx.apply(&[s], &[sl]);
             let me = ctx.ip_of(Where::Local(0));
@@ -732,30 +812,20 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::MasqueradeExternal => {
             ctx.serve(&ALL_EPS, TARGET);
-            let s = node_port(web("masq", CIP), 30083);
+            let s = node_port(web(ctx, "masq", CIP), 30083);
             let sl = web_slice("masq", ctx, &[Where::Remote(0)]);
             ctx.apply(&[s], &[sl]);
             let src = ctx.topo.ext_ip(0);
-            let out = ctx.replies(
-                Where::Ext,
-                TCP,
-                Some(src),
-                sa(IpAddr::V4(NODE_IP), 30083),
-                3,
-            );
+            let out = ctx.replies(Where::Ext, TCP, Some(src), sa(node_ip, 30083), 3);
             for o in &out {
                 let peer = o.peer().expect("peer").ip();
                 assert_ne!(peer, src, "external source must be masqueraded");
-                assert_eq!(
-                    peer,
-                    IpAddr::V4(NODE_IP2),
-                    "masqueraded to the node's address: {o:?}"
-                );
+                assert_eq!(peer, node_ip2, "masqueraded to the node's address: {o:?}");
             }
         }
         Feature::EndpointChurn => {
             ctx.serve(&ALL_EPS, TARGET);
-            let s = web("churn", CIP);
+            let s = web(ctx, "churn", CIP);
             let sl = web_slice("churn", ctx, &[Where::Local(0)]);
             ctx.apply(&[s], &[sl]);
             let a = ctx.ip_of(Where::Local(0));
@@ -802,7 +872,7 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::ServiceDeleted => {
             ctx.serve(&ALL_EPS, TARGET);
-            let s = web("gone", CIP);
+            let s = web(ctx, "gone", CIP);
             let sl = web_slice("gone", ctx, &ALL_EPS);
             ctx.apply(&[s], &[sl]);
             ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 3);
@@ -812,15 +882,16 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         }
         Feature::Cleanup => {
             ctx.serve(&ALL_EPS, TARGET);
-            let mut s = node_port(web("clean", CIP), 30084);
+            let mut s = node_port(web(ctx, "clean", CIP), 30084);
             s.service_type = ServiceType::LoadBalancer;
-            s.load_balancer_ips = vec![ip("198.51.100.12")];
-            s.load_balancer_source_ranges = vec!["192.168.50.0/24".into()];
+            s.load_balancer_ips = ctx.both(LB_IP2);
+            s.load_balancer_source_ranges = NPA.iter().map(|n| n.to_string()).collect();
             s.session_affinity = SessionAffinity::ClientIp {
                 timeout_seconds: 60,
             };
             let sl = web_slice("clean", ctx, &ALL_EPS);
-            ctx.apply(&[s, web("empty", "10.96.0.11")], &[sl]);
+            let empty = web(ctx, "empty", CIP2);
+            ctx.apply(&[s, empty], &[sl]);
             ctx.replies(Where::ClientPod, TCP, None, sa(cip, PORT), 3);
             assert!(
                 !(ctx.backend.leftovers)(&ctx.topo).is_empty(),
@@ -838,7 +909,8 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
     }
 }
 
-/// Expands to one `#[test]` per feature for a backend:
+/// Expands to one `#[test]` per feature and family for a backend
+/// (`ipv4::hairpin`, `ipv6::hairpin`):
 /// `behaviour_suite!(&BACKEND);` inside a test file, where `BACKEND` is a
 /// `static` [`Backend`]. `behaviour_suite!(@vm &BACKEND);` instead makes one
 /// test, `behaviour_suite_in_vm`, that runs every scenario inside the test
@@ -865,11 +937,35 @@ macro_rules! behaviour_suite {
         }
     };
     (@tests $backend:expr; $($name:ident $feature:ident),*) => {
-        $(
-            #[test]
-            fn $name() {
-                $crate::suite::run($crate::suite::Feature::$feature, $backend);
-            }
-        )*
+        /// The scenarios over IPv4.
+        mod ipv4 {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    $crate::suite::run(
+                        $crate::suite::Feature::$feature,
+                        $crate::IpFamily::V4,
+                        $backend,
+                    );
+                }
+            )*
+        }
+        /// The scenarios over IPv6.
+        mod ipv6 {
+            #[allow(unused_imports)]
+            use super::*;
+            $(
+                #[test]
+                fn $name() {
+                    $crate::suite::run(
+                        $crate::suite::Feature::$feature,
+                        $crate::IpFamily::V6,
+                        $backend,
+                    );
+                }
+            )*
+        }
     };
 }

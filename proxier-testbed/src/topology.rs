@@ -12,17 +12,24 @@
 //!       (a client pod)   (endpoints)        (endpoints)
 //! ```
 //!
-//! Pods are routed point to point (/30 per pod), so hairpin traffic leaves
-//! and re-enters the node, as with most CNIs. The cluster CIDR is
-//! 10.0.0.0/16. Nothing is created in, or routed through, the root
+//! Every link is dual-stack: beside each IPv4 address above is its IPv6
+//! twin (`fd00:50::/64` external, `fd00:60::/64` towards the remote node,
+//! pods `fd00:10:1::/126` each, remote pods `fd00:10:2::10..` on lo; no
+//! duplicate address detection, so they work at once). [`Plan::family`]
+//! says which family the accessors ([`Topology::ip_of`], ...) answer in:
+//! the family a scenario runs over.
+//!
+//! Pods are routed point to point (/30 and /126 per pod), so hairpin
+//! traffic leaves and re-enters the node, as with most CNIs. The cluster
+//! CIDRs are 10.0.0.0/16 and fd00:10::/48. Nothing is created in, or routed through, the root
 //! namespace; dropping the [`Topology`] deletes every namespace (and with
 //! them every veth), even when a test panics.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use proxier_core::Protocol;
+use proxier_core::{IpFamily, Protocol};
 
 use crate::netns::{Netns, ip_batch, remove_stale};
 use crate::runtime::NsRuntime;
@@ -39,6 +46,8 @@ pub struct Plan {
     pub ext_clients: usize,
     /// The node's name (endpoints on it are local).
     pub node_name: String,
+    /// The family the scenario runs over (both are always configured).
+    pub family: IpFamily,
 }
 
 impl Default for Plan {
@@ -48,6 +57,7 @@ impl Default for Plan {
             remote_pods: 2,
             ext_clients: 3,
             node_name: "node-1".into(),
+            family: IpFamily::V4,
         }
     }
 }
@@ -60,6 +70,14 @@ pub const NODE_IP2: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 1);
 pub const REMOTE_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 2);
 /// The cluster (pod) CIDR.
 pub const CLUSTER_CIDR: &str = "10.0.0.0/16";
+/// The node's IPv6 address on the external network.
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 1);
+/// The node's IPv6 address towards the remote node.
+pub const NODE_IP2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 1);
+/// The remote node's IPv6 address.
+pub const REMOTE_NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 2);
+/// The IPv6 cluster (pod) CIDR.
+pub const CLUSTER_CIDR6: &str = "fd00:10::/48";
 /// The name of the remote node.
 pub const REMOTE_NODE_NAME: &str = "node-2";
 
@@ -68,8 +86,10 @@ pub const REMOTE_NODE_NAME: &str = "node-2";
 pub struct Pod {
     /// Its namespace.
     pub ns: Netns,
-    /// Its address.
+    /// Its IPv4 address.
     pub ip: IpAddr,
+    /// Its IPv6 address.
+    pub ip6: IpAddr,
     rt: Option<NsRuntime>,
 }
 
@@ -115,6 +135,11 @@ fn pod_net(k: usize) -> (Ipv4Addr, Ipv4Addr) {
     (node, pod)
 }
 
+fn pod_net6(k: usize) -> (Ipv6Addr, Ipv6Addr) {
+    let base = u128::from(Ipv6Addr::new(0xfd00, 0x10, 1, 0, 0, 0, 0, 0)) + 4 * k as u128;
+    (Ipv6Addr::from(base + 1), Ipv6Addr::from(base + 2))
+}
+
 fn write_sysctl(ns: &Netns, entries: &'static [(&'static str, &'static str)]) -> io::Result<()> {
     ns.enter(move || -> io::Result<()> {
         for (k, v) in entries {
@@ -145,6 +170,18 @@ impl Topology {
             pods.push(Netns::new(&role)?);
         }
 
+        // No duplicate address detection anywhere, link-local addresses
+        // included: while one is tentative the first packets to a new
+        // neighbour are lost (a first request would time out).
+        for ns in [&node, &ext, &remote].into_iter().chain(pods.iter()) {
+            write_sysctl(
+                ns,
+                &[
+                    ("net/ipv6/conf/all/accept_dad", "0"),
+                    ("net/ipv6/conf/default/accept_dad", "0"),
+                ],
+            )?;
+        }
         let mut node_cmds = vec![
             format!(
                 "link add eth0 type veth peer name eth0 netns {}",
@@ -158,18 +195,26 @@ impl Topology {
             format!("addr add {NODE_IP2}/24 dev eth1"),
             "link set eth0 up".into(),
             "link set eth1 up".into(),
+            format!("addr add {NODE_IP6}/64 dev eth0 nodad"),
+            format!("addr add {NODE_IP2_6}/64 dev eth1 nodad"),
+            "link set eth0 up".into(),
+            "link set eth1 up".into(),
             format!("route add 10.0.2.0/24 via {REMOTE_NODE_IP}"),
+            format!("route add fd00:10:2::/64 via {REMOTE_NODE_IP6}"),
             // Like a real node, a default route (the node's own traffic to
             // a cluster IP is routed before it is DNATed).
             format!("route add default via {REMOTE_NODE_IP}"),
+            format!("route add ::/0 via {REMOTE_NODE_IP6}"),
         ];
         for (k, p) in pods.iter().enumerate() {
             let (n, _) = pod_net(k);
+            let (n6, _) = pod_net6(k);
             node_cmds.push(format!(
                 "link add vp{k} type veth peer name eth0 netns {}",
                 p.name()
             ));
             node_cmds.push(format!("addr add {n}/30 dev vp{k}"));
+            node_cmds.push(format!("addr add {n6}/126 dev vp{k} nodad"));
             node_cmds.push(format!("link set vp{k} up"));
         }
         ip_batch(node.name(), &node_cmds)?;
@@ -177,8 +222,10 @@ impl Topology {
         let mut ext_cmds = vec!["link set eth0 up".to_string()];
         for i in 0..plan.ext_clients {
             ext_cmds.push(format!("addr add 192.168.50.{}/24 dev eth0", 2 + i));
+            ext_cmds.push(format!("addr add fd00:50::{:x}/64 dev eth0 nodad", 2 + i));
         }
         ext_cmds.push(format!("route add default via {NODE_IP}"));
+        ext_cmds.push(format!("route add ::/0 via {NODE_IP6}"));
         ip_batch(ext.name(), &ext_cmds)?;
 
         let mut remote_cmds = vec![
@@ -188,20 +235,30 @@ impl Topology {
             // ends here (unreachable) instead of looping back.
             format!("route add 10.0.0.0/16 via {NODE_IP2}"),
             format!("route add 192.168.50.0/24 via {NODE_IP2}"),
+            format!("addr add {REMOTE_NODE_IP6}/64 dev eth0 nodad"),
+            format!("route add fd00:10::/48 via {NODE_IP2_6}"),
+            format!("route add fd00:50::/64 via {NODE_IP2_6}"),
         ];
         for i in 0..plan.remote_pods {
             remote_cmds.push(format!("addr add 10.0.2.{}/32 dev lo", 10 + i));
+            remote_cmds.push(format!(
+                "addr add fd00:10:2::{:x}/128 dev lo nodad",
+                0x10 + i
+            ));
         }
         ip_batch(remote.name(), &remote_cmds)?;
 
         for (k, p) in pods.iter().enumerate() {
             let (n, a) = pod_net(k);
+            let (n6, a6) = pod_net6(k);
             ip_batch(
                 p.name(),
                 &[
                     format!("addr add {a}/30 dev eth0"),
+                    format!("addr add {a6}/126 dev eth0 nodad"),
                     "link set eth0 up".into(),
                     format!("route add default via {n}"),
+                    format!("route add ::/0 via {n6}"),
                 ],
             )?;
         }
@@ -211,6 +268,7 @@ impl Topology {
                 ("net/ipv4/ip_forward", "1"),
                 ("net/ipv4/conf/all/rp_filter", "0"),
                 ("net/ipv4/conf/default/rp_filter", "0"),
+                ("net/ipv6/conf/all/forwarding", "1"),
             ],
         )?;
 
@@ -220,6 +278,7 @@ impl Topology {
             .map(|(k, ns)| Pod {
                 ns,
                 ip: IpAddr::V4(pod_net(k).1),
+                ip6: IpAddr::V6(pod_net6(k).1),
                 rt: None,
             })
             .collect();
@@ -246,20 +305,60 @@ impl Topology {
         self.node_rt.as_ref().expect("started")
     }
 
-    /// The address of an endpoint location.
+    fn v6(&self) -> bool {
+        self.plan.family == IpFamily::V6
+    }
+
+    /// The address of an endpoint location, in the plan's family.
     pub fn ip_of(&self, w: Where) -> IpAddr {
+        let pod = |p: &Pod| if self.v6() { p.ip6 } else { p.ip };
         match w {
-            Where::ClientPod => self.client_pod.ip,
-            Where::Local(i) => self.local[i].ip,
+            Where::ClientPod => pod(&self.client_pod),
+            Where::Local(i) => pod(&self.local[i]),
+            Where::Remote(i) if self.v6() => {
+                IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 2, 0, 0, 0, 0, 0x10 + i as u16))
+            }
             Where::Remote(i) => IpAddr::V4(Ipv4Addr::new(10, 0, 2, 10 + i as u8)),
-            Where::Ext => IpAddr::V4(Ipv4Addr::new(192, 168, 50, 2)),
-            Where::Node => IpAddr::V4(NODE_IP),
+            Where::Ext => self.ext_ip(0),
+            Where::Node => self.node_ip(),
         }
     }
 
-    /// The `i`-th external client address.
+    /// The `i`-th external client address, in the plan's family.
     pub fn ext_ip(&self, i: usize) -> IpAddr {
-        IpAddr::V4(Ipv4Addr::new(192, 168, 50, 2 + i as u8))
+        if self.v6() {
+            IpAddr::V6(Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 2 + i as u16))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(192, 168, 50, 2 + i as u8))
+        }
+    }
+
+    /// The node's address on the external network, in the plan's family.
+    pub fn node_ip(&self) -> IpAddr {
+        if self.v6() {
+            IpAddr::V6(NODE_IP6)
+        } else {
+            IpAddr::V4(NODE_IP)
+        }
+    }
+
+    /// The node's address towards the remote node, in the plan's family.
+    pub fn node_ip2(&self) -> IpAddr {
+        if self.v6() {
+            IpAddr::V6(NODE_IP2_6)
+        } else {
+            IpAddr::V4(NODE_IP2)
+        }
+    }
+
+    /// The cluster CIDR of the plan's family.
+    pub fn cluster_cidr(&self) -> ipnet::IpNet {
+        let c = if self.v6() {
+            CLUSTER_CIDR6
+        } else {
+            CLUSTER_CIDR
+        };
+        c.parse().expect("cidr")
     }
 
     /// The node name an endpoint at `w` runs on.
@@ -400,10 +499,11 @@ impl Topology {
     ) -> io::Result<std::net::UdpSocket> {
         self.ns_of(from)
             .enter(move || -> io::Result<std::net::UdpSocket> {
-                let s = std::net::UdpSocket::bind(SocketAddr::new(
-                    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                    0,
-                ))?;
+                let any = match dst {
+                    SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                    SocketAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+                };
+                let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
                 s.connect(dst)?;
                 s.set_read_timeout(Some(timeout))?;
                 Ok(s)

@@ -13,6 +13,7 @@ use proxier_testbed::suite::Env;
 /// The proxier for a scenario, with the given variant.
 pub fn make(env: &Env, variant: Variant) -> IptablesProxier {
     let cfg = Config {
+        family: env.family,
         local_detector: LocalDetector::ClusterCidr(vec![env.cluster_cidr]),
         node_ips: env.node_ips.clone(),
         node_port_addresses: env.node_port_addresses.clone(),
@@ -20,7 +21,7 @@ pub fn make(env: &Env, variant: Variant) -> IptablesProxier {
     };
     IptablesProxier::new(
         cfg,
-        Arc::new(IptablesCmd::new(IpFamily::V4, variant)),
+        Arc::new(IptablesCmd::new(env.family, variant)),
         Arc::new(ConntrackNetlink::new().unwrap()),
         Arc::new(proxier_netfilter::ProcSys),
     )
@@ -35,9 +36,14 @@ pub fn make_legacy(env: &Env) -> Box<dyn Proxier> {
     Box::new(make(env, Variant::Legacy))
 }
 
-/// `iptables-<variant>-save` in the node namespace.
+/// `ip[6]tables-<variant>-save` in the node namespace, of the
+/// topology's family.
 pub fn save(topo: &Topology, variant: Variant) -> String {
-    topo.node_exec(&format!("iptables-{}-save", variant.as_str()), &[])
+    let ip = match topo.plan.family {
+        IpFamily::V4 => "iptables",
+        IpFamily::V6 => "ip6tables",
+    };
+    topo.node_exec(&format!("{ip}-{}-save", variant.as_str()), &[])
         .expect("iptables-save")
 }
 

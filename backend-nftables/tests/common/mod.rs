@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use backend_nftables::{Config, NfTablesNetlink, NftablesProxier};
-use proxier_core::{IpFamily, Proxier};
+use proxier_core::Proxier;
 use proxier_netfilter::{ConntrackNetlink, LocalDetector};
 use proxier_testbed::Topology;
 use proxier_testbed::suite::Env;
 
 /// The proxier for a scenario.
 pub fn make(env: &Env) -> Box<dyn Proxier> {
-    let mut cfg = Config::new(IpFamily::V4);
+    let mut cfg = Config::new(env.family);
     cfg.masquerade.local_detector = LocalDetector::ClusterCidr(vec![env.cluster_cidr]);
     cfg.node_ips = env.node_ips.clone();
     cfg.node_port_addresses = env.node_port_addresses.clone();
