@@ -50,9 +50,12 @@ pub struct Common {
     /// Metrics server address (/metrics).
     #[arg(long, value_name = "ADDR:PORT")]
     pub metrics_bind_address: Option<SocketAddr>,
-    /// The IP family to proxy (not a kube-proxy flag: kube-proxy runs both).
-    #[arg(long, value_name = "ipv4|ipv6", default_value = "ipv4", value_parser = parse_family)]
-    pub ip_family: IpFamily,
+    /// Proxy one IP family only (not a kube-proxy flag). Default: both, as
+    /// kube-proxy does: the primary family is the node's (IPv4 unless the
+    /// node has IPv6 addresses only), and the other one is added when this
+    /// mode and the kernel support it (the log says why not otherwise).
+    #[arg(long, value_name = "ipv4|ipv6", value_parser = parse_family)]
+    pub ip_family: Option<IpFamily>,
     /// Sync once and exit (0, or non-zero with the error).
     #[arg(long)]
     pub once: bool,
@@ -66,10 +69,14 @@ pub struct Common {
 pub struct Settings {
     /// Node name.
     pub node_name: String,
-    /// Node-port CIDRs (empty: all).
+    /// Node-port CIDRs of `family` (empty: all).
     pub nodeport_addresses: Vec<IpNet>,
-    /// Cluster CIDRs of the family.
+    /// Cluster CIDRs of `family`.
     pub cluster_cidr: Vec<IpNet>,
+    /// Node-port CIDRs as given, of both families.
+    pub all_nodeport_addresses: Vec<IpNet>,
+    /// Cluster CIDRs as given, of both families.
+    pub all_cluster_cidr: Vec<IpNet>,
     /// Masquerade everything.
     pub masquerade_all: bool,
     /// Mark bit.
@@ -82,8 +89,30 @@ pub struct Settings {
     pub healthz_bind_address: SocketAddr,
     /// Metrics server.
     pub metrics_bind_address: SocketAddr,
-    /// Family.
+    /// The family a backend is being built for ([`Settings::for_family`]).
     pub family: IpFamily,
+    /// `--ip-family`, if one is forced.
+    pub forced_family: Option<IpFamily>,
+}
+
+impl Settings {
+    /// These settings for one family's backend: `family` set, and the
+    /// CIDR lists cut to that family (the flags may mix families, as
+    /// kube-proxy's `--cluster-cidr` and `--nodeport-addresses` may).
+    pub fn for_family(&self, family: IpFamily) -> Settings {
+        let of = |v: &[IpNet]| -> Vec<IpNet> {
+            v.iter()
+                .copied()
+                .filter(|n| family.matches(&n.addr()))
+                .collect()
+        };
+        Settings {
+            family,
+            nodeport_addresses: of(&self.all_nodeport_addresses),
+            cluster_cidr: of(&self.all_cluster_cidr),
+            ..self.clone()
+        }
+    }
 }
 
 /// Parses a Go duration (`1h2m3s`, `500ms`, `1.5s`).
@@ -217,12 +246,7 @@ impl Common {
             }
             Ok(out)
         };
-        let family = self.ip_family;
-        let of_family = |v: Vec<IpNet>| -> Vec<IpNet> {
-            v.into_iter()
-                .filter(|n| family.matches(&n.addr()))
-                .collect()
-        };
+        let family = self.ip_family.unwrap_or(IpFamily::V4);
         let node_name = self
             .hostname_override
             .clone()
@@ -249,10 +273,37 @@ impl Common {
                 "--masquerade-bit: {masquerade_bit} is out of range 0..=31"
             ));
         }
-        Ok(Settings {
+        let all_nodeport_addresses = cidrs(&self.nodeport_addresses, &["nodePortAddresses"])?;
+        let all_cluster_cidr = cidrs(&self.cluster_cidr, &["clusterCIDR"])?;
+        // kube-proxy takes at most one cluster CIDR per family.
+        for f in [IpFamily::V4, IpFamily::V6] {
+            let n = all_cluster_cidr
+                .iter()
+                .filter(|c| f.matches(&c.addr()))
+                .count();
+            if n > 1 {
+                return Err(format!(
+                    "--cluster-cidr: more than one {} CIDR ({n}); give at most one per family",
+                    f.as_str()
+                ));
+            }
+        }
+        if let Some(forced) = self.ip_family
+            && !all_cluster_cidr.is_empty()
+            && !all_cluster_cidr.iter().any(|c| forced.matches(&c.addr()))
+        {
+            return Err(format!(
+                "--cluster-cidr: no {} CIDR for --ip-family {}",
+                forced.as_str(),
+                forced.as_str()
+            ));
+        }
+        let settings = Settings {
             node_name,
-            nodeport_addresses: of_family(cidrs(&self.nodeport_addresses, &["nodePortAddresses"])?),
-            cluster_cidr: of_family(cidrs(&self.cluster_cidr, &["clusterCIDR"])?),
+            nodeport_addresses: Vec::new(),
+            cluster_cidr: Vec::new(),
+            all_nodeport_addresses,
+            all_cluster_cidr,
             masquerade_all: self.masquerade_all
                 || get(&["iptables", "masqueradeAll"])
                     .and_then(|v| v.as_bool())
@@ -279,7 +330,12 @@ impl Common {
                 "127.0.0.1:10249",
             )?,
             family,
-        })
+            forced_family: self.ip_family,
+        };
+        if settings.sync_period.is_zero() {
+            return Err("--sync-period: must be greater than 0".into());
+        }
+        Ok(settings.for_family(family))
     }
 }
 

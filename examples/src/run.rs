@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use proxier_core::{
-    ChangeTracker, ManifestSource, Proxier, ProxierError, Runner, RunnerConfig, SyncRequest,
-    SyncStats,
+    ChangeTracker, IpFamily, ManifestSource, MetaProxier, Proxier, ProxierError, Runner,
+    RunnerConfig, SyncRequest, SyncStats,
 };
 
 use crate::cli::{Common, Settings};
@@ -28,6 +28,7 @@ impl Proxier for Recorder {
         match &r {
             Ok(s) => tracing::info!(
                 backend = self.inner.name(),
+                family = req.snapshot.family.as_str(),
                 full = s.full,
                 objects = s.objects,
                 written = s.written,
@@ -65,25 +66,90 @@ pub fn init_logging() {
 pub fn init_logging_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        // Colours only on a terminal: a log file or a pipe gets plain text.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-/// Runs a mode: `make` builds the backend from the merged settings.
+/// The families to run, primary first: the forced one, or (as kube-proxy
+/// does) the node's primary family — IPv4 unless every global address
+/// of the node is IPv6 — followed by the other.
+pub async fn families(forced: Option<IpFamily>) -> Vec<IpFamily> {
+    if let Some(f) = forced {
+        return vec![f];
+    }
+    let addrs = proxier_netfilter::node_addresses(None)
+        .await
+        .unwrap_or_default();
+    let global = |ip: &std::net::IpAddr| match ip {
+        std::net::IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+        std::net::IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
+    };
+    let v6_only = addrs.iter().any(|ip| global(ip) && ip.is_ipv6())
+        && !addrs.iter().any(|ip| global(ip) && ip.is_ipv4());
+    if v6_only {
+        vec![IpFamily::V6, IpFamily::V4]
+    } else {
+        vec![IpFamily::V4, IpFamily::V6]
+    }
+}
+
+/// Builds a backend per family with `make`. The primary family must
+/// build; a secondary family that cannot (this mode or the kernel lacks
+/// it, e.g. no `ip6tables`) is left out with a log line saying why, and
+/// the node runs single-stack, as kube-proxy does.
+pub async fn build_families(
+    settings: &Settings,
+    families: &[IpFamily],
+    make: &impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
+) -> Result<Vec<(IpFamily, Box<dyn Proxier>)>, String> {
+    let mut built = Vec::new();
+    for (i, f) in families.iter().enumerate() {
+        match make(&settings.for_family(*f)).await {
+            Ok(p) => built.push((*f, p)),
+            Err(e) if i == 0 => return Err(e),
+            Err(e) => tracing::warn!(
+                family = f.as_str(),
+                error = %proxier_core::escape(&e),
+                "not running dual-stack: the {} backend cannot be built; proxying {} only",
+                f.as_str(),
+                families[0].as_str()
+            ),
+        }
+    }
+    Ok(built)
+}
+
+/// Runs a mode: `make` builds one family's backend from the merged
+/// settings (cut to that family); it is called for each family.
 pub async fn run_mode(
     common: Common,
-    make: impl AsyncFnOnce(&Settings) -> Result<Box<dyn Proxier>, String>,
+    make: impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
 ) -> ExitCode {
     init_logging();
     let settings = match common.settings() {
         Ok(s) => s,
         Err(e) => return fail(e),
     };
-    let mut proxier = match make(&settings).await {
-        Ok(p) => p,
+    let families = families(settings.forced_family).await;
+    let built = match build_families(&settings, &families, &make).await {
+        Ok(b) => b,
         Err(e) => return fail(e),
+    };
+    let families: Vec<IpFamily> = built.iter().map(|(f, _)| *f).collect();
+    let family_list = families
+        .iter()
+        .map(|f| f.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut proxier: Box<dyn Proxier> = if built.len() == 1 {
+        built.into_iter().next().expect("one").1
+    } else {
+        Box::new(MetaProxier::new(built))
     };
     if common.cleanup {
         return match proxier.cleanup().await {
@@ -95,14 +161,17 @@ pub async fn run_mode(
         };
     }
     let last_error = Arc::new(Mutex::new(None));
-    let tracker = ChangeTracker::new(settings.family, &settings.node_name);
+    let trackers = families
+        .iter()
+        .map(|f| ChangeTracker::new(*f, &settings.node_name))
+        .collect();
     let cfg = RunnerConfig {
         min_sync_period: settings.min_sync_period,
         sync_period: settings.sync_period,
         ..RunnerConfig::default()
     };
-    let (runner, handle) = Runner::new(
-        tracker,
+    let (runner, handle) = Runner::dual_stack(
+        trackers,
         Box::new(Recorder {
             inner: proxier,
             last_error: last_error.clone(),
@@ -198,6 +267,7 @@ pub async fn run_mode(
     tokio::spawn(proxier_core::serve_metrics(metrics, handle.metrics()));
     tracing::info!(
         node = %settings.node_name,
+        families = %family_list,
         healthz = %settings.healthz_bind_address,
         metrics = %settings.metrics_bind_address,
         "running; Ctrl-C to stop (rules stay in place, as with kube-proxy; --cleanup removes them)"

@@ -30,6 +30,7 @@ pub mod health;
 pub mod input;
 pub mod k8s;
 pub mod manifest;
+pub mod meta;
 pub mod metrics;
 pub mod model;
 pub mod proxier;
@@ -41,6 +42,7 @@ pub mod validate;
 pub use health::{ProxyHealth, ServiceHealthServer, serve_health, serve_metrics};
 pub use input::{EndpointSlice, Node, PortSpec, Service, ServiceType, SliceEndpoint, SlicePort};
 pub use manifest::ManifestSource;
+pub use meta::MetaProxier;
 pub use metrics::Metrics;
 pub use model::{
     Endpoint, IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, SessionAffinity,

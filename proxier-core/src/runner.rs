@@ -11,7 +11,12 @@
 //! - one task runs every sync, so two never overlap;
 //! - nothing syncs until the sources say they have listed everything
 //!   ([`RunnerHandle::set_initialized`]), as kube-proxy waits for its
-//!   informers.
+//!   informers;
+//! - on a dual-stack node ([`Runner::dual_stack`]) one tracker per family
+//!   is fed by the same handle, and every round syncs each family in turn
+//!   through one proxier (a [`MetaProxier`](crate::MetaProxier)); each
+//!   family fails, retries and goes full on its own, and `/healthz` is
+//!   healthy only while every family syncs.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,7 +62,8 @@ impl Default for RunnerConfig {
 
 #[derive(Debug)]
 struct Shared {
-    tracker: Mutex<ChangeTracker>,
+    /// One per family; the first is the primary.
+    trackers: Mutex<Vec<ChangeTracker>>,
     notify: Notify,
     initialized: AtomicBool,
     sync_requested: AtomicBool,
@@ -89,64 +95,67 @@ impl RunnerHandle {
         }
     }
 
+    /// Runs `f` on every family's tracker: whether any changed, and the
+    /// first error (every tracker sees the object; validation does not
+    /// depend on the family, so a bad object is refused by all).
+    fn each(
+        &self,
+        mut f: impl FnMut(&mut ChangeTracker) -> Result<bool, ValidationError>,
+    ) -> Result<(), ValidationError> {
+        let mut changed = false;
+        let mut first = None;
+        for t in self.shared.trackers.lock().unwrap().iter_mut() {
+            match f(t) {
+                Ok(c) => changed |= c,
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        self.changed(changed);
+        first.map_or(Ok(()), Err)
+    }
+
     /// Adds or updates a Service (see [`ChangeTracker::update_service`]).
     pub fn update_service(&self, svc: &Service) -> Result<(), ValidationError> {
-        let c = self.shared.tracker.lock().unwrap().update_service(svc)?;
-        self.changed(c);
-        Ok(())
+        self.each(|t| t.update_service(svc))
     }
 
     /// Removes a Service.
     pub fn delete_service(&self, namespace: &str, name: &str) {
-        let c = self
-            .shared
-            .tracker
-            .lock()
-            .unwrap()
-            .delete_service(namespace, name);
-        self.changed(c);
+        let _ = self.each(|t| Ok(t.delete_service(namespace, name)));
     }
 
     /// Adds or updates an EndpointSlice.
     pub fn update_endpoint_slice(&self, slice: &EndpointSlice) -> Result<(), ValidationError> {
-        let c = self
-            .shared
-            .tracker
-            .lock()
-            .unwrap()
-            .update_endpoint_slice(slice)?;
-        self.changed(c);
-        Ok(())
+        self.each(|t| t.update_endpoint_slice(slice))
     }
 
     /// Removes an EndpointSlice.
     pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) {
-        let c = self
-            .shared
-            .tracker
-            .lock()
-            .unwrap()
-            .delete_endpoint_slice(namespace, name);
-        self.changed(c);
+        let _ = self.each(|t| Ok(t.delete_endpoint_slice(namespace, name)));
     }
 
     /// Records this node's object.
     pub fn update_node(&self, node: &Node) -> Result<(), ValidationError> {
-        let mut t = self.shared.tracker.lock().unwrap();
-        let c = t.update_node(node)?;
-        if node.name == t.node_name() {
+        let mine = self
+            .shared
+            .trackers
+            .lock()
+            .unwrap()
+            .first()
+            .is_some_and(|t| t.node_name() == node.name);
+        let r = self.each(|t| t.update_node(node));
+        if r.is_ok() && mine {
             self.shared.health.set_node_eligible(node.eligible());
         }
-        drop(t);
-        self.changed(c);
-        Ok(())
+        r
     }
 
     /// Records that this node's object was deleted.
     pub fn delete_node(&self) {
-        let c = self.shared.tracker.lock().unwrap().delete_node();
+        let _ = self.each(|t| Ok(t.delete_node()));
         self.shared.health.set_node_eligible(false);
-        self.changed(c);
     }
 
     /// The sources have listed everything: syncing may start.
@@ -179,17 +188,35 @@ impl RunnerHandle {
         self.shared.metrics.clone()
     }
 
-    /// Runs `f` on the tracker (for sources that batch events).
+    /// Runs `f` on the primary family's tracker (to read its snapshot,
+    /// or for a source that batches events on a single-family runner;
+    /// [`RunnerHandle::for_each_tracker`] reaches every family).
     pub fn with_tracker<R>(&self, f: impl FnOnce(&mut ChangeTracker) -> R) -> R {
-        let mut t = self.shared.tracker.lock().unwrap();
+        let mut ts = self.shared.trackers.lock().unwrap();
+        let t = ts.first_mut().expect("a runner has a tracker");
         let pending_before = t.has_pending();
-        let r = f(&mut t);
+        let r = f(t);
         let pending_after = t.has_pending();
-        drop(t);
+        drop(ts);
         if pending_after || pending_before {
             self.queue();
         }
         r
+    }
+
+    /// Runs `f` on every family's tracker, primary first.
+    pub fn for_each_tracker(&self, mut f: impl FnMut(&mut ChangeTracker)) {
+        let mut ts = self.shared.trackers.lock().unwrap();
+        let mut pending = false;
+        for t in ts.iter_mut() {
+            pending |= t.has_pending();
+            f(t);
+            pending |= t.has_pending();
+        }
+        drop(ts);
+        if pending {
+            self.queue();
+        }
     }
 }
 
@@ -202,13 +229,25 @@ pub struct SyncOutcome {
     pub ok: bool,
 }
 
-/// Drives a [`Proxier`] from a [`ChangeTracker`].
+/// What the runner keeps per family.
+#[derive(Debug, Default)]
+struct Lane {
+    need_full: bool,
+    last_full: Option<Instant>,
+    failures: u32,
+    carry: ChangeSet,
+    last_counters: TrackerCounters,
+    last_snapshot: Option<crate::tracker::Snapshot>,
+}
+
+/// Drives a [`Proxier`] from a [`ChangeTracker`] (one per family on a
+/// dual-stack node).
 pub struct Runner {
     shared: Arc<Shared>,
     proxier: Box<dyn Proxier>,
     config: RunnerConfig,
     service_health: Option<Arc<ServiceHealthServer>>,
-    last_counters: TrackerCounters,
+    lanes: Vec<Lane>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -228,8 +267,28 @@ impl Runner {
         proxier: Box<dyn Proxier>,
         config: RunnerConfig,
     ) -> (Runner, RunnerHandle) {
+        Self::dual_stack(vec![tracker], proxier, config)
+    }
+
+    /// A runner for several families (kube-proxy's dual-stack mode): one
+    /// tracker per family, the primary first, all fed by the handle; each
+    /// round syncs every family's snapshot through `proxier` (a
+    /// [`MetaProxier`](crate::MetaProxier) holding a backend per family).
+    pub fn dual_stack(
+        trackers: Vec<ChangeTracker>,
+        proxier: Box<dyn Proxier>,
+        config: RunnerConfig,
+    ) -> (Runner, RunnerHandle) {
+        assert!(!trackers.is_empty(), "a runner needs a tracker");
+        let lanes = trackers
+            .iter()
+            .map(|_| Lane {
+                need_full: true,
+                ..Lane::default()
+            })
+            .collect();
         let shared = Arc::new(Shared {
-            tracker: Mutex::new(tracker),
+            trackers: Mutex::new(trackers),
             notify: Notify::new(),
             initialized: AtomicBool::new(false),
             sync_requested: AtomicBool::new(false),
@@ -246,7 +305,7 @@ impl Runner {
                 proxier,
                 config,
                 service_health: None,
-                last_counters: TrackerCounters::default(),
+                lanes,
             },
             handle,
         )
@@ -277,8 +336,9 @@ impl Runner {
     }
 
     /// Runs until `shutdown` completes, then returns the backend (so the
-    /// caller may `cleanup` it). `on_sync` sees every outcome (for tests
-    /// and `--once`).
+    /// caller may `cleanup` it). `on_sync` sees every round's outcome
+    /// (full if any family's sync was, ok if every one succeeded; for
+    /// tests and `--once`); returning `false` stops the runner.
     pub async fn run_with(
         mut self,
         shutdown: impl Future<Output = ()>,
@@ -287,13 +347,9 @@ impl Runner {
         tokio::pin!(shutdown);
         self.shared.health.updated();
         let cfg = self.config.clone();
-        let mut need_full = true;
-        let mut last_full: Option<Instant> = None;
         let mut last_end: Option<Instant> = None;
         let mut next_periodic = Instant::now() + cfg.sync_period;
         let mut retry_at: Option<Instant> = None;
-        let mut failures = 0u32;
-        let mut carry = ChangeSet::default();
         loop {
             let deadline = retry_at.map_or(next_periodic, |r| r.min(next_periodic));
             let timed = tokio::select! {
@@ -306,7 +362,14 @@ impl Runner {
                 continue;
             }
             let requested = self.shared.sync_requested.swap(false, Ordering::SeqCst);
-            if !timed && !requested && !self.shared.tracker.lock().unwrap().has_pending() {
+            let pending = self
+                .shared
+                .trackers
+                .lock()
+                .unwrap()
+                .iter()
+                .any(ChangeTracker::has_pending);
+            if !timed && !requested && !pending {
                 continue; // a stale permit: what it announced was already synced
             }
             if let Some(end) = last_end {
@@ -318,71 +381,125 @@ impl Runner {
                     }
                 }
             }
-            let start = Instant::now();
-            let (snapshot, changes) = {
-                let mut t = self.shared.tracker.lock().unwrap();
-                let r = t.apply();
-                Self::update_tracker_metrics(&self.shared.metrics, &mut self.last_counters, &t);
-                r
+            let force_full = self.shared.force_full.swap(false, Ordering::SeqCst);
+            let mut round = SyncOutcome {
+                full: false,
+                ok: true,
             };
-            carry.merge(changes);
-            let changes = std::mem::take(&mut carry);
-            let full = need_full
-                || self.shared.force_full.swap(false, Ordering::SeqCst)
-                || changes.node_changed
-                || last_full.is_none_or(|t| start.duration_since(t) >= cfg.full_sync_period);
-            let req = SyncRequest {
-                snapshot,
-                changes,
-                full,
-            };
-            let result = self.proxier.sync(&req).await;
+            let mut longest_backoff = None;
+            for i in 0..self.lanes.len() {
+                let (full, ok) = self.sync_lane(i, force_full).await;
+                round.full |= full;
+                round.ok &= ok;
+                if !ok {
+                    let d = self.backoff(self.lanes[i].failures);
+                    longest_backoff = Some(longest_backoff.map_or(d, |l: Duration| l.max(d)));
+                }
+            }
             let end = Instant::now();
-            self.shared.metrics.observe_sync(full, end - start);
-            let ok = result.is_ok();
-            match result {
-                Ok(stats) => {
-                    tracing::debug!(backend = self.proxier.name(), full, objects = stats.objects, written = stats.written, elapsed = ?(end - start), "synced");
-                    need_full = false;
-                    failures = 0;
+            match longest_backoff {
+                None => {
                     retry_at = None;
-                    if full {
-                        last_full = Some(start);
-                    }
                     self.shared.health.updated();
                     self.shared
                         .metrics
                         .last_timestamp
                         .set(unix_seconds(SystemTime::now()));
-                    if let Some(hc) = &self.service_health {
-                        hc.sync_services(&req.snapshot.health_check_node_ports())
-                            .await;
-                        hc.sync_endpoints(&|nn| req.snapshot.local_ready_endpoints(nn));
+                    if let Some(hc) = self.service_health.clone() {
+                        let snaps: Vec<crate::tracker::Snapshot> = self
+                            .lanes
+                            .iter()
+                            .filter_map(|l| l.last_snapshot.clone())
+                            .collect();
+                        serve_health_checks(&hc, &snaps).await;
                     }
                 }
-                Err(e) => {
-                    failures += 1;
-                    let delay = self.backoff(failures);
-                    tracing::warn!(backend = self.proxier.name(), error = %crate::ErrorChain(&e), retry_in = ?delay, "sync failed; will retry with a full sync");
-                    self.shared.metrics.sync_failures_total.inc();
-                    need_full = true;
-                    carry = req.changes;
-                    retry_at = Some(end + delay);
-                }
+                Some(delay) => retry_at = Some(end + delay),
             }
             last_end = Some(end);
             next_periodic = end + cfg.sync_period;
-            if !on_sync(&SyncOutcome { full, ok }) {
+            if !on_sync(&round) {
                 break;
             }
         }
         self.proxier
     }
 
+    /// One family's sync: its tracker's snapshot through the proxier.
+    /// Returns (full, ok).
+    async fn sync_lane(&mut self, i: usize, force_full: bool) -> (bool, bool) {
+        let cfg = &self.config;
+        let start = Instant::now();
+        let (snapshot, changes) = {
+            let mut ts = self.shared.trackers.lock().unwrap();
+            let t = &mut ts[i];
+            let r = t.apply();
+            Self::update_tracker_metrics(&self.shared.metrics, &mut self.lanes[i].last_counters, t);
+            r
+        };
+        let lane = &mut self.lanes[i];
+        lane.carry.merge(changes);
+        let changes = std::mem::take(&mut lane.carry);
+        let full = lane.need_full
+            || force_full
+            || changes.node_changed
+            || lane
+                .last_full
+                .is_none_or(|t| start.duration_since(t) >= cfg.full_sync_period);
+        let req = SyncRequest {
+            snapshot,
+            changes,
+            full,
+        };
+        let result = self.proxier.sync(&req).await;
+        let end = Instant::now();
+        self.shared.metrics.observe_sync(full, end - start);
+        let lane = &mut self.lanes[i];
+        match result {
+            Ok(stats) => {
+                tracing::debug!(backend = self.proxier.name(), family = req.snapshot.family.as_str(), full, objects = stats.objects, written = stats.written, elapsed = ?(end - start), "synced");
+                lane.need_full = false;
+                lane.failures = 0;
+                if full {
+                    lane.last_full = Some(start);
+                }
+                lane.last_snapshot = Some(req.snapshot);
+                (full, true)
+            }
+            Err(e) => {
+                lane.failures += 1;
+                let failures = lane.failures;
+                lane.need_full = true;
+                lane.carry = req.changes;
+                let delay = self.backoff(failures);
+                tracing::warn!(backend = self.proxier.name(), family = req.snapshot.family.as_str(), error = %crate::ErrorChain(&e), retry_in = ?delay, "sync failed; will retry with a full sync");
+                self.shared.metrics.sync_failures_total.inc();
+                (full, false)
+            }
+        }
+    }
+
     /// Runs until `shutdown` completes, then returns the backend.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Box<dyn Proxier> {
         self.run_with(shutdown, |_| true).await
     }
+}
+
+/// Health-check node ports of every family's last synced snapshot (a
+/// port serves while any family has a local endpoint behind it).
+async fn serve_health_checks(hc: &ServiceHealthServer, snaps: &[crate::tracker::Snapshot]) {
+    let mut ports = std::collections::BTreeMap::new();
+    for s in snaps {
+        ports.extend(s.health_check_node_ports());
+    }
+    hc.sync_services(&ports).await;
+    hc.sync_endpoints(&|nn| {
+        snaps
+            .iter()
+            .map(|s| s.local_ready_endpoints(nn))
+            .max()
+            .unwrap_or(0)
+    });
 }
 
 #[cfg(test)]

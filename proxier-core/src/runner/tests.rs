@@ -239,3 +239,135 @@ async fn health_goes_bad_when_a_queued_update_is_stuck() {
     assert!(health.is_healthy());
     bed.stop().await;
 }
+
+/// A dual-stack service `d{i}` (IPv4 primary) and a slice per family.
+fn dual(
+    i: u8,
+) -> (
+    Service,
+    crate::input::EndpointSlice,
+    crate::input::EndpointSlice,
+) {
+    use crate::input::{EndpointSlice, SliceEndpoint, SlicePort};
+    let mut s = svc(u32::from(i));
+    s.name = format!("d{i}");
+    s.cluster_ips = vec![
+        format!("10.96.9.{i}").parse().unwrap(),
+        format!("fd00:96::{i}").parse().unwrap(),
+    ];
+    let slice = |family: IpFamily, addr: &str| EndpointSlice {
+        namespace: "ns".into(),
+        name: format!("d{i}-{}", family.as_str().to_lowercase()),
+        service_name: format!("d{i}"),
+        address_type: family,
+        ports: vec![SlicePort {
+            name: String::new(),
+            port: Some(8080),
+            protocol: Some(Protocol::Tcp),
+        }],
+        endpoints: vec![SliceEndpoint {
+            addresses: vec![addr.parse().unwrap()],
+            ..Default::default()
+        }],
+    };
+    (
+        s,
+        slice(IpFamily::V4, &format!("10.0.1.{i}")),
+        slice(IpFamily::V6, &format!("fd00:10:1::{i}")),
+    )
+}
+
+#[tokio::test(start_paused = true)]
+async fn dual_stack_syncs_each_family_through_its_backend() {
+    let (f4, f6) = (FakeProxier::new(), FakeProxier::new());
+    let meta = crate::MetaProxier::new(vec![
+        (IpFamily::V4, Box::new(f4.clone()) as Box<dyn Proxier>),
+        (IpFamily::V6, Box::new(f6.clone())),
+    ]);
+    assert_eq!(meta.name(), "fake+fake");
+    let (runner, handle) = Runner::dual_stack(
+        vec![
+            ChangeTracker::new(IpFamily::V4, "node-1"),
+            ChangeTracker::new(IpFamily::V6, "node-1"),
+        ],
+        Box::new(meta),
+        cfg(),
+    );
+    let rounds = Arc::new(Mutex::new(Vec::new()));
+    let r = rounds.clone();
+    let task = tokio::spawn(runner.run_with(std::future::pending(), move |o| {
+        r.lock().unwrap().push(o.clone());
+        true
+    }));
+    // One dual-stack service, and a single-stack IPv6 one.
+    let (s, sl4, sl6) = dual(1);
+    handle.update_service(&s).unwrap();
+    handle.update_endpoint_slice(&sl4).unwrap();
+    handle.update_endpoint_slice(&sl6).unwrap();
+    let (mut v6only, _, sl6b) = dual(2);
+    v6only.cluster_ips = vec!["fd00:96::2".parse().unwrap()];
+    handle.update_service(&v6only).unwrap();
+    handle.update_endpoint_slice(&sl6b).unwrap();
+    // A bad object is refused once, whatever the families.
+    let mut bad = svc(3);
+    bad.ports[0].port = 0;
+    assert!(handle.update_service(&bad).is_err());
+    handle.set_initialized();
+    tokio::task::yield_now().await;
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    let last = |f: &FakeProxier| f.log.lock().unwrap().syncs.last().cloned().unwrap();
+    let (r4, r6) = (last(&f4), last(&f6));
+    assert_eq!(r4.snapshot.family, IpFamily::V4);
+    assert_eq!(r6.snapshot.family, IpFamily::V6);
+    let ips = |r: &SyncRequest| -> Vec<String> {
+        r.snapshot
+            .services
+            .values()
+            .map(|p| p.cluster_ip.to_string())
+            .collect()
+    };
+    assert_eq!(ips(&r4), ["10.96.9.1"]);
+    let mut v6 = ips(&r6);
+    v6.sort();
+    assert_eq!(v6, ["fd00:96::1", "fd00:96::2"]);
+    assert_eq!(r4.snapshot.endpoint_count(), 1);
+    assert_eq!(r6.snapshot.endpoint_count(), 2);
+    assert_eq!(
+        *rounds.lock().unwrap(),
+        [SyncOutcome {
+            full: true,
+            ok: true
+        }]
+    );
+
+    // The IPv6 backend fails: the round fails, health stops being renewed,
+    // and only IPv6 retries in full; IPv4 stays partial.
+    f6.log.lock().unwrap().fail_next = 1;
+    advance(Duration::from_secs(2)).await;
+    let (s, _, _) = dual(4);
+    handle.update_service(&s).unwrap();
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!rounds.lock().unwrap().last().unwrap().ok);
+    advance(Duration::from_secs(3)).await;
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    let full = |f: &FakeProxier| -> Vec<bool> {
+        f.log.lock().unwrap().syncs.iter().map(|r| r.full).collect()
+    };
+    assert_eq!(full(&f4), [true, false, false]);
+    assert_eq!(full(&f6), [true, false, true]);
+    assert!(rounds.lock().unwrap().last().unwrap().ok);
+    // The failed IPv6 change was carried into its retry.
+    assert!(
+        last(&f6)
+            .changes
+            .updated_services
+            .contains(&crate::model::NamespacedName::new("ns", "d4"))
+    );
+    task.abort();
+}

@@ -1,0 +1,220 @@
+//! Both families in one process: the `nftables`, `iptables` and
+//! `userspace` (portal) binaries, run once in the node namespace of a
+//! dual-stack topology with a dual-stack Service (`clusterIPs` of both
+//! families, an EndpointSlice per address type) and mixed-family
+//! `--cluster-cidr` and `--nodeport-addresses`, answer a client pod over
+//! IPv4 and over IPv6; `--cleanup` removes both families' rules;
+//! `--ip-family` keeps to one.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use proxier_core::{IpFamily, Protocol};
+use proxier_testbed::{Outcome, Plan, Topology, Where};
+
+const SVC4: &str = "10.96.0.10";
+const SVC6: &str = "fd00:96::10";
+
+/// A dual-stack service `web` (both cluster IPs, node port 30090) and a
+/// slice per family with the two local pods.
+fn manifest(topo: &mut Topology, dir: &std::path::Path) -> String {
+    let mut eps = |family: IpFamily| -> Vec<IpAddr> {
+        topo.plan.family = family;
+        vec![topo.ip_of(Where::Local(0)), topo.ip_of(Where::Local(1))]
+    };
+    let (v4, v6) = (eps(IpFamily::V4), eps(IpFamily::V6));
+    let slice = |name: &str, ty: &str, eps: &[IpAddr]| {
+        let list: Vec<String> = eps
+            .iter()
+            .map(|a| format!("  - {{addresses: [\"{a}\"], nodeName: node-1}}"))
+            .collect();
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: demo\n  labels: {{kubernetes.io/service-name: web}}\naddressType: {ty}\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{}\n",
+            list.join("\n")
+        )
+    };
+    let text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo}}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {SVC4}\n  clusterIPs: [{SVC4}, \"{SVC6}\"]\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}}]\n---\n{}---\n{}",
+        slice("web-v4", "IPv4", &v4),
+        slice("web-v6", "IPv6", &v6)
+    );
+    let path = dir.join("dual.yaml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn servers(topo: &Topology, dst: SocketAddr) -> Vec<IpAddr> {
+    topo.requests(
+        Where::ClientPod,
+        Protocol::Tcp,
+        None,
+        dst,
+        12,
+        Duration::from_millis(1500),
+    )
+    .iter()
+    .map(|o| match o {
+        Outcome::Reply { server, .. } => server.ip(),
+        other => panic!("{dst}: {other:?}"),
+    })
+    .collect()
+}
+
+/// The userspace proxy serves only while it runs: `bin args` (without
+/// `--once`) in the node namespace, until both families' rules are in.
+fn start_daemon(
+    topo: &Topology,
+    bin: &str,
+    args: &[&str],
+    ours: &impl Fn(&Topology) -> (String, String),
+) -> std::process::Child {
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", topo.node.name(), bin])
+        .args(args.iter().filter(|a| **a != "--once"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let (a, b) = ours(topo);
+        if a.contains(SVC4) && b.contains(SVC6) {
+            // The listeners open in the same sync as the portal rules.
+            std::thread::sleep(Duration::from_millis(200));
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{bin} never programmed both families");
+}
+
+fn run_dual_stack(
+    bin: &str,
+    extra: &[&str],
+    daemon: bool,
+    ours: impl Fn(&Topology) -> (String, String),
+) {
+    let mut topo = Topology::build(Plan::default()).expect("topology");
+    let dir = tempfile::tempdir().unwrap();
+    let m = manifest(&mut topo, dir.path());
+    for family in [IpFamily::V4, IpFamily::V6] {
+        topo.plan.family = family;
+        for w in [Where::Local(0), Where::Local(1)] {
+            topo.serve(w, 8080, Protocol::Tcp).expect("server");
+        }
+    }
+    let mut args = vec![
+        "--once",
+        "--manifests",
+        &m,
+        "--hostname-override",
+        "node-1",
+        "--cluster-cidr",
+        "10.0.0.0/16,fd00:10::/48",
+        "--nodeport-addresses",
+        "192.168.50.0/24,fd00:50::/64",
+    ];
+    args.extend(extra);
+    let mut child = None;
+    if daemon {
+        child = Some(start_daemon(&topo, bin, &args, &ours));
+    } else {
+        let out = common::run_in(&topo.node, bin, &args);
+        let log = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{log}");
+        assert!(
+            log.contains("family=\"IPv4\"") && log.contains("family=\"IPv6\""),
+            "both families synced: {log}"
+        );
+    }
+    let (v4_rules, v6_rules) = ours(&topo);
+    assert!(v4_rules.contains(SVC4), "{v4_rules}");
+    assert!(v6_rules.contains(SVC6), "{v6_rules}");
+    // Both families answer, spread over both local endpoints.
+    for (family, vip) in [(IpFamily::V4, SVC4), (IpFamily::V6, SVC6)] {
+        topo.plan.family = family;
+        let want = [topo.ip_of(Where::Local(0)), topo.ip_of(Where::Local(1))];
+        let got = servers(&topo, SocketAddr::new(vip.parse().unwrap(), 80));
+        assert!(got.iter().all(|s| want.contains(s)), "{got:?}");
+        assert!(want.iter().all(|w| got.contains(w)), "{vip}: {got:?}");
+        // And the node port on the node's address of the family.
+        let np = SocketAddr::new(topo.node_ip(), 30090);
+        assert!(!servers(&topo, np).is_empty());
+    }
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let out = common::run_in(&topo.node, bin, &["--cleanup"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (v4_rules, v6_rules) = ours(&topo);
+    assert!(!v4_rules.contains(SVC4) && !v6_rules.contains(SVC6));
+
+    // One family forced: the other is not touched.
+    let mut args4 = args.clone();
+    args4.extend(["--ip-family", "ipv4"]);
+    let out = common::run_in(&topo.node, bin, &args4);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (v4_rules, v6_rules) = ours(&topo);
+    assert!(
+        v4_rules.contains(SVC4) && !v6_rules.contains(SVC6),
+        "{v6_rules}"
+    );
+    let out = common::run_in(&topo.node, bin, &["--cleanup", "--ip-family", "ipv4"]);
+    assert!(out.status.success());
+}
+
+fn exec(topo: &Topology, program: &str, args: &[&str]) -> String {
+    topo.node_exec(program, args).unwrap_or_default()
+}
+
+#[test]
+fn nftables_serves_both_families() {
+    run_dual_stack(env!("CARGO_BIN_EXE_nftables"), &[], false, |t| {
+        (
+            exec(t, "nft", &["list", "table", "ip", "kube-proxy"]),
+            exec(t, "nft", &["list", "table", "ip6", "kube-proxy"]),
+        )
+    });
+}
+
+#[test]
+fn iptables_serves_both_families() {
+    run_dual_stack(
+        env!("CARGO_BIN_EXE_iptables"),
+        &["--iptables-variant", "nft"],
+        false,
+        |t| {
+            (
+                exec(t, "iptables-nft-save", &[]),
+                exec(t, "ip6tables-nft-save", &[]),
+            )
+        },
+    );
+}
+
+#[test]
+fn userspace_portal_serves_both_families() {
+    run_dual_stack(
+        env!("CARGO_BIN_EXE_userspace"),
+        &["--iptables-variant", "nft"],
+        true,
+        |t| {
+            (
+                exec(t, "iptables-nft-save", &[]),
+                exec(t, "ip6tables-nft-save", &[]),
+            )
+        },
+    );
+}
