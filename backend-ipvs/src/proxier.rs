@@ -1015,7 +1015,25 @@ impl Proxier for IpvsProxier {
             }
             Err(e) => errors.push(format!("ipset save: {e}")),
         }
-        if let Err(e) = self.k.links.delete(&self.cfg.dummy).await {
+        // `kube-ipvs0` is shared by both families' proxiers on a
+        // dual-stack node: while the other family still has service
+        // addresses on it, only this family's go; the last one deletes it.
+        let fam = self.cfg.family;
+        let service_addr = |ip: &IpAddr| match ip {
+            IpAddr::V4(a) => !a.is_link_local(),
+            IpAddr::V6(a) => !a.is_unicast_link_local(),
+        };
+        let other_family_left = bound.iter().any(|ip| service_addr(ip) && !fam.matches(ip));
+        if other_family_left {
+            for ip in bound
+                .iter()
+                .filter(|ip| fam.matches(ip) && service_addr(ip))
+            {
+                if let Err(e) = self.k.links.del_address(&self.cfg.dummy, *ip).await {
+                    errors.push(format!("ip addr del {ip} dev {}: {e}", self.cfg.dummy));
+                }
+            }
+        } else if let Err(e) = self.k.links.delete(&self.cfg.dummy).await {
             errors.push(format!("ip link del {}: {e}", self.cfg.dummy));
         }
         self.kernel.clear();

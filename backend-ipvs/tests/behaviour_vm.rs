@@ -13,8 +13,8 @@ use proxier_testbed::Topology;
 use proxier_testbed::suite::{Backend, Env};
 
 fn make(env: &Env) -> Box<dyn Proxier> {
-    let kernel = Kernel::real_with(IptablesCmd::new(IpFamily::V4, Variant::Nft)).expect("kernel");
-    let mut cfg = Config::new(IpFamily::V4);
+    let kernel = Kernel::real_with(IptablesCmd::new(env.family, Variant::Nft)).expect("kernel");
+    let mut cfg = Config::new(env.family);
     cfg.node_ips = env.node_ips.clone();
     cfg.node_port_addresses = env.node_port_addresses.clone();
     cfg.rules.local_detector =
@@ -32,11 +32,17 @@ pub fn leftovers(topo: &Topology) -> Vec<String> {
         .map(|l| format!("ipvs: {l}"))
         .collect();
     left.extend(
-        topo.node_exec("iptables-nft-save", &[])
-            .expect("iptables-save")
-            .lines()
-            .filter(|l| l.contains("KUBE-"))
-            .map(str::to_owned),
+        topo.node_exec(
+            match topo.plan.family {
+                IpFamily::V4 => "iptables-nft-save",
+                IpFamily::V6 => "ip6tables-nft-save",
+            },
+            &[],
+        )
+        .expect("iptables-save")
+        .lines()
+        .filter(|l| l.contains("KUBE-"))
+        .map(str::to_owned),
     );
     left.extend(
         topo.node_exec("ipset", &["list", "-n"])
@@ -60,7 +66,7 @@ pub fn leftovers(topo: &Topology) -> Vec<String> {
 fn verify(env: &Env, topo: &Topology, snap: &Snapshot) -> Result<(), String> {
     let npa = &env.node_port_addresses;
     let settings = Settings {
-        family: IpFamily::V4,
+        family: env.family,
         scheduler: "rr".into(),
         node_port_ips: env
             .node_ips
@@ -106,9 +112,7 @@ static BACKEND: Backend = Backend {
     name: "ipvs",
     make,
     unsupported: &[],
-    no_ipv6: Some(
-        "not implemented yet: the IPVS proxier programs IPv4 virtual servers only (issue 15)",
-    ),
+    no_ipv6: None,
     leftovers,
     verify: Some(verify),
 };

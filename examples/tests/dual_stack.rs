@@ -148,7 +148,11 @@ fn run_dual_stack(
         let _ = c.kill();
         let _ = c.wait();
     }
-    let out = common::run_in(&topo.node, bin, &["--cleanup"]);
+    let out = common::run_in(
+        &topo.node,
+        bin,
+        &["--cleanup", "--hostname-override", "node-1"],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -171,7 +175,17 @@ fn run_dual_stack(
         v4_rules.contains(SVC4) && !v6_rules.contains(SVC6),
         "{v6_rules}"
     );
-    let out = common::run_in(&topo.node, bin, &["--cleanup", "--ip-family", "ipv4"]);
+    let out = common::run_in(
+        &topo.node,
+        bin,
+        &[
+            "--cleanup",
+            "--ip-family",
+            "ipv4",
+            "--hostname-override",
+            "node-1",
+        ],
+    );
     assert!(out.status.success());
 }
 
@@ -217,4 +231,20 @@ fn userspace_portal_serves_both_families() {
             )
         },
     );
+}
+
+/// The IPVS mode needs the VM's kernel: virtual servers of both families,
+/// both families' addresses on the one `kube-ipvs0`, `KUBE-…` and
+/// `KUBE-6-…` ipsets; `--cleanup` of both leaves no virtual server.
+#[test]
+fn ipvs_serves_both_families_in_the_vm() {
+    let bin = env!("CARGO_BIN_EXE_ipvs");
+    proxier_testbed::vm::delegate_with("ipvs_serves_both_families_in_the_vm", &[bin], || {
+        run_dual_stack(bin, &["--iptables-variant", "nft"], false, |t| {
+            let vs = exec(t, "ipvsadm", &["-Sn"]);
+            let v4 = vs.lines().filter(|l| !l.contains('[')).collect::<Vec<_>>();
+            let v6 = vs.lines().filter(|l| l.contains('[')).collect::<Vec<_>>();
+            (v4.join("\n"), v6.join("\n"))
+        });
+    });
 }

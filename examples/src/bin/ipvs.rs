@@ -58,11 +58,6 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let common = cli.common.clone();
     examples::run::run_mode(common, async move |s| {
-        if s.family == proxier_core::IpFamily::V6 {
-            return Err(
-                "IPv6 is not implemented in the IPVS mode yet (IPv4 virtual servers only)".into(),
-            );
-        }
         let field = |p: &[&str]| cli.common.config_field(p);
         let scheduler = match &cli.ipvs_scheduler {
             Some(x) => x.clone(),
