@@ -75,12 +75,30 @@ pub fn init_logging_with_default(default: &str) {
         .try_init();
 }
 
+/// Why this node cannot do IPv6, if it cannot: a kernel without it, or
+/// `net.ipv6.conf.all.disable_ipv6=1`.
+pub fn ipv6_unavailable() -> Option<String> {
+    use proxier_netfilter::Sysctl;
+    match proxier_netfilter::ProcSys.get("net/ipv6/conf/all/disable_ipv6") {
+        Ok(v) if v.trim() == "1" => {
+            Some("IPv6 is disabled (net.ipv6.conf.all.disable_ipv6=1)".into())
+        }
+        Ok(_) => None,
+        Err(_) => Some("the kernel has no IPv6 (no /proc/sys/net/ipv6)".into()),
+    }
+}
+
 /// The families to run, primary first: the forced one, or (as kube-proxy
 /// does) the node's primary family — IPv4 unless every global address
-/// of the node is IPv6 — followed by the other.
+/// of the node is IPv6 — followed by the other, unless the node cannot
+/// do IPv6 (then IPv4 only, with a log line saying why).
 pub async fn families(forced: Option<IpFamily>) -> Vec<IpFamily> {
     if let Some(f) = forced {
         return vec![f];
+    }
+    if let Some(why) = ipv6_unavailable() {
+        tracing::warn!(reason = %why, "not running dual-stack; proxying IPv4 only");
+        return vec![IpFamily::V4];
     }
     let addrs = proxier_netfilter::node_addresses(None)
         .await

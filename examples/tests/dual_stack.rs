@@ -18,8 +18,9 @@ const SVC4: &str = "10.96.0.10";
 const SVC6: &str = "fd00:96::10";
 
 /// A dual-stack service `web` (both cluster IPs, node port 30090) and a
-/// slice per family with the two local pods.
-fn manifest(topo: &mut Topology, dir: &std::path::Path) -> String {
+/// slice per family with the two local pods (the IPv6 one left out
+/// unless `with_v6`).
+fn manifest(topo: &mut Topology, dir: &std::path::Path, with_v6: bool) -> String {
     let mut eps = |family: IpFamily| -> Vec<IpAddr> {
         topo.plan.family = family;
         vec![topo.ip_of(Where::Local(0)), topo.ip_of(Where::Local(1))]
@@ -35,11 +36,13 @@ fn manifest(topo: &mut Topology, dir: &std::path::Path) -> String {
             list.join("\n")
         )
     };
-    let text = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo}}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {SVC4}\n  clusterIPs: [{SVC4}, \"{SVC6}\"]\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}}]\n---\n{}---\n{}",
+    let mut text = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo}}\nspec:\n  type: NodePort\n  ipFamilyPolicy: RequireDualStack\n  ipFamilies: [IPv4, IPv6]\n  clusterIP: {SVC4}\n  clusterIPs: [{SVC4}, \"{SVC6}\"]\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}}]\n---\n{}",
         slice("web-v4", "IPv4", &v4),
-        slice("web-v6", "IPv6", &v6)
     );
+    if with_v6 {
+        text.push_str(&format!("---\n{}", slice("web-v6", "IPv6", &v6)));
+    }
     let path = dir.join("dual.yaml");
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
@@ -99,7 +102,7 @@ fn run_dual_stack(
 ) {
     let mut topo = Topology::build(Plan::default()).expect("topology");
     let dir = tempfile::tempdir().unwrap();
-    let m = manifest(&mut topo, dir.path());
+    let m = manifest(&mut topo, dir.path(), true);
     for family in [IpFamily::V4, IpFamily::V6] {
         topo.plan.family = family;
         for w in [Where::Local(0), Where::Local(1)] {
@@ -144,6 +147,32 @@ fn run_dual_stack(
         let np = SocketAddr::new(topo.node_ip(), 30090);
         assert!(!servers(&topo, np).is_empty());
     }
+    // The IPv6 slice deleted: IPv4 keeps serving, IPv6 has no endpoint.
+    manifest(&mut topo, dir.path(), false);
+    if !daemon {
+        let out = common::run_in(&topo.node, bin, &args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v6 = SocketAddr::new(SVC6.parse().unwrap(), 80);
+    let t0 = std::time::Instant::now();
+    loop {
+        topo.plan.family = IpFamily::V6;
+        let o = topo.tcp(Where::ClientPod, None, v6, Duration::from_millis(800));
+        if o.server().is_none() {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "IPv6 still served without its slice: {o:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    topo.plan.family = IpFamily::V4;
+    assert!(!servers(&topo, SocketAddr::new(SVC4.parse().unwrap(), 80)).is_empty());
     if let Some(mut c) = child {
         let _ = c.kill();
         let _ = c.wait();
@@ -191,6 +220,30 @@ fn run_dual_stack(
 
 fn exec(topo: &Topology, program: &str, args: &[&str]) -> String {
     topo.node_exec(program, args).unwrap_or_default()
+}
+
+/// A node with IPv6 disabled runs IPv4 only, and says why.
+#[test]
+fn ipv6_disabled_runs_ipv4_only() {
+    let ns = proxier_testbed::Netns::new("nov6").unwrap();
+    ns.enter(|| std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1"))
+        .unwrap()
+        .unwrap();
+    let m = common::manifest();
+    let out = common::run_in(
+        &ns,
+        env!("CARGO_BIN_EXE_nftables"),
+        &["--once", "--manifests", &m, "--hostname-override", "node-1"],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("not running dual-stack") && log.contains("disable_ipv6=1"),
+        "{log}"
+    );
+    let tables = String::from_utf8(ns.exec("nft", &["list", "tables"]).unwrap().stdout).unwrap();
+    assert!(tables.contains("table ip kube-proxy"), "{tables}");
+    assert!(!tables.contains("table ip6 kube-proxy"), "{tables}");
 }
 
 #[test]
@@ -244,7 +297,21 @@ fn ipvs_serves_both_families_in_the_vm() {
             let vs = exec(t, "ipvsadm", &["-Sn"]);
             let v4 = vs.lines().filter(|l| !l.contains('[')).collect::<Vec<_>>();
             let v6 = vs.lines().filter(|l| l.contains('[')).collect::<Vec<_>>();
-            (v4.join("\n"), v6.join("\n"))
+            // Each family's sets: `KUBE-CLUSTER-IP` (inet) and
+            // `KUBE-6-CLUSTER-IP` (inet6), both needed for a match.
+            let set4 = exec(t, "ipset", &["list", "KUBE-CLUSTER-IP"]);
+            let set6 = exec(t, "ipset", &["list", "KUBE-6-CLUSTER-IP"]);
+            let both = |vs: Vec<&str>, set: &str, ip: &str, fam: &str| {
+                if set.contains(ip) && set.contains(fam) {
+                    vs.join("\n")
+                } else {
+                    String::new()
+                }
+            };
+            (
+                both(v4, &set4, SVC4, "family inet "),
+                both(v6, &set6, SVC6, "family inet6 "),
+            )
         });
     });
 }
