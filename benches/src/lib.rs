@@ -151,3 +151,43 @@ pub fn filled(n: usize, eps: usize) -> ChangeTracker {
     t.apply();
     t
 }
+
+/// Service `i` made dual-stack: its IPv4 cluster IP and `fd00:96::…`.
+pub fn dual_service(i: usize) -> Service {
+    let mut s = service(i, false);
+    let v6 = std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, (i >> 16) as u16, i as u16 + 1);
+    s.cluster_ips.push(v6.into());
+    s
+}
+
+/// The IPv6 twin of [`slice`]: `eps` endpoints in `fd00:128::/64`.
+pub fn slice_v6(i: usize, eps: usize) -> EndpointSlice {
+    let mut s = slice(i, eps, 0);
+    s.name = format!("svc-{i}-v6abc");
+    s.address_type = IpFamily::V6;
+    for (k, e) in s.endpoints.iter_mut().enumerate() {
+        let n = (i * eps + k) as u32;
+        e.addresses = vec![
+            std::net::Ipv6Addr::new(0xfd00, 0x128, 0, 0, 0, 0, (n >> 16) as u16, n as u16 + 1)
+                .into(),
+        ];
+    }
+    s
+}
+
+/// Two trackers (IPv4, IPv6) fed the same `n` dual-stack services with
+/// `eps` endpoints per family each, all applied: a dual-stack node.
+pub fn filled_dual(n: usize, eps: usize) -> [ChangeTracker; 2] {
+    [IpFamily::V4, IpFamily::V6].map(|f| {
+        let mut t = ChangeTracker::new(f, "node-1");
+        for i in 0..n {
+            t.update_service(&dual_service(i)).expect("valid service");
+            t.update_endpoint_slice(&slice(i, eps, 0))
+                .expect("valid slice");
+            t.update_endpoint_slice(&slice_v6(i, eps))
+                .expect("valid slice");
+        }
+        t.apply();
+        t
+    })
+}
