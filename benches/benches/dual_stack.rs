@@ -20,6 +20,9 @@ use proxier_testbed::{Netns, NsRuntime};
 
 const EPS: usize = 10;
 
+/// Builds one family's backend.
+type Make = fn(IpFamily) -> Box<dyn Proxier>;
+
 fn cidr(f: IpFamily) -> ipnet::IpNet {
     match f {
         IpFamily::V4 => "10.128.0.0/9",
@@ -69,7 +72,7 @@ fn full(snapshot: proxier_core::Snapshot) -> SyncRequest {
 
 /// Syncs `reqs` in order through a proxier built by `make` in a fresh
 /// namespace; the time of each.
-fn run(make: fn(IpFamily) -> Box<dyn Proxier>, reqs: &[SyncRequest]) -> Vec<Duration> {
+fn run(make: Make, reqs: &[SyncRequest]) -> Vec<Duration> {
     let ns = Netns::new("bench-dual").expect("netns");
     let rt = NsRuntime::start(&ns).expect("runtime");
     let reqs = reqs.to_vec();
@@ -94,13 +97,16 @@ fn bench(c: &mut Criterion) {
     for n in sizes() {
         let [t4, t6] = filled_dual(n, EPS);
         let (r4, r6) = (full(t4.snapshot().clone()), full(t6.snapshot().clone()));
-        let backends: [(&str, fn(IpFamily) -> Box<dyn Proxier>); 2] =
-            [("nftables", nftables), ("iptables-nft", iptables)];
+        let backends: [(&str, Make); 2] = [("nftables", nftables), ("iptables-nft", iptables)];
         for (name, make) in backends {
             let mut g = c.benchmark_group(format!("dual_stack/{name}/{n}x{EPS}"));
             g.sample_size(10).warm_up_time(Duration::from_millis(1));
             g.bench_function("single_v4", |b| {
-                b.iter_custom(|iters| (0..iters).map(|_| run(make, &[r4.clone()])[0]).sum())
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| run(make, std::slice::from_ref(&r4))[0])
+                        .sum()
+                })
             });
             let mut shares = Vec::new();
             g.bench_function("dual_total", |b| {
