@@ -125,6 +125,22 @@ pub async fn build_families(
     families: &[IpFamily],
     make: &impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
 ) -> Result<Vec<(IpFamily, Box<dyn Proxier>)>, String> {
+    let node_ips = proxier_netfilter::node_addresses(None)
+        .await
+        .unwrap_or_default();
+    for f in families {
+        let s = settings.for_family(*f);
+        for net in &s.nodeport_addresses {
+            if !node_ips.iter().any(|ip| net.contains(ip)) {
+                tracing::warn!(
+                    flag = "--nodeport-addresses",
+                    cidr = %net,
+                    "no address of this node is in it: its {} node ports answer nowhere until one is",
+                    f.as_str()
+                );
+            }
+        }
+    }
     let mut built = Vec::new();
     for (i, f) in families.iter().enumerate() {
         match make(&settings.for_family(*f)).await {

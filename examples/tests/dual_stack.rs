@@ -315,3 +315,33 @@ fn ipvs_serves_both_families_in_the_vm() {
         });
     });
 }
+
+/// A `--nodeport-addresses` CIDR holding none of the node's addresses is
+/// named in the log; the rest syncs.
+#[test]
+fn nodeport_cidr_without_a_node_address_is_named() {
+    let ns = proxier_testbed::Netns::new("npaw").unwrap();
+    let m = common::manifest();
+    let out = common::run_in(
+        &ns,
+        env!("CARGO_BIN_EXE_nftables"),
+        &[
+            "--once",
+            "--manifests",
+            &m,
+            "--hostname-override",
+            "node-1",
+            "--nodeport-addresses",
+            "192.168.99.0/24,fd00:99::/64",
+        ],
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    for cidr in ["192.168.99.0/24", "fd00:99::/64"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("no address of this node is in it") && l.contains(cidr)),
+            "{cidr}: {log}"
+        );
+    }
+}
