@@ -127,13 +127,46 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// A response: status, extra headers, JSON or text body.
 type Reply = (StatusCode, Vec<(&'static str, String)>, String);
 
+/// Bounds of the health and metrics servers, so that a flood of
+/// connections cannot exhaust the descriptors or stall the proxier.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerLimits {
+    /// Connections served at once; beyond it a new connection is closed
+    /// at once (kube-proxy's probes are short-lived).
+    pub max_connections: usize,
+    /// Time to send a request's headers.
+    pub header_timeout: Duration,
+    /// Longest life of a connection, keep-alive included.
+    pub lifetime: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 256,
+            header_timeout: Duration::from_secs(5),
+            lifetime: Duration::from_secs(30),
+        }
+    }
+}
+
 /// Serves HTTP/1 on `listener` with `handler(path)` until the task is
-/// aborted.
+/// aborted, within [`ServerLimits::default`].
 pub async fn serve<F>(listener: TcpListener, handler: F)
 where
     F: Fn(&str) -> Reply + Send + Sync + 'static,
 {
+    serve_within(listener, handler, ServerLimits::default()).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within<F>(listener: TcpListener, handler: F, limits: ServerLimits)
+where
+    F: Fn(&str) -> Reply + Send + Sync + 'static,
+{
     let handler = Arc::new(handler);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut refused = 0u64;
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(s) => s,
@@ -143,8 +176,22 @@ where
                 continue;
             }
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            // Full: close it now rather than let it hold a descriptor.
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    max = limits.max_connections,
+                    refused,
+                    "health/metrics server at its connection limit; closing new connections"
+                );
+            }
+            drop(stream);
+            continue;
+        };
         let handler = handler.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
                 let (status, headers, body) = handler(req.uri().path());
                 async move {
@@ -159,9 +206,11 @@ where
                 }
             });
             let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, svc)
-                .await;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(io, svc);
+            let _ = tokio::time::timeout(limits.lifetime, conn).await;
         });
     }
 }

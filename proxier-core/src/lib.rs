@@ -39,7 +39,7 @@ pub mod topology;
 pub mod tracker;
 pub mod validate;
 
-pub use health::{ProxyHealth, ServiceHealthServer, serve_health, serve_metrics};
+pub use health::{ProxyHealth, ServerLimits, ServiceHealthServer, serve_health, serve_metrics};
 pub use input::{EndpointSlice, Node, PortSpec, Service, ServiceType, SliceEndpoint, SlicePort};
 pub use manifest::ManifestSource;
 pub use meta::MetaProxier;
