@@ -87,6 +87,12 @@ pub struct PortCounters {
     pub no_endpoint: AtomicU64,
     /// Datagrams dropped (flow table full, no endpoint, firewall).
     pub dropped: AtomicU64,
+    /// Of those, datagrams from new clients dropped because the UDP flow
+    /// table was full (`max_udp_flows`).
+    pub table_full: AtomicU64,
+    /// When the table-full warning was last logged (ms since the port's
+    /// epoch + 1; 0: never), so it is logged at most every 10 s.
+    pub table_full_logged: AtomicU64,
     /// Accept errors (out of descriptors and the like).
     pub accept_errors: AtomicU64,
 }
@@ -425,7 +431,25 @@ fn new_flow(
     {
         return None;
     }
-    if flows.lock().expect("flows").len() >= port.data.max_udp_flows {
+    let live = flows.lock().expect("flows").len();
+    if live >= port.data.max_udp_flows {
+        let c = &port.counters;
+        let dropped = c.table_full.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = epoch.elapsed().as_millis() as u64 + 1;
+        let last = c.table_full_logged.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 10_000)
+            && c.table_full_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            warn!(
+                service = %port.name,
+                flows = live,
+                max_udp_flows = port.data.max_udp_flows,
+                dropped_so_far = dropped,
+                "UDP flow table full: datagrams from new clients are dropped until flows idle out (logged at most every 10 s)"
+            );
+        }
         return None;
     }
     let endpoint = port.pick(client.ip(), false)?;

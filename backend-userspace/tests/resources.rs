@@ -187,6 +187,14 @@ async fn udp_flood_from_100k_source_ports_stays_bounded() {
         accepted > 0 && dropped > 0,
         "accepted {accepted}, dropped {dropped}"
     );
+    // The drops are counted as the table being full.
+    let full = counters
+        .table_full
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        full > 0 && full <= dropped,
+        "table full {full}, dropped {dropped}"
+    );
     // Flows idle out: descriptors come back.
     let deadline = Instant::now() + Duration::from_secs(20);
     while bed.proxier.active() > 0 && Instant::now() < deadline {

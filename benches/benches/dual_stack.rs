@@ -3,10 +3,15 @@
 //! fresh namespace, for the nftables backend and the iptables backend
 //! (nft variant). `single_v4` syncs the IPv4 family alone; `dual_total`
 //! syncs both families one after the other through a `MetaProxier`, as
-//! the runner does on a dual-stack node. Each family's share of the dual
-//! run is printed as a `DUAL …` line. Target: dual total ≤ 2.1 × single.
+//! the runner does on a dual-stack node (each family's share is printed
+//! as a `DUAL …` line). Between samples the bench waits, untimed, for the
+//! kernel to finish tearing down the previous sample's namespace (a
+//! dual-stack one holds twice the objects, and its teardown would
+//! otherwise run into the next sample). Target: dual total ≤ 2.1 ×
+//! single.
 //!
-//! `PROXIER_BENCH_SIZES=10000 cargo bench -p benches --bench dual_stack`.
+//! `PROXIER_BENCH_SIZES=10000 cargo bench -p benches --bench dual_stack`
+//! (`PROXIER_BENCH_BACKENDS=nftables,iptables-nft` chooses).
 //! Needs root.
 
 use std::sync::Arc;
@@ -71,12 +76,13 @@ fn full(snapshot: proxier_core::Snapshot) -> SyncRequest {
 }
 
 /// Syncs `reqs` in order through a proxier built by `make` in a fresh
-/// namespace; the time of each.
+/// namespace; the time of each. The namespace's objects are deleted
+/// (untimed) before it goes, and the kernel given time to free them.
 fn run(make: Make, reqs: &[SyncRequest]) -> Vec<Duration> {
     let ns = Netns::new("bench-dual").expect("netns");
     let rt = NsRuntime::start(&ns).expect("runtime");
     let reqs = reqs.to_vec();
-    rt.block_on(async move {
+    let out = rt.block_on(async move {
         let families: Vec<(IpFamily, Box<dyn Proxier>)> = reqs
             .iter()
             .map(|r| (r.snapshot.family, make(r.snapshot.family)))
@@ -88,8 +94,13 @@ fn run(make: Make, reqs: &[SyncRequest]) -> Vec<Duration> {
             p.sync(r).await.expect("sync");
             out.push(t0.elapsed());
         }
+        p.cleanup().await.expect("cleanup");
         out
-    })
+    });
+    drop(rt);
+    drop(ns);
+    std::thread::sleep(Duration::from_secs(2));
+    out
 }
 
 fn bench(c: &mut Criterion) {
@@ -98,7 +109,12 @@ fn bench(c: &mut Criterion) {
         let [t4, t6] = filled_dual(n, EPS);
         let (r4, r6) = (full(t4.snapshot().clone()), full(t6.snapshot().clone()));
         let backends: [(&str, Make); 2] = [("nftables", nftables), ("iptables-nft", iptables)];
-        for (name, make) in backends {
+        // `PROXIER_BENCH_BACKENDS=nftables` keeps to some.
+        let only = std::env::var("PROXIER_BENCH_BACKENDS").ok();
+        for (name, make) in backends.into_iter().filter(|(name, _)| {
+            only.as_deref()
+                .is_none_or(|o| o.split(',').any(|x| x == *name))
+        }) {
             let mut g = c.benchmark_group(format!("dual_stack/{name}/{n}x{EPS}"));
             g.sample_size(10).warm_up_time(Duration::from_millis(1));
             g.bench_function("single_v4", |b| {

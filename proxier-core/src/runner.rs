@@ -387,8 +387,16 @@ impl Runner {
                 ok: true,
             };
             let mut longest_backoff = None;
+            // One family after the other: two iptables-nft processes at
+            // once in one namespace fail ("Could not fetch rule set
+            // generation id", iptables 1.8.9 on kernel 6.1), and the
+            // kernel serialises nf_tables transactions of a namespace
+            // anyway.
             for i in 0..self.lanes.len() {
-                let (full, ok) = self.sync_lane(i, force_full).await;
+                let start = Instant::now();
+                let req = self.prepare_lane(i, force_full, start);
+                let result = self.proxier.sync(&req).await;
+                let (full, ok) = self.finish_lane(i, req, result, start, Instant::now());
                 round.full |= full;
                 round.ok &= ok;
                 if !ok {
@@ -425,11 +433,9 @@ impl Runner {
         self.proxier
     }
 
-    /// One family's sync: its tracker's snapshot through the proxier.
-    /// Returns (full, ok).
-    async fn sync_lane(&mut self, i: usize, force_full: bool) -> (bool, bool) {
-        let cfg = &self.config;
-        let start = Instant::now();
+    /// One family's request: its tracker's snapshot and change set (with
+    /// what a failed sync carried over), full when it must be.
+    fn prepare_lane(&mut self, i: usize, force_full: bool, start: Instant) -> SyncRequest {
         let (snapshot, changes) = {
             let mut ts = self.shared.trackers.lock().unwrap();
             let t = &mut ts[i];
@@ -437,6 +443,7 @@ impl Runner {
             Self::update_tracker_metrics(&self.shared.metrics, &mut self.lanes[i].last_counters, t);
             r
         };
+        let full_sync_period = self.config.full_sync_period;
         let lane = &mut self.lanes[i];
         lane.carry.merge(changes);
         let changes = std::mem::take(&mut lane.carry);
@@ -445,19 +452,31 @@ impl Runner {
             || changes.node_changed
             || lane
                 .last_full
-                .is_none_or(|t| start.duration_since(t) >= cfg.full_sync_period);
-        let req = SyncRequest {
+                .is_none_or(|t| start.duration_since(t) >= full_sync_period);
+        SyncRequest {
             snapshot,
             changes,
             full,
-        };
-        let result = self.proxier.sync(&req).await;
-        let end = Instant::now();
+        }
+    }
+
+    /// Records one family's result. Returns (full, ok).
+    fn finish_lane(
+        &mut self,
+        i: usize,
+        req: SyncRequest,
+        result: Result<crate::proxier::SyncStats, crate::proxier::ProxierError>,
+        start: Instant,
+        end: Instant,
+    ) -> (bool, bool) {
+        let full = req.full;
         self.shared.metrics.observe_sync(full, end - start);
+        let name = self.proxier.name().to_string();
+        let family = req.snapshot.family.as_str();
         let lane = &mut self.lanes[i];
         match result {
             Ok(stats) => {
-                tracing::debug!(backend = self.proxier.name(), family = req.snapshot.family.as_str(), full, objects = stats.objects, written = stats.written, elapsed = ?(end - start), "synced");
+                tracing::debug!(backend = %name, family, full, objects = stats.objects, written = stats.written, elapsed = ?(end - start), "synced");
                 lane.need_full = false;
                 lane.failures = 0;
                 if full {
@@ -472,7 +491,7 @@ impl Runner {
                 lane.need_full = true;
                 lane.carry = req.changes;
                 let delay = self.backoff(failures);
-                tracing::warn!(backend = self.proxier.name(), family = req.snapshot.family.as_str(), error = %crate::ErrorChain(&e), retry_in = ?delay, "sync failed; will retry with a full sync");
+                tracing::warn!(backend = %name, family, error = %crate::ErrorChain(&e), retry_in = ?delay, "sync failed; will retry with a full sync");
                 self.shared.metrics.sync_failures_total.inc();
                 (full, false)
             }
