@@ -67,6 +67,17 @@ fn iptables(f: IpFamily) -> Box<dyn Proxier> {
     )
 }
 
+/// The untimed wait after each sample (`PROXIER_BENCH_SETTLE_SECS`,
+/// default 2).
+fn settle() -> Duration {
+    Duration::from_secs(
+        std::env::var("PROXIER_BENCH_SETTLE_SECS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(2),
+    )
+}
+
 fn full(snapshot: proxier_core::Snapshot) -> SyncRequest {
     SyncRequest {
         snapshot,
@@ -99,7 +110,7 @@ fn run(make: Make, reqs: &[SyncRequest]) -> Vec<Duration> {
     });
     drop(rt);
     drop(ns);
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(settle());
     out
 }
 
