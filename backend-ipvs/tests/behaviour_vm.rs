@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 
 use backend_ipvs::desired::{Settings, contribution};
 use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
-use proxier_core::{IpFamily, Proxier, Snapshot};
+use proxier_core::{Proxier, Snapshot};
 use proxier_netfilter::{IptablesCmd, Variant};
 use proxier_testbed::Topology;
 use proxier_testbed::suite::{Backend, Env};
@@ -31,19 +31,7 @@ pub fn leftovers(topo: &Topology) -> Vec<String> {
         .lines()
         .map(|l| format!("ipvs: {l}"))
         .collect();
-    left.extend(
-        topo.node_exec(
-            match topo.plan.family {
-                IpFamily::V4 => "iptables-nft-save",
-                IpFamily::V6 => "ip6tables-nft-save",
-            },
-            &[],
-        )
-        .expect("iptables-save")
-        .lines()
-        .filter(|l| l.contains("KUBE-"))
-        .map(str::to_owned),
-    );
+    left.extend(topo.kube_iptables_lines("nft"));
     left.extend(
         topo.node_exec("ipset", &["list", "-n"])
             .expect("ipset")

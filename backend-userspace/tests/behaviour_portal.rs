@@ -27,19 +27,7 @@ fn make(env: &Env) -> Box<dyn Proxier> {
 /// Portal rules in both tables, and the proxy's sockets, in the node
 /// namespace.
 fn leftovers(topo: &Topology) -> Vec<String> {
-    let mut left: Vec<String> = topo
-        .node_exec(
-            match topo.plan.family {
-                IpFamily::V4 => "iptables-nft-save",
-                IpFamily::V6 => "ip6tables-nft-save",
-            },
-            &[],
-        )
-        .expect("iptables-save")
-        .lines()
-        .filter(|l| l.contains("KUBE-"))
-        .map(str::to_owned)
-        .collect();
+    let mut left = topo.kube_iptables_lines("nft");
     left.extend(
         topo.node_exec("ss", &["-Hltun"])
             .expect("ss")

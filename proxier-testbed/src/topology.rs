@@ -516,6 +516,19 @@ impl Topology {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Every line with `KUBE-` in `ip[6]tables-<variant>-save` (the
+    /// plan's family) in the node namespace: what an iptables-speaking
+    /// backend left there.
+    pub fn kube_iptables_lines(&self, variant: &str) -> Vec<String> {
+        let ip = if self.v6() { "ip6tables" } else { "iptables" };
+        self.node_exec(&format!("{ip}-{variant}-save"), &[])
+            .expect("iptables-save")
+            .lines()
+            .filter(|l| l.contains("KUBE-"))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Names of every namespace of this topology.
     pub fn namespace_names(&self) -> Vec<String> {
         let mut v = vec![

@@ -47,19 +47,10 @@ pub fn save(topo: &Topology, variant: Variant) -> String {
         .expect("iptables-save")
 }
 
-/// Every KUBE- line in the node namespace.
-pub fn kube_lines(topo: &Topology, variant: Variant) -> Vec<String> {
-    save(topo, variant)
-        .lines()
-        .filter(|l| l.contains("KUBE-"))
-        .map(str::to_owned)
-        .collect()
-}
-
 pub fn leftovers_nft(topo: &Topology) -> Vec<String> {
-    kube_lines(topo, Variant::Nft)
+    topo.kube_iptables_lines("nft")
 }
 
 pub fn leftovers_legacy(topo: &Topology) -> Vec<String> {
-    kube_lines(topo, Variant::Legacy)
+    topo.kube_iptables_lines("legacy")
 }
