@@ -4,11 +4,15 @@
 //! tracking, endpoint selection, sync runner, health and metrics, as a
 //! library. Start with [`ChangeTracker`] (feed it Services and
 //! EndpointSlices, get [`Snapshot`]s and [`ChangeSet`]s), implement
-//! [`Proxier`] for a backend, and drive it with [`Runner`].
+//! [`Proxier`] for a backend, and drive it with [`Runner`]. On a
+//! dual-stack node, [`Runner::dual_stack`] takes a tracker per family and
+//! a [`MetaProxier`] holding a backend per family (kube-proxy's
+//! meta-proxier).
 //!
 //! The pure part ([`model`], [`input`], [`validate`], [`k8s`], [`tracker`],
 //! [`topology`]) does no I/O and reads no clock. The runtime part
-//! ([`runner`], [`health`], [`metrics`], [`manifest`]) runs on tokio.
+//! ([`runner`], [`meta`], [`health`], [`metrics`], [`manifest`]) runs on
+//! tokio.
 //!
 //! Dependencies, and why: `k8s-openapi` for the Kubernetes object types
 //! (the API's own schema, no client); `imbl` for the snapshot's persistent
