@@ -256,18 +256,21 @@ fn nftables_serves_both_families() {
     });
 }
 
+/// Both families' rules of an iptables-speaking mode (nft variant).
+fn iptables_saves(t: &Topology) -> (String, String) {
+    (
+        exec(t, "iptables-nft-save", &[]),
+        exec(t, "ip6tables-nft-save", &[]),
+    )
+}
+
 #[test]
 fn iptables_serves_both_families() {
     run_dual_stack(
         env!("CARGO_BIN_EXE_iptables"),
         &["--iptables-variant", "nft"],
         false,
-        |t| {
-            (
-                exec(t, "iptables-nft-save", &[]),
-                exec(t, "ip6tables-nft-save", &[]),
-            )
-        },
+        iptables_saves,
     );
 }
 
@@ -277,12 +280,7 @@ fn userspace_portal_serves_both_families() {
         env!("CARGO_BIN_EXE_userspace"),
         &["--iptables-variant", "nft"],
         true,
-        |t| {
-            (
-                exec(t, "iptables-nft-save", &[]),
-                exec(t, "ip6tables-nft-save", &[]),
-            )
-        },
+        iptables_saves,
     );
 }
 
