@@ -25,7 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use proxier_core::{IpFamily, Proxier, ProxierError, SyncRequest, SyncStats};
 
-use proxier_netfilter::owned::{builtin_chains, target};
+use proxier_netfilter::owned::{self, builtin_chains, target};
 use proxier_netfilter::{
     ConfigError, Conntrack, ExecError, Iptables, StaleFlows, Sysctl, Variant, clean_stale,
 };
@@ -70,6 +70,9 @@ pub struct IptablesProxier {
     sysctls_done: bool,
     name: String,
     last: Vec<(&'static str, String, bool)>,
+    /// The nf_tables generation at the last drift check that found
+    /// nothing (`None` after a write, or on legacy).
+    verified_gen: Option<u32>,
 }
 
 /// What one restore will do.
@@ -116,6 +119,7 @@ impl IptablesProxier {
             sysctls_done: false,
             name,
             last: Vec::new(),
+            verified_gen: None,
         })
     }
 
@@ -454,6 +458,55 @@ impl IptablesProxier {
         f.and(n)
     }
 
+    /// Whether the kernel still holds what the last sync wrote: every
+    /// chain of ours with as many rules as were written, and every jump
+    /// from a built-in chain (kube-proxy watches a canary chain for a
+    /// wipe only; this also sees one flushed `KUBE-SEP-` chain). On
+    /// iptables-nft an unchanged ruleset generation answers without
+    /// reading anything; otherwise one netlink rule dump per table
+    /// (legacy: one `iptables-save`). Returns the first difference.
+    /// Check by hand: `iptables-save -t nat | grep -c '^-A KUBE-SERVICES '`.
+    async fn drift(&mut self) -> Result<Option<String>, ProxierError> {
+        let Some(w) = &self.written else {
+            return Ok(None);
+        };
+        let generation = self
+            .ipt
+            .generation()
+            .await
+            .map_err(|e| self.err("reading the nf_tables generation", e))?;
+        if generation.is_some() && generation == self.verified_gen {
+            return Ok(None);
+        }
+        let jumps = jump_rules(&self.cfg);
+        for table in ["filter", "nat"] {
+            let census = self
+                .ipt
+                .census(table, builtin_chains(table))
+                .await
+                .map_err(|e| self.err(&format!("reading table {table}"), e))?;
+            let (fixed, services) = if table == "filter" {
+                (&w.ruleset.filter, None)
+            } else {
+                (&w.ruleset.nat, Some(&w.ruleset.services))
+            };
+            let chains = fixed
+                .iter()
+                .map(|(c, b)| (*c, b.as_str()))
+                .chain(services.into_iter().flat_map(|s| s.values().flat_map(|f| f.chains())));
+            let jumps: Vec<(&str, &str)> = jumps
+                .iter()
+                .filter(|(t, _, _)| *t == table)
+                .map(|(_, from, rule)| (*from, *rule))
+                .collect();
+            if let Some(found) = owned::differs(table, &census, chains, &jumps) {
+                return Ok(Some(found));
+            }
+        }
+        self.verified_gen = generation;
+        Ok(None)
+    }
+
     /// Deletes the stale UDP and SCTP flows: the change set's targeted
     /// deletes and the reconciler, in one dump. A failure is logged and
     /// does not fail the sync (the rules are in place).
@@ -511,6 +564,20 @@ impl Proxier for IptablesProxier {
             ));
         }
         let mut full = req.full || self.need_full || req.changes.node_changed;
+        let mut repaired = None;
+        if req.verify && !full {
+            match self.drift().await {
+                Ok(Some(found)) => {
+                    full = true;
+                    repaired = Some(found);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.need_full = true;
+                    return Err(e);
+                }
+            }
+        }
         let prev = match &self.written {
             Some(w) if !full => {
                 if req.changes.is_empty() {
@@ -522,6 +589,7 @@ impl Proxier for IptablesProxier {
                         objects: f + n,
                         written: 0,
                         full: false,
+                        repaired,
                     });
                 }
                 if w.ruleset.large_cluster != is_large_cluster(&self.cfg, &req.snapshot) {
@@ -569,6 +637,7 @@ impl Proxier for IptablesProxier {
                     .filter_map(|(t, p)| p.map(|(payload, noflush)| (t, payload, noflush)))
                     .collect();
                 self.need_full = false;
+                self.verified_gen = None;
                 let (f, n) = new.rule_counts();
                 self.written = Some(Written { ruleset: new });
                 self.clear_conntrack(req).await;
@@ -576,6 +645,7 @@ impl Proxier for IptablesProxier {
                     objects: f + n,
                     written: lines,
                     full,
+                    repaired,
                 })
             }
             Err(e) => {

@@ -113,6 +113,7 @@ impl Rig {
             snapshot,
             changes,
             full: self.first,
+            verify: false,
         };
         self.first = false;
         let mut p = self.proxier.take().unwrap();

@@ -93,6 +93,7 @@ impl Rig {
             snapshot,
             changes,
             full: self.first,
+            verify: false,
         };
         self.first = false;
         match self.proxier.sync(&req).await {
@@ -103,6 +104,18 @@ impl Rig {
                 detail: format!("{e:?}"),
             }),
         }
+    }
+
+    /// A periodic sync with no change that verifies the kernel.
+    async fn verify(&mut self) -> proxier_core::SyncStats {
+        let (snapshot, changes) = self.tracker.apply();
+        let req = SyncRequest {
+            snapshot,
+            changes,
+            full: false,
+            verify: true,
+        };
+        self.proxier.sync(&req).await.expect("verifying sync")
     }
 
     fn restores(&self) -> Vec<(String, String, bool)> {
@@ -228,6 +241,55 @@ async fn full_partial_and_noop_syncs() {
 /// endpoint loses its flows (kubernetes #139628); flows to other
 /// addresses stay. A conntrack socket that fails does not fail the sync.
 #[tokio::test]
+async fn drift_is_found_by_a_verifying_sync_and_repaired() {
+    for variant in [Variant::Nft, Variant::Legacy] {
+        let mut r = Rig::new(variant);
+        r.add("a", "10.96.0.1", &["10.0.1.1", "10.0.1.2"]);
+        r.add("b", "10.96.0.2", &["10.0.2.1"]);
+        r.sync().await.unwrap_err();
+        let good_nat = r.ipt.table("nat");
+        let good_filter = r.ipt.table("filter");
+        let restores = r.restores().len();
+        // Nothing changed: nothing is written and nothing is repaired.
+        let s = r.verify().await;
+        assert_eq!((s.repaired.as_deref(), s.full), (None, false));
+        assert_eq!(r.restores().len(), restores, "{variant:?}: wrote on a no-op");
+
+        let sep = r
+            .chains("nat")
+            .into_iter()
+            .find(|c| c.starts_with("KUBE-SEP-"))
+            .unwrap();
+        type Tamper = Box<dyn Fn(&mut proxier_netfilter::fake::Table)>;
+        let cases: Vec<(&str, &str, &str, Tamper)> = vec![
+            ("nat", "flush KUBE-SERVICES", "chain KUBE-SERVICES of table nat holds 0 rules", Box::new(|t| t.get_mut("KUBE-SERVICES").unwrap().1.clear())),
+            ("nat", "flush one KUBE-SEP-", "holds 0 rules", {
+                let sep = sep.clone();
+                Box::new(move |t| t.get_mut(&sep).unwrap().1.clear())
+            }),
+            ("nat", "delete the OUTPUT jump", "OUTPUT of table nat holds 0 jumps to KUBE-SERVICES", Box::new(|t| t.get_mut("OUTPUT").unwrap().1.retain(|r| !r.contains("KUBE-SERVICES")))),
+            ("filter", "flush KUBE-FORWARD", "chain KUBE-FORWARD of table filter", Box::new(|t| t.get_mut("KUBE-FORWARD").unwrap().1.clear())),
+            ("nat", "firewalld-style wipe", "of table nat", Box::new(|t| {
+                // iptables -t nat -F; iptables -t nat -X
+                t.values_mut().for_each(|(_, r)| r.clear());
+                t.retain(|_, (policy, _)| policy.is_some());
+            })),
+        ];
+        for (table, what, expect, tamper) in cases {
+            r.ipt.tamper(table, |t| tamper(t));
+            let s = r.verify().await;
+            let found = s.repaired.unwrap_or_else(|| panic!("{variant:?}: {what} not seen"));
+            assert!(found.contains(expect), "{variant:?}: {what}: {found}");
+            assert!(s.full, "{variant:?}: {what}: repaired without a full sync");
+            assert_eq!(r.ipt.table("nat"), good_nat, "{variant:?}: {what}: nat not repaired");
+            assert_eq!(r.ipt.table("filter"), good_filter, "{variant:?}: {what}: filter not repaired");
+            // And the next verification finds nothing more.
+            assert_eq!(r.verify().await.repaired, None, "{variant:?}: {what}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn reconciler_finds_flows_no_event_named() {
     let mut r = Rig::new(Variant::Nft);
     r.add("a", "10.96.0.1", &["10.0.1.1", "10.0.1.2"]);
@@ -334,6 +396,7 @@ async fn foreign_rules_survive_sync_partial_flush_mode_and_cleanup() {
             snapshot,
             changes,
             full: true,
+            verify: false,
         })
         .await
         .unwrap();

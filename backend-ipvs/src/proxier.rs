@@ -614,8 +614,8 @@ impl IpvsProxier {
 
     async fn rules_in_place(&self, nat: &TableRules, filter: &TableRules) -> bool {
         let ipt = &*self.k.iptables;
-        matches!(owned::in_place(ipt, "nat", nat).await, Ok(true))
-            && matches!(owned::in_place(ipt, "filter", filter).await, Ok(true))
+        matches!(owned::drift(ipt, "nat", nat).await, Ok(None))
+            && matches!(owned::drift(ipt, "filter", filter).await, Ok(None))
     }
 
     async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Vec<String>) {
@@ -965,6 +965,7 @@ impl Proxier for IpvsProxier {
                 + self.report.ipset_changes
                 + usize::from(self.report.rules_written),
             full,
+            repaired: None,
         })
     }
 

@@ -56,6 +56,7 @@ impl Bed {
             snapshot,
             changes,
             full: !self.synced,
+            verify: false,
         };
         self.synced = true;
         self.p.sync(&req).await
@@ -303,6 +304,7 @@ async fn sysctls_strict_arp_and_timeouts() {
             snapshot: t.snapshot().clone(),
             changes: Default::default(),
             full: true,
+            verify: false,
         };
         p.sync(&req).await.unwrap();
         let s = sysctl.values.lock().unwrap().clone();

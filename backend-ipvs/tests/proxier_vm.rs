@@ -63,6 +63,7 @@ impl Node {
             snapshot,
             changes,
             full,
+            verify: false,
         };
         let mut p = self.proxier.take().expect("started");
         let (p, r) = self.topo.node_rt().block_on(async move {

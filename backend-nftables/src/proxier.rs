@@ -282,6 +282,7 @@ impl Proxier for NftablesProxier {
             objects,
             written: tx.ops.len(),
             full,
+            repaired: None,
         })
     }
 

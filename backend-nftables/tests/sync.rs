@@ -175,6 +175,7 @@ fn same_as_full(a: &Node, t: &ChangeTracker) {
         snapshot: t.snapshot().clone(),
         changes: Default::default(),
         full: true,
+        verify: false,
     })
     .unwrap();
     let (mut ta, tb) = (a.table(), b.table());
@@ -226,6 +227,7 @@ fn step(t: &mut ChangeTracker, full: bool) -> SyncRequest {
         snapshot,
         changes,
         full,
+        verify: false,
     }
 }
 

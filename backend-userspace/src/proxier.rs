@@ -472,6 +472,7 @@ impl Proxier for UserspaceProxier {
             objects: listeners + self.portal_rule_count(),
             written: ops + rules,
             full: req.full,
+            repaired: None,
         })
     }
 

@@ -83,6 +83,7 @@ fn full(snapshot: proxier_core::Snapshot) -> SyncRequest {
         snapshot,
         changes: ChangeSet::default(),
         full: true,
+        verify: false,
     }
 }
 

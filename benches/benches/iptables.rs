@@ -147,6 +147,7 @@ fn bench(c: &mut Criterion) {
                 snapshot: snap.clone(),
                 changes: ChangeSet::default(),
                 full: true,
+                verify: false,
             };
 
             g.bench_function("full_sync", |b| {
@@ -181,6 +182,7 @@ fn bench(c: &mut Criterion) {
                 snapshot: snap.clone(),
                 changes: ChangeSet::default(),
                 full: false,
+                verify: false,
             };
             g.bench_function("noop_sync", |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| k.sync(noop.clone()).1).sum())
@@ -221,6 +223,7 @@ fn bench(c: &mut Criterion) {
                     snapshot: t.snapshot().clone(),
                     changes: ChangeSet::default(),
                     full: true,
+                    verify: false,
                 });
             }
 

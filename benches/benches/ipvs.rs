@@ -124,6 +124,7 @@ fn full(snap: &Snapshot) -> SyncRequest {
         snapshot: snap.clone(),
         changes: ChangeSet::default(),
         full: true,
+        verify: false,
     }
 }
 

@@ -187,6 +187,7 @@ fn full(t: &ChangeTracker) -> SyncRequest {
         snapshot: t.snapshot().clone(),
         changes: ChangeSet::default(),
         full: true,
+        verify: false,
     }
 }
 

@@ -113,6 +113,7 @@ fn bench(c: &mut Criterion) {
             snapshot: snap.clone(),
             changes: ChangeSet::default(),
             full: true,
+            verify: false,
         };
         let mut g = c.benchmark_group(format!("nftables/{n}x{EPS}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(1));
@@ -158,6 +159,7 @@ fn bench(c: &mut Criterion) {
             snapshot: snap.clone(),
             changes: ChangeSet::default(),
             full: false,
+            verify: false,
         };
         g.bench_function("noop_sync", |b| {
             b.iter_custom(|iters| (0..iters).map(|_| k.sync(noop.clone()).1).sum())

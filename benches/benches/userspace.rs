@@ -76,6 +76,7 @@ fn proxy_role(front: SocketAddr, backend: SocketAddr, relay: Relay) {
             snapshot,
             changes,
             full: true,
+            verify: false,
         })
         .await
         .expect("sync");

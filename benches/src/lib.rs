@@ -119,6 +119,7 @@ fn partial(t: &mut ChangeTracker) -> SyncRequest {
         snapshot,
         changes,
         full: false,
+        verify: false,
     }
 }
 

@@ -44,6 +44,11 @@ pub struct Metrics {
     pub endpoint_changes_pending: Gauge,
     /// `kubeproxy_sync_proxy_rules_failures_total` (any backend).
     pub sync_failures_total: Counter,
+    /// `kubeproxy_sync_proxy_rules_repairs_total`: verifying syncs that
+    /// found the kernel changed behind the backend's back (a flushed
+    /// chain, a deleted jump, a firewall reload) and repaired it. Our own;
+    /// kube-proxy only forces a full sync when its canary chain goes.
+    pub repairs_total: Counter,
     /// `kubeproxy_proxy_healthz_total{code}`.
     pub healthz_total: Family<CodeLabel, Counter>,
     /// `kubeproxy_proxy_livez_total{code}`.
@@ -83,6 +88,7 @@ impl Metrics {
             service_changes_pending: Gauge::default(),
             endpoint_changes_pending: Gauge::default(),
             sync_failures_total: Counter::default(),
+            repairs_total: Counter::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
         };
@@ -136,6 +142,11 @@ impl Metrics {
             "sync_proxy_rules_failures",
             "Cumulative failed syncs of proxy rules",
             m.sync_failures_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_repairs",
+            "Cumulative syncs that found rules changed outside the proxier and repaired them (proxier's own; kube-proxy has none)",
+            m.repairs_total.clone(),
         );
         r.register(
             "proxy_healthz",

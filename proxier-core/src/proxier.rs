@@ -17,6 +17,12 @@ pub struct SyncRequest {
     /// Rewrite everything (first sync, after a failure, on the full-sync
     /// period, after the node changed).
     pub full: bool,
+    /// Look, cheaply, at whether the kernel still holds what this backend
+    /// last wrote (another program may have flushed a chain, deleted a
+    /// jump or wiped the tables), and repair it with a full sync if not.
+    /// The runner asks at least once per `sync_period`; a full sync
+    /// rewrites everything anyway and need not look.
+    pub verify: bool,
 }
 
 /// What a sync did, for logs and benches.
@@ -29,6 +35,11 @@ pub struct SyncStats {
     pub written: usize,
     /// Whether the backend actually ran a full sync.
     pub full: bool,
+    /// What a verifying sync found changed behind the backend's back and
+    /// repaired (`chain KUBE-SERVICES of table nat holds 0 rules, 12
+    /// written`), if anything. The runner logs it and counts it in
+    /// `kubeproxy_sync_proxy_rules_repairs_total`.
+    pub repaired: Option<String>,
 }
 
 /// A failed sync or cleanup. The runner retries with backoff, then in full.
@@ -126,6 +137,9 @@ pub struct FakeLog {
     pub running: usize,
     /// The most that ever ran at once.
     pub max_running: usize,
+    /// What the next verifying sync "finds" changed in the kernel (and
+    /// reports as repaired, running full).
+    pub drift: Option<String>,
 }
 
 /// A backend for tests: records requests, can be told to fail, and can
@@ -191,10 +205,12 @@ impl Proxier for FakeProxier {
             l.fail_next -= 1;
             return Err(ProxierError::new("fake", "told to fail"));
         }
+        let repaired = if req.verify { l.drift.take() } else { None };
         Ok(SyncStats {
             objects: req.snapshot.services.len(),
             written: req.changes.updated_services.len(),
-            full: req.full,
+            full: req.full || repaired.is_some(),
+            repaired,
         })
     }
 

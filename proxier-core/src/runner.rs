@@ -234,6 +234,9 @@ pub struct SyncOutcome {
 struct Lane {
     need_full: bool,
     last_full: Option<Instant>,
+    /// When this family's kernel state was last verified (or fully
+    /// rewritten).
+    last_verified: Option<Instant>,
     failures: u32,
     carry: ChangeSet,
     last_counters: TrackerCounters,
@@ -453,10 +456,18 @@ impl Runner {
             || lane
                 .last_full
                 .is_none_or(|t| start.duration_since(t) >= full_sync_period);
+        // Once per sync period the backend looks at whether the kernel
+        // still holds what it wrote (kube-proxy's canary chains, done by
+        // every backend in its own way).
+        let verify = !full
+            && lane
+                .last_verified
+                .is_none_or(|t| start.duration_since(t) >= self.config.sync_period);
         SyncRequest {
             snapshot,
             changes,
             full,
+            verify,
         }
     }
 
@@ -481,6 +492,13 @@ impl Runner {
                 lane.failures = 0;
                 if full {
                     lane.last_full = Some(start);
+                }
+                if full || req.verify {
+                    lane.last_verified = Some(start);
+                }
+                if let Some(what) = &stats.repaired {
+                    tracing::warn!(backend = %name, family, found = %crate::validate::escape(what), "rules were changed outside the proxier; repaired with a full sync");
+                    self.shared.metrics.repairs_total.inc();
                 }
                 lane.last_snapshot = Some(req.snapshot);
                 (full, true)

@@ -41,6 +41,9 @@ pub struct FakeState {
     pub restores: Vec<(String, String, bool)>,
     /// Fail the next N restores (as a held lock would).
     pub fail_next: usize,
+    /// Bumped by every change (a restore, [`FakeIptables::tamper`]), as
+    /// nf_tables' generation is.
+    pub generation: u32,
 }
 
 /// An in-memory iptables.
@@ -65,6 +68,18 @@ impl FakeIptables {
             variant,
             state: Mutex::new(FakeState::default()),
         }
+    }
+
+    /// Changes a table as another program would (`iptables -F CHAIN`),
+    /// bumping the generation.
+    pub fn tamper(&self, table: &str, f: impl FnOnce(&mut Table)) {
+        let mut st = self.state.lock().expect("lock");
+        let t = st
+            .tables
+            .entry(table.to_string())
+            .or_insert_with(|| empty_table(table));
+        f(t);
+        st.generation += 1;
     }
 
     /// A copy of one table.
@@ -248,6 +263,7 @@ impl Iptables for FakeIptables {
         match Self::apply(table, &current, payload, noflush) {
             Ok(t) => {
                 st.tables.insert(table.to_string(), t);
+                st.generation += 1;
                 Ok(())
             }
             Err((line, msg)) => Err(err(
@@ -276,6 +292,10 @@ impl Iptables for FakeIptables {
 
     async fn list_chains(&self, table: &str) -> Result<Vec<String>, ExecError> {
         Ok(self.table(table).keys().cloned().collect())
+    }
+
+    async fn generation(&self) -> Result<Option<u32>, ExecError> {
+        Ok(Some(self.state.lock().expect("lock").generation))
     }
 }
 

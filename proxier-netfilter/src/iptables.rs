@@ -84,6 +84,48 @@ pub trait Iptables: Send + Sync + fmt::Debug {
     ) -> Result<TableListing, ExecError> {
         list_by_parts(self, table, builtins, with_chains).await
     }
+
+    /// The number of rules in each chain of `table` (a chain without
+    /// rules may be absent) and the rules of the built-in chains
+    /// `builtins`: what a drift check compares with what was written
+    /// (`iptables-save -t TABLE`, count the `-A CHAIN` lines). By default
+    /// one [`Iptables::list_table`], then one `-S` per chain if that did
+    /// not read the whole table.
+    async fn census(&self, table: &str, builtins: &[&str]) -> Result<TableCensus, ExecError> {
+        let listing = self.list_table(table, builtins, true).await?;
+        let counts = match listing.all_rules {
+            Some(all) => all.into_iter().map(|(c, r)| (c, r.len())).collect(),
+            None => {
+                let mut counts = std::collections::BTreeMap::new();
+                for c in listing.chains.unwrap_or_default() {
+                    let n = self.list_rules(table, &c).await?.map_or(0, |r| r.len());
+                    counts.insert(c, n);
+                }
+                counts
+            }
+        };
+        Ok(TableCensus {
+            counts,
+            builtin: listing.builtin,
+        })
+    }
+
+    /// A number that changes whenever any nf_tables table of the network
+    /// namespace changes ([`crate::census::generation`]), or `None` where
+    /// there is none (iptables-legacy): a drift check that finds it
+    /// unchanged since it last looked need not read the table.
+    async fn generation(&self) -> Result<Option<u32>, ExecError> {
+        Ok(None)
+    }
+}
+
+/// What [`Iptables::census`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableCensus {
+    /// Rules per chain.
+    pub counts: std::collections::BTreeMap<String, usize>,
+    /// Rules of each built-in chain asked for, as `-A CHAIN …` lines.
+    pub builtin: Vec<(String, Vec<String>)>,
 }
 
 /// What [`Iptables::list_table`] found.
@@ -274,6 +316,14 @@ impl IptablesCmd {
         ]
     }
 
+    /// `ip` or `ip6`: the nf_tables family iptables-nft writes.
+    fn family_table(&self) -> &'static str {
+        match self.family {
+            IpFamily::V4 => "ip",
+            IpFamily::V6 => "ip6",
+        }
+    }
+
     /// `iptables-save -t TABLE`.
     async fn save(&self, table: &str) -> Result<String, ExecError> {
         let prog = self.prog("-save");
@@ -385,6 +435,53 @@ impl Iptables for IptablesCmd {
             return Ok(parse_save(&self.save(table).await?, builtins));
         }
         list_by_parts(self, table, builtins, with_chains).await
+    }
+
+    async fn census(&self, table: &str, builtins: &[&str]) -> Result<TableCensus, ExecError> {
+        if self.variant == Variant::Legacy {
+            let listing = parse_save(&self.save(table).await?, builtins);
+            return Ok(TableCensus {
+                counts: listing
+                    .all_rules
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(c, r)| (c, r.len()))
+                    .collect(),
+                builtin: listing.builtin,
+            });
+        }
+        // One netlink dump instead of `iptables-nft-save`, which at
+        // 100,000 chains takes minutes.
+        let netlink = |source: std::io::Error| ExecError {
+            command: format!(
+                "nf_tables rule dump of table {} {table}",
+                self.family_table()
+            ),
+            status: None,
+            detail: source.to_string(),
+        };
+        let (counts, builtin) = tokio::join!(
+            crate::census::rule_counts(crate::census::nfproto(self.family), table),
+            list_by_parts(self, table, builtins, false)
+        );
+        Ok(TableCensus {
+            counts: counts.map_err(netlink)?,
+            builtin: builtin?.builtin,
+        })
+    }
+
+    async fn generation(&self) -> Result<Option<u32>, ExecError> {
+        if self.variant == Variant::Legacy {
+            return Ok(None);
+        }
+        crate::census::generation()
+            .await
+            .map(Some)
+            .map_err(|source| ExecError {
+                command: "nf_tables NFT_MSG_GETGEN".into(),
+                status: None,
+                detail: source.to_string(),
+            })
     }
 
     async fn list_chains(&self, table: &str) -> Result<Vec<String>, ExecError> {

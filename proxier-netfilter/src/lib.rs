@@ -22,6 +22,8 @@
 //!   [`clean_stale`]).
 //! - [`nfnl`]: a `NETLINK_NETFILTER` socket on tokio, for ctnetlink and
 //!   nf_tables.
+//! - [`census`]: rules per chain of an nf_tables table and the ruleset
+//!   generation, over netlink: what drift checks read.
 //! - `fake` (feature `testing`): in-memory [`Iptables`], [`Conntrack`]
 //!   and [`Sysctl`] for unit tests.
 //!
@@ -44,6 +46,7 @@
 #![warn(missing_docs)]
 
 mod addresses;
+pub mod census;
 pub mod chains;
 pub mod conntrack;
 pub mod escape;
@@ -62,7 +65,7 @@ pub use conntrack::{
     StaleFlows, clean_stale,
 };
 pub use escape::{hash_base32, safe_label, safe_service_port_name};
-pub use iptables::{ExecError, Iptables, IptablesCmd, TableListing, Variant};
+pub use iptables::{ExecError, Iptables, IptablesCmd, TableCensus, TableListing, Variant};
 pub use local::LocalDetector;
 pub use masquerade::{ConfigError, Masquerade, check_family, of_family};
 pub use sysctl::{ProcSys, Sysctl, SysctlError};

@@ -8,7 +8,7 @@
 
 use std::fmt::Write as _;
 
-use crate::iptables::{ExecError, Iptables};
+use crate::iptables::{ExecError, Iptables, TableCensus};
 
 /// The built-in chains of a table that jumps are read from.
 pub fn builtin_chains(table: &str) -> &'static [&'static str] {
@@ -95,39 +95,67 @@ async fn read_owned(
     Ok((deletes, existing))
 }
 
-/// Whether `table` still holds every chain of `want` and every jump into
-/// them (`iptables -S` of the built-in chains, and the chain names). Rule
-/// bodies are not compared: iptables rewrites rule text as it stores it.
-/// What a sync that would write nothing checks, so that a firewall reload
-/// or a hand-run `iptables -F` is repaired on the next full sync.
-pub async fn in_place(
-    ipt: &dyn Iptables,
+/// What differs between a [`TableCensus`] of `table` and what was written
+/// there: a chain holding another number of rules than its body has `-A`
+/// lines (a flush, a deletion), or a built-in chain holding another number
+/// of jumps to one of ours than were written. Rule text is not compared:
+/// iptables rewrites it as it stores it. `None` when everything is in
+/// place. A chain written empty and since deleted is not seen (nothing
+/// could jump to it without a jump being seen).
+pub fn differs<'a>(
     table: &str,
-    want: &TableRules,
-) -> Result<bool, ExecError> {
-    let listing = ipt.list_table(table, builtin_chains(table), true).await?;
-    let chains = listing.chains.unwrap_or_default();
-    if !want.chains.iter().all(|(c, _)| chains.contains(c)) {
-        return Ok(false);
+    census: &TableCensus,
+    chains: impl IntoIterator<Item = (&'a str, &'a str)>,
+    jumps: &[(&str, &str)],
+) -> Option<String> {
+    for (chain, body) in chains {
+        let want = body.lines().filter(|l| l.starts_with("-A ")).count();
+        let have = census.counts.get(chain).copied().unwrap_or(0);
+        if want != have {
+            return Some(format!(
+                "chain {chain} of table {table} holds {have} rules, {want} written"
+            ));
+        }
     }
-    let jumps_to = |from: &str, to: &str| {
-        listing
+    for (from, rule) in jumps {
+        let Some(to) = target(rule) else { continue };
+        let want = jumps
+            .iter()
+            .filter(|(f, r)| f == from && target(r) == Some(to))
+            .count();
+        let have = census
             .builtin
             .iter()
             .filter(|(c, _)| c == from)
             .flat_map(|(_, rules)| rules)
             .filter(|r| target(r) == Some(to))
-            .count()
-    };
-    Ok(want.jumps.iter().all(|j| {
-        let to = target(&j.rule).unwrap_or_default();
-        let wanted = want
-            .jumps
-            .iter()
-            .filter(|k| k.from == j.from && target(&k.rule) == Some(to))
             .count();
-        jumps_to(j.from, to) == wanted
-    }))
+        if want != have {
+            return Some(format!(
+                "{from} of table {table} holds {have} jumps to {to}, {want} written"
+            ));
+        }
+    }
+    None
+}
+
+/// What differs between `table` and `want` ([`differs`] on one
+/// [`Iptables::census`]): what a verifying sync checks, so that a
+/// firewall reload or a hand-run `iptables -F` is repaired within a sync
+/// period. Check by hand with `iptables -t TABLE -S CHAIN`.
+pub async fn drift(
+    ipt: &dyn Iptables,
+    table: &str,
+    want: &TableRules,
+) -> Result<Option<String>, ExecError> {
+    let census = ipt.census(table, builtin_chains(table)).await?;
+    let jumps: Vec<(&str, &str)> = want.jumps.iter().map(|j| (j.from, j.rule.as_str())).collect();
+    Ok(differs(
+        table,
+        &census,
+        want.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())),
+        &jumps,
+    ))
 }
 
 /// Makes `table` hold exactly `want` among the chains `owns` claims:
@@ -273,7 +301,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn in_place_sees_a_missing_chain_or_jump() {
+    async fn drift_sees_a_missing_chain_jump_or_rule() {
         let ipt = FakeIptables::new(Variant::Nft);
         let want = TableRules {
             chains: vec![("TEST-A".into(), "-A TEST-A -j ACCEPT\n".into())],
@@ -291,16 +319,24 @@ mod tests {
             ],
         };
         assert!(
-            !in_place(&ipt, "nat", &want).await.unwrap(),
+            drift(&ipt, "nat", &want).await.unwrap().is_some(),
             "nothing written yet"
         );
         replace(&ipt, "nat", &want, &ours).await.unwrap();
-        assert!(in_place(&ipt, "nat", &want).await.unwrap());
+        assert_eq!(drift(&ipt, "nat", &want).await.unwrap(), None);
+        ipt.tamper("nat", |t| t.get_mut("TEST-A").unwrap().1.clear());
+        assert_eq!(
+            drift(&ipt, "nat", &want).await.unwrap().as_deref(),
+            Some("chain TEST-A of table nat holds 0 rules, 1 written"),
+            "a flushed chain"
+        );
+        replace(&ipt, "nat", &want, &ours).await.unwrap();
         ipt.restore("nat", "*nat\n-D OUTPUT -j TEST-A\nCOMMIT\n", true)
             .await
             .unwrap();
-        assert!(
-            !in_place(&ipt, "nat", &want).await.unwrap(),
+        assert_eq!(
+            drift(&ipt, "nat", &want).await.unwrap().as_deref(),
+            Some("OUTPUT of table nat holds 0 jumps to TEST-A, 1 written"),
             "a jump deleted"
         );
         replace(&ipt, "nat", &want, &ours).await.unwrap();
@@ -312,7 +348,7 @@ mod tests {
         .await
         .unwrap();
         assert!(
-            !in_place(&ipt, "nat", &want).await.unwrap(),
+            drift(&ipt, "nat", &want).await.unwrap().is_some(),
             "the chain deleted"
         );
     }

@@ -101,6 +101,7 @@ fn request(eps: &[&str]) -> SyncRequest {
         snapshot,
         changes,
         full: true,
+        verify: false,
     }
 }
 

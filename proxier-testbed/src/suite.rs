@@ -273,6 +273,7 @@ impl Ctx {
             snapshot,
             changes,
             full: !self.synced,
+            verify: false,
         };
         let mut p = self.proxier.take().expect("proxier");
         let (p, r) = self.topo.node_rt().block_on(async move {

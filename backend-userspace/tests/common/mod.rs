@@ -185,6 +185,7 @@ impl Bed {
             snapshot,
             changes,
             full: !self.synced,
+            verify: false,
         };
         self.synced = true;
         self.proxier.sync(&req).await.expect("sync")

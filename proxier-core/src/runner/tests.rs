@@ -148,6 +148,40 @@ async fn periodic_and_full_resync() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn verifies_once_per_sync_period_and_counts_repairs() {
+    let bed = start(FakeProxier::new(), cfg());
+    bed.handle.set_initialized();
+    bed.settle().await;
+    // Changes every 5 s: partial syncs, and one of them per 30 s verifies.
+    for i in 0..12 {
+        advance(Duration::from_secs(5)).await;
+        bed.handle.update_service(&svc(i)).unwrap();
+        bed.settle().await;
+    }
+    let verifies: Vec<bool> = {
+        let l = bed.fake.log.lock().unwrap();
+        l.syncs.iter().map(|r| r.verify).collect()
+    };
+    assert!(!verifies[0], "a full sync needs no verification");
+    let n = verifies.iter().filter(|v| **v).count();
+    assert!(
+        (1..=3).contains(&n),
+        "60 s of changes every 5 s verified {n} times: {verifies:?}"
+    );
+    // A verification that finds something is counted.
+    bed.fake.log.lock().unwrap().drift = Some("chain X flushed".into());
+    advance(Duration::from_secs(31)).await;
+    bed.settle().await;
+    let m = bed.handle.metrics().encode();
+    assert!(
+        m.contains("kubeproxy_sync_proxy_rules_repairs_total 1"),
+        "{m}"
+    );
+    assert!(bed.fake.log.lock().unwrap().drift.is_none());
+    bed.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn failed_sync_retries_with_backoff_then_full() {
     let fake = FakeProxier::new();
     let bed = start(fake.clone(), cfg());

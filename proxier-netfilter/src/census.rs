@@ -1,0 +1,256 @@
+//! How many rules each chain of an nf_tables table holds, and the
+//! network namespace's ruleset generation, read over `NETLINK_NETFILTER`
+//! with no process and no rule translation: what a drift check compares
+//! with what a backend wrote (iptables-nft's `ip nat` table, the nftables
+//! backend's `ip kube-proxy`).
+//!
+//! - [`generation`] is `NFT_MSG_GETGEN`: the kernel bumps it on every
+//!   committed nf_tables transaction of the namespace (`nft monitor`
+//!   prints `# new generation N by process …`). Unchanged since a check
+//!   means nothing in any table changed.
+//! - [`rule_counts`] is one `NFT_MSG_GETRULE` dump filtered by table;
+//!   only each rule's chain name is read (`nft list table ip nat`, count
+//!   the rules of each chain).
+
+use std::collections::BTreeMap;
+use std::io;
+
+use proxier_core::IpFamily;
+
+use crate::nfnl::NfnlSocket;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWRULE: u16 = 6;
+const NFT_MSG_GETRULE: u16 = 7;
+const NFT_MSG_NEWGEN: u16 = 15;
+const NFT_MSG_GETGEN: u16 = 16;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_GEN_ID: u16 = 1;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_DUMP: u16 = 0x300;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLM_F_DUMP_INTR: u16 = 0x10;
+
+/// `NFPROTO_IPV4` / `NFPROTO_IPV6`: the family of an `ip` / `ip6` table.
+pub fn nfproto(family: IpFamily) -> u8 {
+    match family {
+        IpFamily::V4 => 2,
+        IpFamily::V6 => 10,
+    }
+}
+
+fn request(msg: u16, flags: u16, family: u8, seq: u32, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+    let mut b = vec![0u8; 16];
+    b.extend_from_slice(&[family, 0, 0, 0]); // nfgenmsg: family, version, res_id
+    for (kind, value) in attrs {
+        let len = 4 + value.len();
+        b.extend_from_slice(&(len as u16).to_ne_bytes());
+        b.extend_from_slice(&kind.to_ne_bytes());
+        b.extend_from_slice(value);
+        b.resize(b.len().next_multiple_of(4), 0);
+    }
+    let len = b.len() as u32;
+    b[0..4].copy_from_slice(&len.to_ne_bytes());
+    b[4..6].copy_from_slice(&((NFNL_SUBSYS_NFTABLES << 8) | msg).to_ne_bytes());
+    b[6..8].copy_from_slice(&(NLM_F_REQUEST | flags).to_ne_bytes());
+    b[8..12].copy_from_slice(&seq.to_ne_bytes());
+    b
+}
+
+/// One message of a reply: its type, flags and payload after `nfgenmsg`
+/// (or, for `NLMSG_ERROR`, after the header).
+struct Msg<'a> {
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    body: &'a [u8],
+}
+
+fn messages(buf: &[u8]) -> impl Iterator<Item = io::Result<Msg<'_>>> {
+    let mut at = 0usize;
+    std::iter::from_fn(move || {
+        if at + 16 > buf.len() {
+            return None;
+        }
+        let h = &buf[at..];
+        let len = u32::from_ne_bytes(h[0..4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || at + len > buf.len() {
+            at = buf.len();
+            return Some(Err(io::Error::other("truncated netlink message")));
+        }
+        let m = Msg {
+            kind: u16::from_ne_bytes([h[4], h[5]]),
+            flags: u16::from_ne_bytes([h[6], h[7]]),
+            seq: u32::from_ne_bytes(h[8..12].try_into().expect("4 bytes")),
+            body: &h[16..len],
+        };
+        at += len.next_multiple_of(4);
+        Some(Ok(m))
+    })
+}
+
+/// The attributes after `nfgenmsg`.
+fn attrs(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut at = 4usize;
+    std::iter::from_fn(move || {
+        if at + 4 > body.len() {
+            return None;
+        }
+        let len = u16::from_ne_bytes([body[at], body[at + 1]]) as usize;
+        let kind = u16::from_ne_bytes([body[at + 2], body[at + 3]]) & 0x3fff;
+        if len < 4 || at + len > body.len() {
+            return None;
+        }
+        let v = &body[at + 4..at + len];
+        at += len.next_multiple_of(4);
+        Some((kind, v))
+    })
+}
+
+fn error_code(body: &[u8]) -> i32 {
+    body.get(0..4)
+        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+        .unwrap_or(0)
+}
+
+fn nul_str(v: &[u8]) -> &[u8] {
+    v.split(|b| *b == 0).next().unwrap_or(v)
+}
+
+/// Sends `req` and hands every reply message with its sequence number to
+/// `each` until the dump ends (or, for a plain request, the answer comes).
+/// Returns whether the dump was interrupted by a concurrent change.
+async fn exchange(
+    sock: &mut NfnlSocket,
+    req: &[u8],
+    seq: u32,
+    dump: bool,
+    mut each: impl FnMut(u16, &[u8]),
+) -> io::Result<bool> {
+    sock.send(req).await?;
+    let mut buf = Vec::with_capacity(1 << 18);
+    let mut interrupted = false;
+    loop {
+        buf.clear();
+        sock.recv(&mut buf).await?;
+        for m in messages(&buf) {
+            let m = m?;
+            if m.seq != seq {
+                continue;
+            }
+            interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+            match m.kind {
+                NLMSG_DONE => return Ok(interrupted),
+                NLMSG_ERROR => {
+                    let code = error_code(m.body);
+                    if code != 0 {
+                        return Err(io::Error::from_raw_os_error(-code));
+                    }
+                    if !dump {
+                        return Ok(interrupted);
+                    }
+                }
+                kind => {
+                    each(kind & 0xff, m.body);
+                    if !dump {
+                        return Ok(interrupted);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The namespace's nf_tables generation (`NFT_MSG_GETGEN`).
+pub async fn generation() -> io::Result<u32> {
+    let mut sock = NfnlSocket::open()?;
+    let req = request(NFT_MSG_GETGEN, 0, 0, 1, &[]);
+    let mut id = None;
+    exchange(&mut sock, &req, 1, false, |kind, body| {
+        if kind == NFT_MSG_NEWGEN {
+            id = attrs(body)
+                .find(|(k, _)| *k == NFTA_GEN_ID)
+                .and_then(|(_, v)| v.get(0..4))
+                .map(|v| u32::from_be_bytes(v.try_into().expect("4 bytes")));
+        }
+    })
+    .await?;
+    id.ok_or_else(|| io::Error::other("no NFTA_GEN_ID in the kernel's answer"))
+}
+
+/// The number of rules in each chain of table `table` of `family`
+/// (`NFPROTO_*`); chains without rules are absent, and so is everything
+/// when the table does not exist. A dump that a concurrent change
+/// interrupted is read again (up to three times).
+pub async fn rule_counts(family: u8, table: &str) -> io::Result<BTreeMap<String, usize>> {
+    let mut sock = NfnlSocket::open()?;
+    let mut name = table.as_bytes().to_vec();
+    name.push(0);
+    for seq in 1..=3u32 {
+        let req = request(
+            NFT_MSG_GETRULE,
+            NLM_F_DUMP,
+            family,
+            seq,
+            &[(NFTA_RULE_TABLE, &name)],
+        );
+        let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        let interrupted = exchange(&mut sock, &req, seq, true, |kind, body| {
+            if kind != NFT_MSG_NEWRULE {
+                return;
+            }
+            let mut in_table = true;
+            let mut chain = None;
+            for (k, v) in attrs(body) {
+                match k {
+                    NFTA_RULE_TABLE => in_table = nul_str(v) == table.as_bytes(),
+                    NFTA_RULE_CHAIN => chain = Some(nul_str(v)),
+                    _ => {}
+                }
+            }
+            if let (true, Some(c)) = (in_table, chain) {
+                match counts.get_mut(c) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(c.to_vec(), 1);
+                    }
+                }
+            }
+        })
+        .await?;
+        if !interrupted || seq == 3 {
+            return Ok(counts
+                .into_iter()
+                .map(|(c, n)| (String::from_utf8_lossy(&c).into_owned(), n))
+                .collect());
+        }
+    }
+    unreachable!("the loop returns on its last pass")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_well_formed() {
+        let r = request(NFT_MSG_GETRULE, NLM_F_DUMP, 2, 7, &[(NFTA_RULE_TABLE, b"nat\0")]);
+        assert_eq!(r.len(), 16 + 4 + 8);
+        assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 28);
+        assert_eq!(u16::from_ne_bytes([r[4], r[5]]), (10 << 8) | 7);
+        assert_eq!(u16::from_ne_bytes([r[6], r[7]]), 0x301);
+        assert_eq!(r[16], 2);
+        let a: Vec<_> = attrs(&r[16..]).collect();
+        assert_eq!(a, vec![(NFTA_RULE_TABLE, &b"nat\0"[..])]);
+    }
+
+    #[test]
+    fn truncated_replies_are_errors_not_panics() {
+        let mut r = request(NFT_MSG_GETGEN, 0, 0, 1, &[]);
+        r[0] = 200;
+        assert!(messages(&r).next().unwrap().is_err());
+        assert!(messages(&r[..10]).next().is_none());
+    }
+}
