@@ -490,10 +490,11 @@ impl IptablesProxier {
             } else {
                 (&w.ruleset.nat, Some(&w.ruleset.services))
             };
-            let chains = fixed
-                .iter()
-                .map(|(c, b)| (*c, b.as_str()))
-                .chain(services.into_iter().flat_map(|s| s.values().flat_map(|f| f.chains())));
+            let chains = fixed.iter().map(|(c, b)| (*c, b.as_str())).chain(
+                services
+                    .into_iter()
+                    .flat_map(|s| s.values().flat_map(|f| f.chains())),
+            );
             let jumps: Vec<(&str, &str)> = jumps
                 .iter()
                 .filter(|(t, _, _)| *t == table)

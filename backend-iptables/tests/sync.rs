@@ -253,7 +253,11 @@ async fn drift_is_found_by_a_verifying_sync_and_repaired() {
         // Nothing changed: nothing is written and nothing is repaired.
         let s = r.verify().await;
         assert_eq!((s.repaired.as_deref(), s.full), (None, false));
-        assert_eq!(r.restores().len(), restores, "{variant:?}: wrote on a no-op");
+        assert_eq!(
+            r.restores().len(),
+            restores,
+            "{variant:?}: wrote on a no-op"
+        );
 
         let sep = r
             .chains("nat")
@@ -262,27 +266,62 @@ async fn drift_is_found_by_a_verifying_sync_and_repaired() {
             .unwrap();
         type Tamper = Box<dyn Fn(&mut proxier_netfilter::fake::Table)>;
         let cases: Vec<(&str, &str, &str, Tamper)> = vec![
-            ("nat", "flush KUBE-SERVICES", "chain KUBE-SERVICES of table nat holds 0 rules", Box::new(|t| t.get_mut("KUBE-SERVICES").unwrap().1.clear())),
+            (
+                "nat",
+                "flush KUBE-SERVICES",
+                "chain KUBE-SERVICES of table nat holds 0 rules",
+                Box::new(|t| t.get_mut("KUBE-SERVICES").unwrap().1.clear()),
+            ),
             ("nat", "flush one KUBE-SEP-", "holds 0 rules", {
                 let sep = sep.clone();
                 Box::new(move |t| t.get_mut(&sep).unwrap().1.clear())
             }),
-            ("nat", "delete the OUTPUT jump", "OUTPUT of table nat holds 0 jumps to KUBE-SERVICES", Box::new(|t| t.get_mut("OUTPUT").unwrap().1.retain(|r| !r.contains("KUBE-SERVICES")))),
-            ("filter", "flush KUBE-FORWARD", "chain KUBE-FORWARD of table filter", Box::new(|t| t.get_mut("KUBE-FORWARD").unwrap().1.clear())),
-            ("nat", "firewalld-style wipe", "of table nat", Box::new(|t| {
-                // iptables -t nat -F; iptables -t nat -X
-                t.values_mut().for_each(|(_, r)| r.clear());
-                t.retain(|_, (policy, _)| policy.is_some());
-            })),
+            (
+                "nat",
+                "delete the OUTPUT jump",
+                "OUTPUT of table nat holds 0 jumps to KUBE-SERVICES",
+                Box::new(|t| {
+                    t.get_mut("OUTPUT")
+                        .unwrap()
+                        .1
+                        .retain(|r| !r.contains("KUBE-SERVICES"))
+                }),
+            ),
+            (
+                "filter",
+                "flush KUBE-FORWARD",
+                "chain KUBE-FORWARD of table filter",
+                Box::new(|t| t.get_mut("KUBE-FORWARD").unwrap().1.clear()),
+            ),
+            (
+                "nat",
+                "firewalld-style wipe",
+                "of table nat",
+                Box::new(|t| {
+                    // iptables -t nat -F; iptables -t nat -X
+                    t.values_mut().for_each(|(_, r)| r.clear());
+                    t.retain(|_, (policy, _)| policy.is_some());
+                }),
+            ),
         ];
         for (table, what, expect, tamper) in cases {
             r.ipt.tamper(table, |t| tamper(t));
             let s = r.verify().await;
-            let found = s.repaired.unwrap_or_else(|| panic!("{variant:?}: {what} not seen"));
+            let found = s
+                .repaired
+                .unwrap_or_else(|| panic!("{variant:?}: {what} not seen"));
             assert!(found.contains(expect), "{variant:?}: {what}: {found}");
             assert!(s.full, "{variant:?}: {what}: repaired without a full sync");
-            assert_eq!(r.ipt.table("nat"), good_nat, "{variant:?}: {what}: nat not repaired");
-            assert_eq!(r.ipt.table("filter"), good_filter, "{variant:?}: {what}: filter not repaired");
+            assert_eq!(
+                r.ipt.table("nat"),
+                good_nat,
+                "{variant:?}: {what}: nat not repaired"
+            );
+            assert_eq!(
+                r.ipt.table("filter"),
+                good_filter,
+                "{variant:?}: {what}: filter not repaired"
+            );
             // And the next verification finds nothing more.
             assert_eq!(r.verify().await.repaired, None, "{variant:?}: {what}");
         }

@@ -948,6 +948,33 @@ impl Proxier for IpvsProxier {
         } else {
             self.partial_sync(req, &mut errors).await?;
         }
+        // Verifying is a full reconcile (one dump of IPVS, of the
+        // addresses of kube-ipvs0 and of the ipsets, the companion rules
+        // counted), what kube-proxy's IPVS mode does on every sync: what
+        // it writes was changed behind our back.
+        let mut repaired = None;
+        if req.verify && !full && errors.is_empty() {
+            let first = std::mem::take(&mut self.report);
+            self.full_sync(&req.snapshot, &mut errors).await?;
+            let fix = std::mem::replace(&mut self.report, first);
+            if fix.ipvs_writes + fix.address_changes + fix.ipset_changes > 0 || fix.rules_written {
+                repaired = Some(format!(
+                    "{} IPVS writes, {} kube-ipvs0 address changes, {} ipset entry changes{}",
+                    fix.ipvs_writes,
+                    fix.address_changes,
+                    fix.ipset_changes,
+                    if fix.rules_written {
+                        ", iptables rules rewritten"
+                    } else {
+                        ""
+                    }
+                ));
+                self.report.ipvs_writes += fix.ipvs_writes;
+                self.report.address_changes += fix.address_changes;
+                self.report.ipset_changes += fix.ipset_changes;
+                self.report.rules_written |= fix.rules_written;
+            }
+        }
         self.first_sync_done = true;
         self.clear_conntrack(req).await;
         self.report.netlink_messages = self.k.ipvs.messages_sent() - sent0;
@@ -964,8 +991,8 @@ impl Proxier for IpvsProxier {
                 + self.report.address_changes
                 + self.report.ipset_changes
                 + usize::from(self.report.rules_written),
-            full,
-            repaired: None,
+            full: full || repaired.is_some(),
+            repaired,
         })
     }
 

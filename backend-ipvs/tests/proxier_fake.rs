@@ -330,3 +330,73 @@ async fn sysctls_strict_arp_and_timeouts() {
         assert_eq!(t.is_some(), strict, "timeouts only when given");
     }
 }
+
+/// A verifying sync reconciles like a full one and says what it had to
+/// write again: nothing while the kernel is as written, the virtual
+/// servers after `ipvsadm -C`, the address after `ip addr flush dev
+/// kube-ipvs0`, the set entries after `ipset flush`.
+#[tokio::test]
+async fn a_verifying_sync_repairs_what_others_removed() {
+    let mut b = bed();
+    let s = service("ns1", "svc1", "10.20.30.41", &[("p80", 80, TCP)]);
+    let sl = slice(
+        "ns1",
+        "svc1",
+        &[("p80", 80, TCP)],
+        vec![ep("10.180.0.1".parse().unwrap(), "node-2")],
+    );
+    b.tracker.update_service(&s).unwrap();
+    b.tracker.update_endpoint_slice(&sl).unwrap();
+    b.sync().await.unwrap();
+    let (vs, cip) = (b.vs(), b.set("KUBE-CLUSTER-IP"));
+    let verify = |b: &mut Bed| {
+        let (snapshot, changes) = b.tracker.apply();
+        SyncRequest {
+            snapshot,
+            changes,
+            full: false,
+            verify: true,
+        }
+    };
+    let req = verify(&mut b);
+    let st = b.p.sync(&req).await.unwrap();
+    assert_eq!(st.repaired, None, "nothing was changed");
+    assert_eq!(st.written, 0);
+
+    b.ipvs.0.lock().unwrap().services.clear();
+    let req = verify(&mut b);
+    let st = b.p.sync(&req).await.unwrap();
+    let found = st.repaired.expect("ipvsadm -C not seen");
+    assert!(found.starts_with("2 IPVS writes"), "{found}");
+    assert_eq!(b.vs(), vs);
+
+    b.links
+        .links
+        .lock()
+        .unwrap()
+        .get_mut("kube-ipvs0")
+        .unwrap()
+        .clear();
+    b.ipset
+        .sets
+        .lock()
+        .unwrap()
+        .get_mut("KUBE-CLUSTER-IP")
+        .unwrap()
+        .1
+        .clear();
+    let req = verify(&mut b);
+    let found =
+        b.p.sync(&req)
+            .await
+            .unwrap()
+            .repaired
+            .expect("flushes not seen");
+    assert!(
+        found.contains("1 kube-ipvs0 address changes, 1 ipset entry changes"),
+        "{found}"
+    );
+    assert_eq!(b.set("KUBE-CLUSTER-IP"), cip);
+    let req = verify(&mut b);
+    assert_eq!(b.p.sync(&req).await.unwrap().repaired, None);
+}

@@ -46,6 +46,20 @@ pub enum NftError {
 pub trait NfTables: Send + Sync + fmt::Debug {
     /// Applies `tx` atomically: all of it, or (on error) none.
     async fn apply(&self, tx: &Transaction) -> Result<(), NftError>;
+
+    /// The namespace's nf_tables generation: bumped by every committed
+    /// transaction of any program (`nft monitor` prints `# new generation
+    /// N`). Unchanged since a check means nothing changed.
+    async fn generation(&self) -> Result<u32, NftError>;
+
+    /// Rules per chain of table `table` (chains without rules, and every
+    /// chain of a missing table, absent): what a verifying sync compares
+    /// with what it wrote (`nft list table ip kube-proxy`, counted).
+    async fn rule_counts(
+        &self,
+        family: Family,
+        table: &str,
+    ) -> Result<std::collections::BTreeMap<String, usize>, NftError>;
 }
 
 /// nf_tables over netlink, in the network namespace of the thread that
@@ -70,6 +84,28 @@ impl NfTablesNetlink {
 
 #[async_trait]
 impl NfTables for NfTablesNetlink {
+    async fn generation(&self) -> Result<u32, NftError> {
+        proxier_netfilter::census::generation()
+            .await
+            .map_err(|source| NftError::Socket {
+                what: "reading the ruleset generation",
+                source,
+            })
+    }
+
+    async fn rule_counts(
+        &self,
+        family: Family,
+        table: &str,
+    ) -> Result<std::collections::BTreeMap<String, usize>, NftError> {
+        proxier_netfilter::census::rule_counts(family.nfproto(), table)
+            .await
+            .map_err(|source| NftError::Socket {
+                what: "dumping the table's rules",
+                source,
+            })
+    }
+
     async fn apply(&self, tx: &Transaction) -> Result<(), NftError> {
         if tx.ops.is_empty() {
             return Ok(());

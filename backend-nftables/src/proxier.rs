@@ -27,7 +27,7 @@ use proxier_core::{
 };
 use proxier_netfilter::{Conntrack, StaleFlows, clean_stale};
 
-use crate::kernel::NfTables;
+use crate::kernel::{NfTables, NftError};
 use crate::layout::{
     self, Config, Fragment, TABLE, delete_elements, nft_family, render_service, write_elements,
     write_rules,
@@ -44,6 +44,35 @@ struct Written {
     /// Chains no longer used, since when.
     stale: BTreeMap<String, Instant>,
     objects: usize,
+    /// Rules per chain of the table, counted from every transaction
+    /// applied: what a verifying sync compares the kernel with.
+    rules: BTreeMap<String, usize>,
+    /// The generation at the last check that found nothing (`None` after
+    /// a write).
+    verified_gen: Option<u32>,
+}
+
+impl Written {
+    /// Counts what `tx` did to the table's chains.
+    fn tally(&mut self, tx: &Transaction) {
+        for op in &tx.ops {
+            match op {
+                Op::DeleteTable => self.rules.clear(),
+                Op::AddChain(c) => {
+                    self.rules.entry(c.name.clone()).or_insert(0);
+                }
+                Op::FlushChain(c) => {
+                    self.rules.insert(c.clone(), 0);
+                }
+                Op::DeleteChain(c) => {
+                    self.rules.remove(c);
+                }
+                Op::AddRule(r) => *self.rules.entry(r.chain.clone()).or_insert(0) += 1,
+                _ => {}
+            }
+        }
+        self.verified_gen = None;
+    }
 }
 
 /// kube-proxy's nftables mode.
@@ -104,6 +133,38 @@ impl NftablesProxier {
         Transaction::new(nft_family(self.cfg.masquerade.family), TABLE)
     }
 
+    /// What another program changed in the table since the last sync (a
+    /// flushed or deleted chain, a deleted rule, `nft flush ruleset`), if
+    /// anything: nothing is read when the namespace's generation is the
+    /// one the last check saw; otherwise one rule dump of the table,
+    /// counted per chain. Map and set elements are not counted. Check by
+    /// hand with `nft list table ip kube-proxy`.
+    async fn drift(&self, w: &mut Written) -> Result<Option<String>, NftError> {
+        let generation = self.nft.generation().await?;
+        if w.verified_gen == Some(generation) {
+            return Ok(None);
+        }
+        let fam = nft_family(self.cfg.masquerade.family);
+        let have = self.nft.rule_counts(fam, TABLE).await?;
+        if have.is_empty() && w.rules.values().any(|n| *n > 0) {
+            return Ok(Some(format!(
+                "table {} {TABLE} is gone or empty",
+                fam.as_str()
+            )));
+        }
+        for (chain, want) in &w.rules {
+            let n = have.get(chain).copied().unwrap_or(0);
+            if n != *want {
+                return Ok(Some(format!(
+                    "chain {chain} of table {} {TABLE} holds {n} rules, {want} written",
+                    fam.as_str()
+                )));
+            }
+        }
+        w.verified_gen = Some(generation);
+        Ok(None)
+    }
+
     async fn clear_conntrack(&self, req: &SyncRequest) {
         let stale = StaleFlows::from_changes(req)
             .reconcile(&req.snapshot, &self.cfg.node_ips)
@@ -123,6 +184,8 @@ impl NftablesProxier {
             fragments: fragments.into_iter().collect(),
             stale: BTreeMap::new(),
             objects,
+            rules: BTreeMap::new(),
+            verified_gen: None,
         };
         (tx, written)
     }
@@ -249,7 +312,31 @@ impl Proxier for NftablesProxier {
             ));
         }
         let now = Instant::now();
-        let full = req.full || req.changes.node_changed || self.written.is_none();
+        let mut full = req.full || req.changes.node_changed || self.written.is_none();
+        let mut repaired = None;
+        if req.verify
+            && !full
+            && let Some(w) = self.written.as_mut()
+        {
+            let mut w = std::mem::take(w);
+            let found = self.drift(&mut w).await;
+            self.written = Some(w);
+            match found {
+                Ok(None) => {}
+                Ok(Some(what)) => {
+                    full = true;
+                    repaired = Some(what);
+                }
+                Err(e) => {
+                    self.written = None;
+                    return Err(ProxierError::with_source(
+                        self.name.clone(),
+                        "reading the table to verify it",
+                        e,
+                    ));
+                }
+            }
+        }
         // The state is taken while the sync runs: on success it is what
         // the kernel holds; on failure it is dropped and the next sync is
         // full.
@@ -275,6 +362,10 @@ impl Proxier for NftablesProxier {
                 e,
             ));
         }
+        let mut next = next;
+        if !tx.ops.is_empty() {
+            next.tally(&tx);
+        }
         let objects = next.objects;
         self.written = Some(next);
         self.clear_conntrack(req).await;
@@ -282,7 +373,7 @@ impl Proxier for NftablesProxier {
             objects,
             written: tx.ops.len(),
             full,
-            repaired: None,
+            repaired,
         })
     }
 

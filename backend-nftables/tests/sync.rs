@@ -359,3 +359,64 @@ fn partial_syncs() {
     );
     assert!(sh(&a.ns, "iptables-nft -t nat -S FOREIGN").contains("-N FOREIGN"));
 }
+
+/// A verifying sync sees what another program did to the table and
+/// repairs it with a full sync; a change elsewhere in the namespace (a
+/// foreign table) bumps the generation but is no drift.
+#[test]
+fn a_verifying_sync_repairs_what_others_broke() {
+    let mut a = Node::new("nft-drift");
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    workload(&mut t, 6);
+    a.sync(step(&mut t, true)).unwrap();
+    let good = a.table();
+    let verify = |a: &mut Node, t: &mut ChangeTracker| {
+        let mut req = step(t, false);
+        req.verify = true;
+        a.sync(req).unwrap()
+    };
+    let s = verify(&mut a, &mut t);
+    assert_eq!((s.repaired, s.written), (None, 0), "nothing changed");
+    sh(&a.ns, "nft add table ip someone-else");
+    let s = verify(&mut a, &mut t);
+    assert_eq!(s.repaired, None, "a foreign table is not our drift");
+    assert_eq!(s.written, 0);
+    let svc = good
+        .keys()
+        .find_map(|k| k.strip_prefix("rule service-"))
+        .map(|c| format!("service-{c}"))
+        .expect("a service chain");
+    for (what, cmd, expect) in [
+        (
+            "flush services",
+            "nft flush chain ip kube-proxy services".to_string(),
+            "chain services of table ip kube-proxy holds 0 rules",
+        ),
+        (
+            "flush a service chain",
+            format!("nft flush chain ip kube-proxy {svc}"),
+            "holds 0 rules",
+        ),
+        (
+            "delete the table",
+            "nft delete table ip kube-proxy".to_string(),
+            "is gone or empty",
+        ),
+        (
+            "flush ruleset",
+            "nft flush ruleset".to_string(),
+            "is gone or empty",
+        ),
+    ] {
+        sh(&a.ns, &cmd);
+        let s = verify(&mut a, &mut t);
+        let found = s
+            .repaired
+            .clone()
+            .unwrap_or_else(|| panic!("{what}: not seen"));
+        assert!(found.contains(expect), "{what}: {found}");
+        assert!(s.full && s.written > 0, "{what}: {s:?}");
+        assert_eq!(a.table(), good, "{what}: not repaired");
+        assert_eq!(verify(&mut a, &mut t).repaired, None, "{what}: seen twice");
+    }
+}

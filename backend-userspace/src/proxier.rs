@@ -348,6 +348,27 @@ impl UserspaceProxier {
         Ok(n)
     }
 
+    /// What another program changed in the portal rules last written
+    /// (a flushed chain, a deleted jump, a wipe), if anything: one
+    /// [`owned::drift`] per table. Check by hand with
+    /// `iptables -t nat -S KUBE-PORTALS-CONTAINER`.
+    async fn portal_drift(&self) -> Result<Option<String>, ProxierError> {
+        let (Mode::Portal(p), Some((nat, filter))) = (&self.cfg.mode, &self.written) else {
+            return Ok(None);
+        };
+        for (table, rules) in [("filter", filter), ("nat", nat)] {
+            let found = owned::drift(p.iptables.as_ref(), table, rules)
+                .await
+                .map_err(|e| {
+                    ProxierError::with_source(NAME, format!("reading portal rules ({table})"), e)
+                })?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
     fn portal_rule_count(&self) -> usize {
         self.written
             .as_ref()
@@ -437,7 +458,12 @@ impl Proxier for UserspaceProxier {
         for e in self.entries.values() {
             e.shared.lb.lock().expect("balancer lock").expire(now);
         }
-        let rules = self.write_portals(req.full).await?;
+        let repaired = if req.verify && !req.full {
+            self.portal_drift().await?
+        } else {
+            None
+        };
+        let rules = self.write_portals(req.full || repaired.is_some()).await?;
         if let Mode::Portal(p) = &self.cfg.mode {
             let stale = StaleFlows::filters(
                 self.cfg.family,
@@ -472,7 +498,7 @@ impl Proxier for UserspaceProxier {
             objects: listeners + self.portal_rule_count(),
             written: ops + rules,
             full: req.full,
-            repaired: None,
+            repaired,
         })
     }
 

@@ -236,7 +236,13 @@ mod tests {
 
     #[test]
     fn requests_are_well_formed() {
-        let r = request(NFT_MSG_GETRULE, NLM_F_DUMP, 2, 7, &[(NFTA_RULE_TABLE, b"nat\0")]);
+        let r = request(
+            NFT_MSG_GETRULE,
+            NLM_F_DUMP,
+            2,
+            7,
+            &[(NFTA_RULE_TABLE, b"nat\0")],
+        );
         assert_eq!(r.len(), 16 + 4 + 8);
         assert_eq!(u32::from_ne_bytes(r[0..4].try_into().unwrap()), 28);
         assert_eq!(u16::from_ne_bytes([r[4], r[5]]), (10 << 8) | 7);

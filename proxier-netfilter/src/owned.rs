@@ -149,7 +149,11 @@ pub async fn drift(
     want: &TableRules,
 ) -> Result<Option<String>, ExecError> {
     let census = ipt.census(table, builtin_chains(table)).await?;
-    let jumps: Vec<(&str, &str)> = want.jumps.iter().map(|j| (j.from, j.rule.as_str())).collect();
+    let jumps: Vec<(&str, &str)> = want
+        .jumps
+        .iter()
+        .map(|j| (j.from, j.rule.as_str()))
+        .collect();
     Ok(differs(
         table,
         &census,
