@@ -73,6 +73,11 @@ pub struct IptablesProxier {
     /// The nf_tables generation at the last drift check that found
     /// nothing (`None` after a write, or on legacy).
     verified_gen: Option<u32>,
+    /// No drift check before then: a check that read the tables waits 19
+    /// times its own duration before the next, so that checking costs at
+    /// most 5% of a core however large the tables are.
+    next_check: Option<std::time::Instant>,
+    check_spacing: u32,
 }
 
 /// What one restore will do.
@@ -120,6 +125,8 @@ impl IptablesProxier {
             name,
             last: Vec::new(),
             verified_gen: None,
+            next_check: None,
+            check_spacing: 20,
         })
     }
 
@@ -129,6 +136,15 @@ impl IptablesProxier {
     /// `usize::MAX` never does.
     pub fn with_flush_threshold(mut self, chains: usize) -> Self {
         self.flush_threshold = chains;
+        self
+    }
+
+    /// A drift check that read the tables is followed by none for
+    /// `factor` − 1 times its duration (default 20: at most 5% of a core
+    /// goes to checking). 0 or 1 checks whenever the runner asks (the
+    /// benches, to time every check).
+    pub fn with_check_spacing(mut self, factor: u32) -> Self {
+        self.check_spacing = factor;
         self
     }
 
@@ -464,7 +480,9 @@ impl IptablesProxier {
     /// wipe only; this also sees one flushed `KUBE-SEP-` chain). On
     /// iptables-nft an unchanged ruleset generation answers without
     /// reading anything; otherwise one netlink rule dump per table
-    /// (legacy: one `iptables-save`). Returns the first difference.
+    /// (legacy: one `iptables-save`), and no such read sooner than 19
+    /// times the last one's duration after it (at most 5% of a core).
+    /// Returns the first difference.
     /// Check by hand: `iptables-save -t nat | grep -c '^-A KUBE-SERVICES '`.
     async fn drift(&mut self) -> Result<Option<String>, ProxierError> {
         let Some(w) = &self.written else {
@@ -478,33 +496,43 @@ impl IptablesProxier {
         if generation.is_some() && generation == self.verified_gen {
             return Ok(None);
         }
+        let start = std::time::Instant::now();
+        if self.next_check.is_some_and(|t| start < t) {
+            return Ok(None);
+        }
         let jumps = jump_rules(&self.cfg);
         for table in ["filter", "nat"] {
-            let census = self
-                .ipt
-                .census(table, builtin_chains(table))
-                .await
-                .map_err(|e| self.err(&format!("reading table {table}"), e))?;
             let (fixed, services) = if table == "filter" {
                 (&w.ruleset.filter, None)
             } else {
                 (&w.ruleset.nat, Some(&w.ruleset.services))
             };
-            let chains = fixed.iter().map(|(c, b)| (*c, b.as_str())).chain(
-                services
-                    .into_iter()
-                    .flat_map(|s| s.values().flat_map(|f| f.chains())),
-            );
+            let chains: Vec<(&str, &str)> = fixed
+                .iter()
+                .map(|(c, b)| (*c, b.as_str()))
+                .chain(
+                    services
+                        .into_iter()
+                        .flat_map(|s| s.values().flat_map(|f| f.chains())),
+                )
+                .collect();
+            let names: Vec<&str> = chains.iter().map(|(c, _)| *c).collect();
+            let census = self
+                .ipt
+                .census(table, &names, builtin_chains(table))
+                .await
+                .map_err(|e| self.err(&format!("reading table {table}"), e))?;
             let jumps: Vec<(&str, &str)> = jumps
                 .iter()
                 .filter(|(t, _, _)| *t == table)
                 .map(|(_, from, rule)| (*from, *rule))
                 .collect();
-            if let Some(found) = owned::differs(table, &census, chains, &jumps) {
+            if let Some(found) = owned::differs(table, &census, chains.iter().copied(), &jumps) {
                 return Ok(Some(found));
             }
         }
         self.verified_gen = generation;
+        self.next_check = Some(start + start.elapsed() * self.check_spacing);
         Ok(None)
     }
 

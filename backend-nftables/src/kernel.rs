@@ -52,13 +52,14 @@ pub trait NfTables: Send + Sync + fmt::Debug {
     /// N`). Unchanged since a check means nothing changed.
     async fn generation(&self) -> Result<u32, NftError>;
 
-    /// Rules per chain of table `table` (chains without rules, and every
-    /// chain of a missing table, absent): what a verifying sync compares
-    /// with what it wrote (`nft list table ip kube-proxy`, counted).
+    /// Rules in each of the chains `chains` of table `table` (chains
+    /// without rules, or missing, absent): what a verifying sync compares
+    /// with what it wrote (`nft list chain ip kube-proxy CHAIN`, counted).
     async fn rule_counts(
         &self,
         family: Family,
         table: &str,
+        chains: &[&str],
     ) -> Result<std::collections::BTreeMap<String, usize>, NftError>;
 }
 
@@ -97,9 +98,11 @@ impl NfTables for NfTablesNetlink {
         &self,
         family: Family,
         table: &str,
+        chains: &[&str],
     ) -> Result<std::collections::BTreeMap<String, usize>, NftError> {
-        proxier_netfilter::census::rule_counts(family.nfproto(), table)
+        proxier_netfilter::census::chain_rules(family.nfproto(), table, chains, &[])
             .await
+            .map(|r| r.counts)
             .map_err(|source| NftError::Socket {
                 what: "dumping the table's rules",
                 source,

@@ -136,8 +136,8 @@ impl NftablesProxier {
     /// What another program changed in the table since the last sync (a
     /// flushed or deleted chain, a deleted rule, `nft flush ruleset`), if
     /// anything: nothing is read when the namespace's generation is the
-    /// one the last check saw; otherwise one rule dump of the table,
-    /// counted per chain. Map and set elements are not counted. Check by
+    /// one the last check saw; otherwise one rule dump per chain written,
+    /// counted. Map and set elements are not counted. Check by
     /// hand with `nft list table ip kube-proxy`.
     async fn drift(&self, w: &mut Written) -> Result<Option<String>, NftError> {
         let generation = self.nft.generation().await?;
@@ -145,7 +145,8 @@ impl NftablesProxier {
             return Ok(None);
         }
         let fam = nft_family(self.cfg.masquerade.family);
-        let have = self.nft.rule_counts(fam, TABLE).await?;
+        let chains: Vec<&str> = w.rules.keys().map(String::as_str).collect();
+        let have = self.nft.rule_counts(fam, TABLE, &chains).await?;
         if have.is_empty() && w.rules.values().any(|n| *n > 0) {
             return Ok(Some(format!(
                 "table {} {TABLE} is gone or empty",

@@ -1,6 +1,8 @@
 //! The iptables backend at cluster sizes, on both variants, each sample
 //! in a fresh network namespace: rendering in memory; first full sync;
-//! no-op sync; one endpoint changed; one service added; and, in the same
+//! no-op sync; the periodic drift check (`verify_sync`, and
+//! `verify_after_foreign_change` when another program committed something
+//! in the namespace); one endpoint changed; one service added; and, in the same
 //! run, the floor: bare `iptables-restore` loading the same rules (the
 //! whole ruleset into an empty namespace; the one-endpoint payload into
 //! the loaded table). Rule counts are printed as `RULES …` lines.
@@ -59,7 +61,8 @@ impl Kernel {
             Arc::new(ConntrackNetlink::new().unwrap()),
             Arc::new(proxier_netfilter::ProcSys),
         )
-        .expect("config");
+        .expect("config")
+        .with_check_spacing(0);
         Kernel {
             rt,
             ns,
@@ -186,6 +189,43 @@ fn bench(c: &mut Criterion) {
             };
             g.bench_function("noop_sync", |b| {
                 b.iter_custom(|iters| (0..iters).map(|_| k.sync(noop.clone()).1).sum())
+            });
+            // The periodic drift check: with nothing changed in the
+            // namespace (nft: the generation answers), and after another
+            // program committed something elsewhere (nft: one rule dump
+            // per table; legacy: always one iptables-save per table).
+            let verify = SyncRequest {
+                verify: true,
+                ..noop.clone()
+            };
+            g.bench_function("verify_sync", |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            let (s, d) = k.sync(verify.clone());
+                            assert_eq!(s.repaired, None, "drift where there is none");
+                            d
+                        })
+                        .sum()
+                })
+            });
+            let mut foreign = false;
+            g.bench_function("verify_after_foreign_change", |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| {
+                            foreign = !foreign;
+                            let verb = if foreign { "add" } else { "delete" };
+                            let out =
+                                k.ns.exec("nft", &[verb, "table", "ip", "bench-foreign"])
+                                    .expect("nft");
+                            assert!(out.status.success());
+                            let (s, d) = k.sync(verify.clone());
+                            assert_eq!(s.repaired, None, "drift where there is none");
+                            d
+                        })
+                        .sum()
+                })
             });
 
             // One endpoint changed: flip service 0's last endpoint.

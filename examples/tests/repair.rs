@@ -35,7 +35,12 @@ const METRICS: &str = "127.0.0.1:10249";
 fn manifest(topo: &Topology, dir: &std::path::Path) -> String {
     let eps: Vec<String> = [Where::Local(0), Where::Local(1)]
         .iter()
-        .map(|w| format!("  - {{addresses: [\"{}\"], nodeName: node-1}}", topo.ip_of(*w)))
+        .map(|w| {
+            format!(
+                "  - {{addresses: [\"{}\"], nodeName: node-1}}",
+                topo.ip_of(*w)
+            )
+        })
         .collect();
     let text = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: demo}}\nspec:\n  type: NodePort\n  clusterIP: {SVC}\n  ports: [{{name: http, port: 80, targetPort: 8080, nodePort: 30090, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: demo\n  labels: {{kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{}\n",
@@ -216,7 +221,13 @@ fn repairs_within_a_period(
     let out = common::run_in(
         &topo.node,
         bin,
-        &["--cleanup", "--ip-family", "ipv4", "--hostname-override", "node-1"],
+        &[
+            "--cleanup",
+            "--ip-family",
+            "ipv4",
+            "--hostname-override",
+            "node-1",
+        ],
     );
     assert!(
         out.status.success(),
@@ -247,9 +258,9 @@ fn iptables_state(variant: &str) -> impl Fn(&Topology) -> String {
 }
 
 const DELETE_OUTPUT_JUMP: &str = "iptables-save -t nat | grep '^-A OUTPUT .*-j KUBE-SERVICES' | sed 's/^-A/-D/' | while read -r l; do eval iptables -t nat $l; done";
-const FLUSH_ONE_SEP: &str =
-    "iptables -t nat -F $(iptables-save -t nat | grep -o '^:KUBE-SEP-[A-Z0-9]*' | head -1 | tr -d :)";
-const WIPE: &str = "iptables -t nat -F; iptables -t nat -X; iptables -t filter -F; iptables -t filter -X";
+const FLUSH_ONE_SEP: &str = "iptables -t nat -F $(iptables-save -t nat | grep -o '^:KUBE-SEP-[A-Z0-9]*' | head -1 | tr -d :)";
+const WIPE: &str =
+    "iptables -t nat -F; iptables -t nat -X; iptables -t filter -F; iptables -t filter -X";
 
 fn iptables_cases() -> Vec<(&'static str, &'static str)> {
     vec![
@@ -347,7 +358,10 @@ fn ipvs_state(t: &Topology) -> String {
     let run = |p: &str, a: &[&str]| {
         String::from_utf8_lossy(&t.node.exec_unchecked(p, a).unwrap().stdout).into_owned()
     };
-    let mut vs: Vec<String> = run("ipvsadm", &["-Sn"]).lines().map(str::to_owned).collect();
+    let mut vs: Vec<String> = run("ipvsadm", &["-Sn"])
+        .lines()
+        .map(str::to_owned)
+        .collect();
     vs.sort();
     let addrs = run("ip", &["-o", "-4", "addr", "show", "dev", "kube-ipvs0"]);
     let addrs: Vec<&str> = addrs
@@ -372,27 +386,31 @@ fn ipvs_state(t: &Topology) -> String {
 #[test]
 fn ipvs_repairs_within_a_sync_period_in_the_vm() {
     let bin = env!("CARGO_BIN_EXE_ipvs");
-    proxier_testbed::vm::delegate_with("ipvs_repairs_within_a_sync_period_in_the_vm", &[bin], || {
-        repairs_within_a_period(
-            bin,
-            &["--iptables-variant", "nft"],
-            &ipvs_state,
-            &[
-                ("ipvsadm -C", "ipvsadm -C"),
-                (
-                    "ip addr flush dev kube-ipvs0",
-                    "ip addr flush dev kube-ipvs0",
-                ),
-                ("ipset flush KUBE-CLUSTER-IP", "ipset flush KUBE-CLUSTER-IP"),
-                (
-                    "flush KUBE-SERVICES",
-                    "iptables-nft -t nat -F KUBE-SERVICES",
-                ),
-                (
-                    "firewalld-style wipe",
-                    "iptables-nft -t nat -F; iptables-nft -t nat -X; iptables-nft -t filter -F; iptables-nft -t filter -X",
-                ),
-            ],
-        );
-    });
+    proxier_testbed::vm::delegate_with(
+        "ipvs_repairs_within_a_sync_period_in_the_vm",
+        &[bin],
+        || {
+            repairs_within_a_period(
+                bin,
+                &["--iptables-variant", "nft"],
+                &ipvs_state,
+                &[
+                    ("ipvsadm -C", "ipvsadm -C"),
+                    (
+                        "ip addr flush dev kube-ipvs0",
+                        "ip addr flush dev kube-ipvs0",
+                    ),
+                    ("ipset flush KUBE-CLUSTER-IP", "ipset flush KUBE-CLUSTER-IP"),
+                    (
+                        "flush KUBE-SERVICES",
+                        "iptables-nft -t nat -F KUBE-SERVICES",
+                    ),
+                    (
+                        "firewalld-style wipe",
+                        "iptables-nft -t nat -F; iptables-nft -t nat -X; iptables-nft -t filter -F; iptables-nft -t filter -X",
+                    ),
+                ],
+            );
+        },
+    );
 }

@@ -8,9 +8,11 @@
 //!   committed nf_tables transaction of the namespace (`nft monitor`
 //!   prints `# new generation N by process …`). Unchanged since a check
 //!   means nothing in any table changed.
-//! - [`rule_counts`] is one `NFT_MSG_GETRULE` dump filtered by table;
-//!   only each rule's chain name is read (`nft list table ip nat`, count
-//!   the rules of each chain).
+//! - [`chain_rules`] is one `NFT_MSG_GETRULE` dump per chain asked for
+//!   ([`rules`] one of the whole table); only each rule's chain name is
+//!   read, and for the chains asked for, where its verdict jumps (`nft
+//!   list chain ip nat KUBE-SERVICES`, counted; `iptables -t nat -S
+//!   OUTPUT`).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -26,6 +28,17 @@ const NFT_MSG_NEWGEN: u16 = 15;
 const NFT_MSG_GETGEN: u16 = 16;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
+const NFTA_RULE_EXPRESSIONS: u16 = 4;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_EXPR_NAME: u16 = 1;
+const NFTA_EXPR_DATA: u16 = 2;
+const NFTA_IMMEDIATE_DATA: u16 = 2;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+/// `NFT_JUMP` and `NFT_GOTO` as the kernel sends them (big endian).
+const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
 const NFTA_GEN_ID: u16 = 1;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_DUMP: u16 = 0x300;
@@ -93,7 +106,12 @@ fn messages(buf: &[u8]) -> impl Iterator<Item = io::Result<Msg<'_>>> {
 
 /// The attributes after `nfgenmsg`.
 fn attrs(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut at = 4usize;
+    nla(body.get(4..).unwrap_or_default())
+}
+
+/// The attributes of a buffer (a nest's payload), type without flags.
+fn nla(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut at = 0usize;
     std::iter::from_fn(move || {
         if at + 4 > body.len() {
             return None;
@@ -180,11 +198,66 @@ pub async fn generation() -> io::Result<u32> {
     id.ok_or_else(|| io::Error::other("no NFTA_GEN_ID in the kernel's answer"))
 }
 
-/// The number of rules in each chain of table `table` of `family`
-/// (`NFPROTO_*`); chains without rules are absent, and so is everything
-/// when the table does not exist. A dump that a concurrent change
-/// interrupted is read again (up to three times).
-pub async fn rule_counts(family: u8, table: &str) -> io::Result<BTreeMap<String, usize>> {
+/// What one dump of a table's rules found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rules {
+    /// Rules per chain (chains without rules absent).
+    pub counts: BTreeMap<String, usize>,
+    /// For each chain asked for, the chain each of its rules jumps or
+    /// goes to (`-j CHAIN`, `jump CHAIN`; `None` for any other verdict),
+    /// in order.
+    pub targets: BTreeMap<String, Vec<Option<String>>>,
+}
+
+/// The chain a rule's `immediate` verdict jumps or goes to, if any.
+fn jump_target(exprs: &[u8]) -> Option<String> {
+    for (k, e) in nla(exprs) {
+        if k != NFTA_LIST_ELEM {
+            continue;
+        }
+        let mut name = None;
+        let mut data = None;
+        for (k, v) in nla(e) {
+            match k {
+                NFTA_EXPR_NAME => name = Some(nul_str(v)),
+                NFTA_EXPR_DATA => data = Some(v),
+                _ => {}
+            }
+        }
+        if name != Some(b"immediate".as_slice()) {
+            continue;
+        }
+        let verdict = nla(data?)
+            .find(|(k, _)| *k == NFTA_IMMEDIATE_DATA)
+            .and_then(|(_, d)| nla(d).find(|(k, _)| *k == NFTA_DATA_VERDICT))
+            .map(|(_, v)| v)?;
+        let mut code = None;
+        let mut chain = None;
+        for (k, v) in nla(verdict) {
+            match k {
+                NFTA_VERDICT_CODE => {
+                    code = v
+                        .get(0..4)
+                        .map(|b| i32::from_be_bytes(b.try_into().expect("4")))
+                }
+                NFTA_VERDICT_CHAIN => chain = Some(nul_str(v)),
+                _ => {}
+            }
+        }
+        if matches!(code, Some(NFT_JUMP | NFT_GOTO)) {
+            return chain.map(|c| String::from_utf8_lossy(c).into_owned());
+        }
+    }
+    None
+}
+
+/// One `NFT_MSG_GETRULE` dump of table `table` of `family` (`NFPROTO_*`):
+/// the rules per chain, and where each rule of the chains `targets_of`
+/// jumps (everything empty when the table does not exist). A dump that a
+/// concurrent change interrupted is read again (up to three times). The
+/// kernel's cost grows with the square of the table's rules: for big
+/// tables, [`chain_rules`].
+pub async fn rules(family: u8, table: &str, targets_of: &[&str]) -> io::Result<Rules> {
     let mut sock = NfnlSocket::open()?;
     let mut name = table.as_bytes().to_vec();
     name.push(0);
@@ -197,37 +270,173 @@ pub async fn rule_counts(family: u8, table: &str) -> io::Result<BTreeMap<String,
             &[(NFTA_RULE_TABLE, &name)],
         );
         let mut counts: BTreeMap<Vec<u8>, usize> = BTreeMap::new();
+        let mut targets: BTreeMap<String, Vec<Option<String>>> = BTreeMap::new();
         let interrupted = exchange(&mut sock, &req, seq, true, |kind, body| {
             if kind != NFT_MSG_NEWRULE {
                 return;
             }
             let mut in_table = true;
             let mut chain = None;
+            let mut exprs = None;
             for (k, v) in attrs(body) {
                 match k {
                     NFTA_RULE_TABLE => in_table = nul_str(v) == table.as_bytes(),
                     NFTA_RULE_CHAIN => chain = Some(nul_str(v)),
+                    NFTA_RULE_EXPRESSIONS => exprs = Some(v),
                     _ => {}
                 }
             }
-            if let (true, Some(c)) = (in_table, chain) {
-                match counts.get_mut(c) {
-                    Some(n) => *n += 1,
-                    None => {
-                        counts.insert(c.to_vec(), 1);
-                    }
+            let (true, Some(c)) = (in_table, chain) else {
+                return;
+            };
+            match counts.get_mut(c) {
+                Some(n) => *n += 1,
+                None => {
+                    counts.insert(c.to_vec(), 1);
                 }
+            }
+            if let Some(want) = targets_of.iter().find(|t| t.as_bytes() == c) {
+                targets
+                    .entry((*want).to_string())
+                    .or_default()
+                    .push(exprs.and_then(jump_target));
             }
         })
         .await?;
         if !interrupted || seq == 3 {
-            return Ok(counts
-                .into_iter()
-                .map(|(c, n)| (String::from_utf8_lossy(&c).into_owned(), n))
-                .collect());
+            return Ok(Rules {
+                counts: counts
+                    .into_iter()
+                    .map(|(c, n)| (String::from_utf8_lossy(&c).into_owned(), n))
+                    .collect(),
+                targets,
+            });
         }
     }
     unreachable!("the loop returns on its last pass")
+}
+
+/// Replies are read 16 KiB at a time (the kernel sizes a dump's replies
+/// by the largest read, up to 32 KiB).
+const RECV_BUF: usize = 16384;
+const ENOENT: i32 = 2;
+const EBUSY: i32 = 16;
+
+/// The rules of the chains `chains` of table `table` only: one dump
+/// filtered by chain each (the kernel finds a chain by hash), one after
+/// the other. Linear in the rules read, where one dump of a whole table
+/// costs the kernel quadratic time (each reply resumes by walking every
+/// rule it already sent): at 33,000 chains and 93,000 rules, 0.5 s
+/// against 2.3 s (kernel 6.18; the `census` example measures both). A
+/// chain that does not exist counts as empty. Jump targets as in
+/// [`rules`]. (Several dumps in one `sendmsg` do not help: a socket runs
+/// one dump at a time and refuses the next with `EBUSY`.)
+pub async fn chain_rules(
+    family: u8,
+    table: &str,
+    chains: &[&str],
+    targets_of: &[&str],
+) -> io::Result<Rules> {
+    // A blocking socket on a blocking thread: each answer is ready when
+    // `send` returns (the kernel fills it in the sender's context), and a
+    // reactor round trip per chain would double the cost. The socket is
+    // opened here, so it belongs to the caller's network namespace.
+    let sock = blocking_socket()?;
+    let table = table.to_string();
+    let chains: Vec<String> = chains.iter().map(|c| c.to_string()).collect();
+    let targets_of: Vec<String> = targets_of.iter().map(|c| c.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        chain_rules_blocking(&sock, family, &table, &chains, &targets_of)
+    })
+    .await
+    .map_err(io::Error::other)?
+}
+
+fn blocking_socket() -> io::Result<netlink_sys::Socket> {
+    let mut s = netlink_sys::Socket::new(netlink_sys::protocols::NETLINK_NETFILTER)?;
+    s.bind_auto()?;
+    s.connect(&netlink_sys::SocketAddr::new(0, 0))?;
+    let _ = s.set_ext_ack(true);
+    Ok(s)
+}
+
+fn chain_rules_blocking(
+    sock: &netlink_sys::Socket,
+    family: u8,
+    table: &str,
+    chains: &[String],
+    targets_of: &[String],
+) -> io::Result<Rules> {
+    let mut tname = table.as_bytes().to_vec();
+    tname.push(0);
+    let mut out = Rules::default();
+    let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
+    let mut retries = 0usize;
+    let mut seq = 0u32;
+    let mut i = 0usize;
+    while i < chains.len() {
+        let chain = chains[i].as_str();
+        let want_targets = targets_of.iter().any(|t| t == chain);
+        seq = seq.wrapping_add(1);
+        let mut cname = chain.as_bytes().to_vec();
+        cname.push(0);
+        let req = request(
+            NFT_MSG_GETRULE,
+            NLM_F_DUMP,
+            family,
+            seq,
+            &[(NFTA_RULE_TABLE, &tname), (NFTA_RULE_CHAIN, &cname)],
+        );
+        sock.send(&req, 0)?;
+        let (mut n, mut targets, mut interrupted) = (0usize, Vec::new(), false);
+        let done = 'recv: loop {
+            buf.clear();
+            sock.recv(&mut buf, 0)?;
+            for m in messages(&buf) {
+                let m = m?;
+                if m.seq != seq {
+                    continue;
+                }
+                interrupted |= m.flags & NLM_F_DUMP_INTR != 0;
+                match m.kind {
+                    NLMSG_DONE => break 'recv true,
+                    NLMSG_ERROR => match -error_code(m.body) {
+                        0 => {}
+                        ENOENT => break 'recv true,
+                        EBUSY => break 'recv false,
+                        errno => return Err(io::Error::from_raw_os_error(errno)),
+                    },
+                    kind if kind & 0xff == NFT_MSG_NEWRULE => {
+                        n += 1;
+                        if want_targets {
+                            let exprs = attrs(m.body)
+                                .find(|(k, _)| *k == NFTA_RULE_EXPRESSIONS)
+                                .map(|(_, v)| v);
+                            targets.push(exprs.and_then(jump_target));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        };
+        if !done || interrupted {
+            retries += 1;
+            if retries > 64 + chains.len() / 10 {
+                return Err(io::Error::other(
+                    "the table kept changing while it was read",
+                ));
+            }
+            continue; // this chain again
+        }
+        if n > 0 {
+            out.counts.insert(chain.to_string(), n);
+        }
+        if want_targets {
+            out.targets.insert(chain.to_string(), targets);
+        }
+        i += 1;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -148,7 +148,8 @@ pub async fn drift(
     table: &str,
     want: &TableRules,
 ) -> Result<Option<String>, ExecError> {
-    let census = ipt.census(table, builtin_chains(table)).await?;
+    let chains: Vec<&str> = want.chains.iter().map(|(c, _)| c.as_str()).collect();
+    let census = ipt.census(table, &chains, builtin_chains(table)).await?;
     let jumps: Vec<(&str, &str)> = want
         .jumps
         .iter()
