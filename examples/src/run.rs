@@ -35,14 +35,8 @@ impl Proxier for Recorder {
                 "synced"
             ),
             Err(e) => {
-                let mut text = e.to_string();
-                let mut src: Option<&(dyn std::error::Error + 'static)> =
-                    e.source.as_deref().map(|s| s as _);
-                while let Some(s) = src {
-                    text.push_str(&format!(": {s}"));
-                    src = s.source();
-                }
-                *self.last_error.lock().expect("lock") = Some(text);
+                *self.last_error.lock().expect("lock") =
+                    Some(proxier_core::ErrorChain(e).to_string());
             }
         }
         r

@@ -115,3 +115,64 @@ fn bad_manifest_names_the_object_and_field() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
 }
+
+/// An exit message carries the whole cause chain: a foreign rule that
+/// jumps into our chain makes `--cleanup`'s restore fail, and the message
+/// says why (the kernel's answer), not only which table.
+#[test]
+fn a_failed_cleanup_says_why() {
+    let ns = Netns::new("exwhy").unwrap();
+    let m = manifest();
+    let args = [
+        "--once",
+        "--manifests",
+        &m,
+        "--hostname-override",
+        "node-1",
+        "--iptables-variant",
+        "nft",
+        "--ip-family",
+        "ipv4",
+    ];
+    assert!(run_in(&ns, &args).status.success());
+    let sh = |cmd: &str| {
+        assert!(
+            ns.exec("sh", &["-c", cmd]).unwrap().status.success(),
+            "{cmd}"
+        )
+    };
+    sh("iptables-nft -t nat -N FOREIGN && iptables-nft -t nat -A FOREIGN -j KUBE-SERVICES");
+    let out = run_in(
+        &ns,
+        &[
+            "--cleanup",
+            "--iptables-variant",
+            "nft",
+            "--ip-family",
+            "ipv4",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: iptables-nft: cleaning table nat: "),
+        "{err}"
+    );
+    assert!(
+        last.contains("KUBE-SERVICES") && (last.contains("busy") || last.contains("in use")),
+        "the kernel's answer is missing: {last}"
+    );
+    sh("iptables-nft -t nat -F FOREIGN && iptables-nft -t nat -X FOREIGN");
+    let out = run_in(
+        &ns,
+        &[
+            "--cleanup",
+            "--iptables-variant",
+            "nft",
+            "--ip-family",
+            "ipv4",
+        ],
+    );
+    assert!(out.status.success());
+}

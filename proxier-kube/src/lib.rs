@@ -155,7 +155,9 @@ async fn follow<K: Kind>(
                 known.remove(&k);
                 K::delete(&h, &k);
             }
-            Err(e) => tracing::warn!(error = %e, "watch failed; relisting after backoff"),
+            Err(e) => {
+                tracing::warn!(error = %proxier_core::ErrorChain(&e), "watch failed; relisting after backoff")
+            }
         }
     }
 }

@@ -337,19 +337,34 @@ pub async fn chain_rules(
     chains: &[&str],
     targets_of: &[&str],
 ) -> io::Result<Rules> {
-    // A blocking socket on a blocking thread: each answer is ready when
+    // Blocking sockets on blocking threads: each answer is ready when
     // `send` returns (the kernel fills it in the sender's context), and a
-    // reactor round trip per chain would double the cost. The socket is
-    // opened here, so it belongs to the caller's network namespace.
-    let sock = blocking_socket()?;
-    let table = table.to_string();
-    let chains: Vec<String> = chains.iter().map(|c| c.to_string()).collect();
-    let targets_of: Vec<String> = targets_of.iter().map(|c| c.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        chain_rules_blocking(&sock, family, &table, &chains, &targets_of)
-    })
-    .await
-    .map_err(io::Error::other)?
+    // reactor round trip per chain would double the cost. The sockets are
+    // opened here, so they belong to the caller's network namespace. The
+    // chains are split over one thread per core (at most two): the kernel
+    // reads under RCU, so both run at once.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 2)
+        .min(chains.len().max(1));
+    let per = chains.len().div_ceil(workers).max(1);
+    let mut tasks = Vec::new();
+    for part in chains.chunks(per) {
+        let sock = blocking_socket()?;
+        let table = table.to_string();
+        let part: Vec<String> = part.iter().map(|c| c.to_string()).collect();
+        let targets_of: Vec<String> = targets_of.iter().map(|c| c.to_string()).collect();
+        tasks.push(tokio::task::spawn_blocking(move || {
+            chain_rules_blocking(&sock, family, &table, &part, &targets_of)
+        }));
+    }
+    let mut out = Rules::default();
+    for t in tasks {
+        let r = t.await.map_err(io::Error::other)??;
+        out.counts.extend(r.counts);
+        out.targets.extend(r.targets);
+    }
+    Ok(out)
 }
 
 fn blocking_socket() -> io::Result<netlink_sys::Socket> {
