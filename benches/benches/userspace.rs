@@ -42,7 +42,7 @@ fn proxy_role(front: SocketAddr, backend: SocketAddr, relay: Relay) {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let mut tracker = ChangeTracker::new(IpFamily::V4, "node-1");
+        let mut tracker = ChangeTracker::new(IpFamily::V4, "node-1").with_loopback_endpoints(true);
         let mut s = service(
             "default",
             "bench",

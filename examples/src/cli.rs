@@ -56,6 +56,11 @@ pub struct Common {
     /// mode and the kernel support it (the log says why not otherwise).
     #[arg(long, value_name = "ipv4|ipv6", value_parser = parse_family)]
     pub ip_family: Option<IpFamily>,
+    /// Accept endpoint addresses in 127.0.0.0/8 and ::1, which the API
+    /// server refuses (not a kube-proxy flag): for local testing, as the
+    /// bundled demo manifest does.
+    #[arg(long)]
+    pub allow_loopback_endpoints: bool,
     /// Sync once and exit (0, or non-zero with the error).
     #[arg(long)]
     pub once: bool,

@@ -191,7 +191,10 @@ pub async fn run_mode(
     let last_error = Arc::new(Mutex::new(None));
     let trackers = families
         .iter()
-        .map(|f| ChangeTracker::new(*f, &settings.node_name))
+        .map(|f| {
+            ChangeTracker::new(*f, &settings.node_name)
+                .with_loopback_endpoints(common.allow_loopback_endpoints)
+        })
         .collect();
     let cfg = RunnerConfig {
         min_sync_period: settings.min_sync_period,

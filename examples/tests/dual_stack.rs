@@ -233,7 +233,14 @@ fn ipv6_disabled_runs_ipv4_only() {
     let out = common::run_in(
         &ns,
         env!("CARGO_BIN_EXE_nftables"),
-        &["--once", "--manifests", &m, "--hostname-override", "node-1"],
+        &[
+            "--once",
+            "--manifests",
+            &m,
+            "--allow-loopback-endpoints",
+            "--hostname-override",
+            "node-1",
+        ],
     );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
@@ -327,6 +334,7 @@ fn nodeport_cidr_without_a_node_address_is_named() {
             "--once",
             "--manifests",
             &m,
+            "--allow-loopback-endpoints",
             "--hostname-override",
             "node-1",
             "--nodeport-addresses",

@@ -43,7 +43,7 @@ async fn embed_userspace_backend() {
             }),
             data: DataPath::default(), // copy relay, 250 ms UDP idle timeout
         });
-        let tracker = ChangeTracker::new(IpFamily::V4, "node-1");
+        let tracker = ChangeTracker::new(IpFamily::V4, "node-1").with_loopback_endpoints(true); // endpoints on 127.0.0.x: local testing
         let (runner, handle) = Runner::new(tracker, Box::new(backend), RunnerConfig::default());
         let health = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         tokio::spawn(serve_health(health, handle.health(), handle.metrics()));

@@ -78,6 +78,7 @@ fn once_then_cleanup_in_the_vm() {
                 "--once",
                 "--manifests",
                 &m,
+                "--allow-loopback-endpoints",
                 "--hostname-override",
                 "node-1",
                 "--cluster-cidr",

@@ -42,6 +42,7 @@ fn once_then_cleanup_in_a_namespace() {
             "--once",
             "--manifests",
             &m,
+            "--allow-loopback-endpoints",
             "--hostname-override",
             "node-1",
             "--cluster-cidr",

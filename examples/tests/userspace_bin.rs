@@ -53,6 +53,7 @@ fn portal_once_then_cleanup_in_a_namespace() {
             "--once",
             "--manifests",
             &m,
+            "--allow-loopback-endpoints",
             "--hostname-override",
             "node-1",
             "--iptables-variant",

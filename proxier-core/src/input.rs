@@ -81,10 +81,39 @@ pub struct Service {
 /// The ports of one service, for one family, keyed by port name.
 pub type ServicePortMap = BTreeMap<ServicePortName, Arc<ServicePort>>;
 
+/// Why an endpoint address is refused, as the API server's EndpointSlice
+/// validation refuses it (`ValidateEndpointIP`), and the limited
+/// broadcast: `None` when it is usable.
+fn unusable_endpoint(a: &IpAddr, loopback: bool) -> Option<&'static str> {
+    if a.is_unspecified() {
+        return Some("may not be unspecified");
+    }
+    if a.is_loopback() && !loopback {
+        return Some("may not be in the loopback range (127.0.0.0/8, ::1/128)");
+    }
+    if a.is_multicast() {
+        return Some("may not be a multicast address");
+    }
+    match a {
+        IpAddr::V4(v4) if v4.is_link_local() => {
+            Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+        }
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("may not be the limited broadcast address"),
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => {
+            Some("may not be in the link-local range (169.254.0.0/16, fe80::/10)")
+        }
+        _ => None,
+    }
+}
+
 fn check_special_ip(ctx: &ErrCtx<'_>, field: &str, ip: &IpAddr) -> Result<(), ValidationError> {
     let bad = match ip {
         IpAddr::V4(v4) => {
-            v4.is_unspecified() || v4.is_loopback() || v4.is_link_local() || v4.is_multicast()
+            v4.is_unspecified()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_broadcast()
         }
         IpAddr::V6(v6) => {
             v6.is_unspecified()
@@ -97,7 +126,7 @@ fn check_special_ip(ctx: &ErrCtx<'_>, field: &str, ip: &IpAddr) -> Result<(), Va
         return Err(ctx.err(
             field,
             ip,
-            "may not be unspecified, loopback, link-local or multicast",
+            "may not be unspecified, loopback, link-local, multicast or the limited broadcast",
         ));
     }
     Ok(())
@@ -378,6 +407,12 @@ impl EndpointSlice {
 
     /// Checks every field that can reach a rule.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_allowing(false)
+    }
+
+    /// [`EndpointSlice::validate`], accepting loopback endpoint addresses
+    /// when `loopback` is set (local testing; the API server refuses them).
+    pub fn validate_allowing(&self, loopback: bool) -> Result<(), ValidationError> {
         let ctx = ErrCtx::new(ObjectKind::EndpointSlice, &self.namespace, &self.name);
         if !is_dns1123_label(&self.namespace) {
             return Err(ctx.err(
@@ -430,12 +465,8 @@ impl EndpointSlice {
                         format!("does not match addressType {}", self.address_type),
                     ));
                 }
-                if a.is_unspecified() || a.is_multicast() {
-                    return Err(ctx.err(
-                        format!("endpoints[{i}].addresses[{j}]"),
-                        a,
-                        "not a usable endpoint address",
-                    ));
+                if let Some(why) = unusable_endpoint(a, loopback) {
+                    return Err(ctx.err(format!("endpoints[{i}].addresses[{j}]"), a, why));
                 }
             }
             // Endpoints of one node come in runs: check a name once per run.

@@ -243,6 +243,13 @@ pub struct ChangeTracker {
     interned: HashSet<Arc<str>>,
     intern_prune_at: usize,
     counters: TrackerCounters,
+    /// Loopback endpoint addresses accepted (local testing).
+    loopback_endpoints: bool,
+    /// Which service holds each node port and protocol (the API server
+    /// allocates each once; a second claim is refused here too).
+    node_ports: HashMap<(u16, Protocol), NamespacedName>,
+    /// The node ports each service holds.
+    node_ports_of: HashMap<NamespacedName, Vec<(u16, Protocol)>>,
 }
 
 impl ChangeTracker {
@@ -261,7 +268,18 @@ impl ChangeTracker {
             interned: HashSet::new(),
             intern_prune_at: 1024,
             counters: TrackerCounters::default(),
+            loopback_endpoints: false,
+            node_ports: HashMap::new(),
+            node_ports_of: HashMap::new(),
         }
+    }
+
+    /// Accepts endpoint addresses in the loopback range (`127.0.0.0/8`,
+    /// `::1`), which the API server refuses: for local testing only (the
+    /// demo, a laptop), never for a cluster's objects.
+    pub fn with_loopback_endpoints(mut self, allow: bool) -> Self {
+        self.loopback_endpoints = allow;
+        self
     }
 
     /// The family.
@@ -357,12 +375,66 @@ impl ChangeTracker {
         };
         let nn = NamespacedName::new(ns, svc.name.as_str());
         let map = svc.port_map_named(self.family, nn.clone())?;
+        self.claim_node_ports(svc, &nn, !map.is_empty())?;
         Ok(self.set_service(nn, map))
+    }
+
+    /// Refuses a node port another service holds (the API server never
+    /// allocates one twice; from manifests it can happen, and the second
+    /// claim would shadow the first), else makes `nn` the holder of its
+    /// node ports and of no others.
+    fn claim_node_ports(
+        &mut self,
+        svc: &Service,
+        nn: &NamespacedName,
+        programmed: bool,
+    ) -> Result<(), ValidationError> {
+        let wanted: Vec<(usize, (u16, Protocol))> = svc
+            .ports
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| programmed && p.node_port != 0)
+            .map(|(i, p)| (i, (p.node_port, p.protocol.unwrap_or(Protocol::Tcp))))
+            .collect();
+        for (i, key) in &wanted {
+            if let Some(holder) = self.node_ports.get(key)
+                && holder != nn
+            {
+                return Err(crate::validate::ErrCtx::new(
+                    crate::validate::ObjectKind::Service,
+                    &svc.namespace,
+                    &svc.name,
+                )
+                .err(
+                    format!("spec.ports[{i}].nodePort"),
+                    key.0,
+                    format!("already allocated to {holder} ({})", key.1.as_str()),
+                ));
+            }
+        }
+        self.release_node_ports(nn);
+        if !wanted.is_empty() {
+            let keys: Vec<(u16, Protocol)> = wanted.into_iter().map(|(_, k)| k).collect();
+            for k in &keys {
+                self.node_ports.insert(*k, nn.clone());
+            }
+            self.node_ports_of.insert(nn.clone(), keys);
+        }
+        Ok(())
+    }
+
+    fn release_node_ports(&mut self, nn: &NamespacedName) {
+        for k in self.node_ports_of.remove(nn).unwrap_or_default() {
+            if self.node_ports.get(&k) == Some(nn) {
+                self.node_ports.remove(&k);
+            }
+        }
     }
 
     /// Removes a Service. Returns whether pending state changed.
     pub fn delete_service(&mut self, namespace: &str, name: &str) -> bool {
         let nn = NamespacedName::new(self.shared(namespace), name);
+        self.release_node_ports(&nn);
         self.set_service(nn, ServicePortMap::new())
     }
 
@@ -462,7 +534,7 @@ impl ChangeTracker {
         &mut self,
         slice: &EndpointSlice,
     ) -> Result<bool, ValidationError> {
-        slice.validate()?;
+        slice.validate_allowing(self.loopback_endpoints)?;
         if slice.address_type != self.family {
             return Ok(false);
         }

@@ -38,7 +38,9 @@ async fn embed_in_under_thirty_lines() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("svc.yaml"),
-        include_str!("../../examples/manifests/demo.yaml"),
+        // The demo's endpoints are on loopback (local testing); these are
+        // addresses the API server accepts.
+        include_str!("../../examples/manifests/demo.yaml").replace("127.0.0.1", "10.0.1."),
     )
     .unwrap();
     let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -142,7 +142,7 @@ impl Bed {
     /// IPv6: node ports on `::1`.
     pub fn v6(data: DataPath) -> Bed {
         Bed {
-            tracker: ChangeTracker::new(IpFamily::V6, "node-1"),
+            tracker: ChangeTracker::new(IpFamily::V6, "node-1").with_loopback_endpoints(true),
             proxier: UserspaceProxier::new(Config {
                 family: IpFamily::V6,
                 mode: Mode::Direct(Direct {
@@ -159,7 +159,7 @@ impl Bed {
 
     pub fn with_mode(data: DataPath, mode: Mode) -> Bed {
         Bed {
-            tracker: ChangeTracker::new(IpFamily::V4, "node-1"),
+            tracker: ChangeTracker::new(IpFamily::V4, "node-1").with_loopback_endpoints(true),
             proxier: UserspaceProxier::new(Config {
                 family: IpFamily::V4,
                 mode,

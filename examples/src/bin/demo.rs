@@ -136,7 +136,9 @@ async fn run(cli: Cli) -> Result<(), String> {
         }),
         data: DataPath::default(),
     });
-    let tracker = ChangeTracker::new(family, &cli.hostname_override);
+    // The demo's endpoints listen on loopback, which the API server would
+    // refuse in an EndpointSlice: accepted here, for local testing only.
+    let tracker = ChangeTracker::new(family, &cli.hostname_override).with_loopback_endpoints(true);
     let (runner, handle) = Runner::new(
         tracker,
         Box::new(proxier),

@@ -79,14 +79,21 @@ fn bad_ip() {
         ),
         "spec.externalIPs[0]",
     );
-    assert_rejected(
-        with(
-            good("bad", "10.96.0.11"),
-            &["spec", "externalIPs"],
-            json!(["127.0.0.1"]),
-        ),
-        "spec.externalIPs[0]",
-    );
+    for ip in [
+        "127.0.0.1",
+        "255.255.255.255",
+        "169.254.169.254",
+        "224.0.0.1",
+    ] {
+        assert_rejected(
+            with(
+                good("bad", "10.96.0.11"),
+                &["spec", "externalIPs"],
+                json!([ip]),
+            ),
+            "spec.externalIPs[0]",
+        );
+    }
     assert_rejected(
         with(
             good("bad", "10.96.0.11"),
@@ -361,6 +368,48 @@ fn endpoint_slice_conversion_and_errors() {
         ),
         "endpoints[0].addresses[0]",
     );
+    // What the API server's EndpointSlice validation refuses: loopback,
+    // link-local (the cloud metadata address among them), multicast, the
+    // limited broadcast.
+    for (a, why) in [
+        ("127.0.0.1", "loopback"),
+        ("169.254.169.254", "link-local"),
+        ("224.0.0.251", "multicast"),
+        ("255.255.255.255", "broadcast"),
+        ("0.0.0.0", "unspecified"),
+    ] {
+        let s: discovery::EndpointSlice = serde_json::from_value(with(
+            v.clone(),
+            &["endpoints", "1", "addresses"],
+            json!([a]),
+        ))
+        .unwrap();
+        let s = endpoint_slice_from_k8s(&s).unwrap().unwrap();
+        let err = t.update_endpoint_slice(&s).expect_err(a);
+        assert_eq!(err.field, "endpoints[1].addresses[0]", "{err}");
+        assert!(err.to_string().contains(why), "{err}");
+        // Loopback only, and only when asked (local testing).
+        let mut local = ChangeTracker::new(IpFamily::V4, "node-1").with_loopback_endpoints(true);
+        assert_eq!(
+            local.update_endpoint_slice(&s).is_ok(),
+            why == "loopback",
+            "{a}"
+        );
+    }
+    let mut v6 = ChangeTracker::new(IpFamily::V6, "node-1").with_loopback_endpoints(false);
+    for a in ["::1", "fe80::1", "ff02::1"] {
+        let s: discovery::EndpointSlice = serde_json::from_value(with(
+            with(v.clone(), &["addressType"], json!("IPv6")),
+            &["endpoints"],
+            json!([{"addresses": [a]}]),
+        ))
+        .unwrap();
+        let s = endpoint_slice_from_k8s(&s).unwrap().unwrap();
+        let err = v6.update_endpoint_slice(&s).expect_err(a);
+        assert_eq!(err.field, "endpoints[0].addresses[0]", "{a}: {err}");
+    }
+    // The good slice is still in force.
+    assert_eq!(t.apply().0.endpoint_count(), 2);
     bad(
         with(v.clone(), &["ports", "0", "port"], json!(0)),
         "ports[0].port",
@@ -399,4 +448,48 @@ fn node_conversion() {
     let n = node_from_k8s(&n);
     assert_eq!(n.zone(), Some("zone-a"));
     assert!(!n.eligible());
+}
+
+/// Two services claiming one node port and protocol: the second is refused
+/// by name and field and the first keeps it; another protocol, or the
+/// port freed by the first, is fine.
+#[test]
+fn a_node_port_is_held_once() {
+    let np = |name: &str, ip: &str, port: u16, proto: &str| {
+        let v = with(good(name, ip), &["spec", "type"], json!("NodePort"));
+        let v = with(v, &["spec", "ports", "0", "nodePort"], json!(port));
+        service_from_k8s(&service(with(
+            v,
+            &["spec", "ports", "0", "protocol"],
+            json!(proto),
+        )))
+        .unwrap()
+        .unwrap()
+    };
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    t.update_service(&np("first", "10.96.0.10", 30080, "TCP"))
+        .unwrap();
+    let err = t
+        .update_service(&np("second", "10.96.0.11", 30080, "TCP"))
+        .expect_err("a second claim on 30080/TCP");
+    assert_eq!(err.object, "ns/second");
+    assert_eq!(err.field, "spec.ports[0].nodePort");
+    assert!(
+        err.to_string().contains("already allocated to ns/first"),
+        "{err}"
+    );
+    let (snap, _) = t.apply();
+    let ports: Vec<String> = snap.services.keys().map(|k| k.to_string()).collect();
+    assert_eq!(ports, vec!["ns/first:http"], "the holder is not shadowed");
+    // The same service again, another protocol: fine.
+    t.update_service(&np("first", "10.96.0.10", 30080, "TCP"))
+        .unwrap();
+    t.update_service(&np("third", "10.96.0.12", 30080, "UDP"))
+        .unwrap();
+    // Freed by the first, the port can be taken.
+    t.delete_service("ns", "first");
+    t.update_service(&np("second", "10.96.0.11", 30080, "TCP"))
+        .unwrap();
+    let (snap, _) = t.apply();
+    assert_eq!(snap.services.len(), 2);
 }
