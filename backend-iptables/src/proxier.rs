@@ -461,7 +461,10 @@ impl IptablesProxier {
                     .ipt
                     .restore(table, payload, *noflush)
                     .await
-                    .map_err(|e| self.err(&format!("restoring table {table}"), e)),
+                    .map_err(|e| {
+                        self.err(&format!("restoring table {table}"), e)
+                            .refused(proxier_core::Refused::IptablesRestore)
+                    }),
                 None => Ok(()),
             }
         };
@@ -619,6 +622,7 @@ impl Proxier for IptablesProxier {
                         written: 0,
                         full: false,
                         repaired,
+                        iptables_rules: vec![("filter", f, 0), ("nat", n, 0)],
                     });
                 }
                 if w.ruleset.large_cluster != is_large_cluster(&self.cfg, &req.snapshot) {
@@ -661,6 +665,15 @@ impl Proxier for IptablesProxier {
         match result {
             Ok(plan) => {
                 let lines = plan.lines;
+                let rules_in = |p: &Option<(String, bool)>| {
+                    p.as_ref().map_or(0, |(payload, _)| {
+                        payload
+                            .lines()
+                            .filter(|l| l.starts_with("-A ") || l.starts_with("-I "))
+                            .count()
+                    })
+                };
+                let (wf, wn) = (rules_in(&plan.filter), rules_in(&plan.nat));
                 self.last = [("filter", plan.filter), ("nat", plan.nat)]
                     .into_iter()
                     .filter_map(|(t, p)| p.map(|(payload, noflush)| (t, payload, noflush)))
@@ -675,6 +688,7 @@ impl Proxier for IptablesProxier {
                     written: lines,
                     full,
                     repaired,
+                    iptables_rules: vec![("filter", f, wf), ("nat", n, wn)],
                 })
             }
             Err(e) => {

@@ -601,12 +601,16 @@ impl IpvsProxier {
         // nat first, then filter, as kube-proxy.
         owned::replace(&*self.k.iptables, "nat", &nat, &|c| rules::owns("nat", c))
             .await
-            .map_err(|e| perr("iptables-restore (nat)", e))?;
+            .map_err(|e| {
+                perr("iptables-restore (nat)", e).refused(proxier_core::Refused::IptablesRestore)
+            })?;
         owned::replace(&*self.k.iptables, "filter", &filter, &|c| {
             rules::owns("filter", c)
         })
         .await
-        .map_err(|e| perr("iptables-restore (filter)", e))?;
+        .map_err(|e| {
+            perr("iptables-restore (filter)", e).refused(proxier_core::Refused::IptablesRestore)
+        })?;
         self.written = Some((nat, filter));
         self.report.rules_written = true;
         Ok(())
@@ -993,6 +997,17 @@ impl Proxier for IpvsProxier {
                 + usize::from(self.report.rules_written),
             full: full || repaired.is_some(),
             repaired,
+            iptables_rules: self
+                .written
+                .as_ref()
+                .map(|(nat, filter)| {
+                    let last = |n: usize| if self.report.rules_written { n } else { 0 };
+                    vec![
+                        ("filter", filter.rule_count(), last(filter.rule_count())),
+                        ("nat", nat.rule_count(), last(nat.rule_count())),
+                    ]
+                })
+                .unwrap_or_default(),
         })
     }
 

@@ -361,7 +361,8 @@ impl Proxier for NftablesProxier {
                     "nf_tables transaction (partial sync)"
                 },
                 e,
-            ));
+            )
+            .refused(proxier_core::Refused::NftablesTransaction));
         }
         let mut next = next;
         if !tx.ops.is_empty() {
@@ -375,6 +376,7 @@ impl Proxier for NftablesProxier {
             written: tx.ops.len(),
             full,
             repaired,
+            iptables_rules: Vec::new(),
         })
     }
 

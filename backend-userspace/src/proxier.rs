@@ -341,6 +341,7 @@ impl UserspaceProxier {
                 .map_err(|e| {
                     self.written = None;
                     ProxierError::with_source(NAME, format!("writing portal rules ({table})"), e)
+                        .refused(proxier_core::Refused::IptablesRestore)
                 })?;
         }
         let n = nat.rule_count() + filter.rule_count();
@@ -499,6 +500,17 @@ impl Proxier for UserspaceProxier {
             written: ops + rules,
             full: req.full,
             repaired,
+            iptables_rules: self
+                .written
+                .as_ref()
+                .map(|(nat, filter)| {
+                    let last = |n: usize| if rules > 0 { n } else { 0 };
+                    vec![
+                        ("filter", filter.rule_count(), last(filter.rule_count())),
+                        ("nat", nat.rule_count(), last(nat.rule_count())),
+                    ]
+                })
+                .unwrap_or_default(),
         })
     }
 

@@ -181,6 +181,24 @@ fn repairs_within_a_period(
     std::thread::sleep(SYNC_PERIOD + Duration::from_millis(500));
     let good = state(&topo);
     assert_eq!(repairs(&topo), Some(0), "{}", log_text());
+    // kube-proxy's gauges: iptables rules owned per table (the modes that
+    // write iptables rules), and no Local service without endpoints.
+    let m = metrics(&topo);
+    let nat_rules = m
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"} "))
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if bin.ends_with("/nftables") {
+        assert_eq!(nat_rules, None, "{m}");
+    } else {
+        assert!(nat_rules.is_some_and(|n| n > 0), "{bin}: {m}");
+    }
+    assert!(
+        m.contains(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 0"
+        ),
+        "{m}"
+    );
     for (n, (what, cmd)) in cases.iter().enumerate() {
         sh(&topo, cmd);
         let broken = Instant::now();

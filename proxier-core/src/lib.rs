@@ -52,7 +52,9 @@ pub use model::{
     Endpoint, IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, SessionAffinity,
     TrafficPolicy,
 };
-pub use proxier::{ErrorChain, FakeProxier, Proxier, ProxierError, SyncRequest, SyncStats};
+pub use proxier::{
+    ErrorChain, FakeProxier, Proxier, ProxierError, Refused, SyncRequest, SyncStats,
+};
 pub use runner::{Runner, RunnerConfig, RunnerHandle};
 pub use topology::{Categorized, categorize_endpoints};
 pub use tracker::{ChangeSet, ChangeTracker, NodeInfo, Snapshot, StaleEndpoint};

@@ -20,6 +20,20 @@ pub struct CodeLabel {
     pub code: String,
 }
 
+/// The `table` label of the iptables rule gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabel {
+    /// `nat`, `filter`.
+    pub table: String,
+}
+
+/// The `traffic_policy` label of `sync_proxy_rules_no_local_endpoints_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabel {
+    /// `internal` or `external`.
+    pub traffic_policy: String,
+}
+
 /// Every metric the core maintains.
 #[derive(Debug)]
 pub struct Metrics {
@@ -49,6 +63,25 @@ pub struct Metrics {
     /// chain, a deleted jump, a firewall reload) and repaired it. Our own;
     /// kube-proxy only forces a full sync when its canary chain goes.
     pub repairs_total: Counter,
+    /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total`: an
+    /// `iptables-restore` the kernel or the tool refused (iptables, IPVS
+    /// and userspace portal modes).
+    pub iptables_restore_failures_total: Counter,
+    /// `kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total`:
+    /// of those, the ones of a partial sync.
+    pub iptables_partial_restore_failures_total: Counter,
+    /// `kubeproxy_sync_proxy_rules_nftables_sync_failures_total`: an
+    /// nf_tables transaction the kernel refused.
+    pub nftables_sync_failures_total: Counter,
+    /// `kubeproxy_sync_proxy_rules_iptables_total{table}`: iptables rules
+    /// the backend owns after its last sync.
+    pub iptables_rules_total: Family<TableLabel, Gauge>,
+    /// `kubeproxy_sync_proxy_rules_iptables_last{table}`: rules its last
+    /// sync wrote.
+    pub iptables_rules_last: Family<TableLabel, Gauge>,
+    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`:
+    /// service ports with a Local policy and no local endpoint.
+    pub no_local_endpoints: Family<PolicyLabel, Gauge>,
     /// `kubeproxy_proxy_healthz_total{code}`.
     pub healthz_total: Family<CodeLabel, Counter>,
     /// `kubeproxy_proxy_livez_total{code}`.
@@ -89,6 +122,12 @@ impl Metrics {
             endpoint_changes_pending: Gauge::default(),
             sync_failures_total: Counter::default(),
             repairs_total: Counter::default(),
+            iptables_restore_failures_total: Counter::default(),
+            iptables_partial_restore_failures_total: Counter::default(),
+            nftables_sync_failures_total: Counter::default(),
+            iptables_rules_total: Family::default(),
+            iptables_rules_last: Family::default(),
+            no_local_endpoints: Family::default(),
             healthz_total: Family::default(),
             livez_total: Family::default(),
         };
@@ -147,6 +186,36 @@ impl Metrics {
             "sync_proxy_rules_repairs",
             "Cumulative syncs that found rules changed outside the proxier and repaired them (proxier's own; kube-proxy has none)",
             m.repairs_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_iptables_restore_failures",
+            "Cumulative proxy iptables restore failures",
+            m.iptables_restore_failures_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_iptables_partial_restore_failures",
+            "Cumulative proxy iptables partial restore failures",
+            m.iptables_partial_restore_failures_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_nftables_sync_failures",
+            "Cumulative proxy nftables sync failures",
+            m.nftables_sync_failures_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_iptables_total",
+            "Total number of iptables rules owned by kube-proxy",
+            m.iptables_rules_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_iptables_last",
+            "Number of iptables rules written by kube-proxy in last sync",
+            m.iptables_rules_last.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_no_local_endpoints_total",
+            "Number of services with a Local traffic policy and no endpoints",
+            m.no_local_endpoints.clone(),
         );
         r.register(
             "proxy_healthz",

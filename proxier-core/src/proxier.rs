@@ -40,6 +40,20 @@ pub struct SyncStats {
     /// written`), if anything. The runner logs it and counts it in
     /// `kubeproxy_sync_proxy_rules_repairs_total`.
     pub repaired: Option<String>,
+    /// iptables rules per table (`nat`, `filter`): owned after the sync,
+    /// and written by it (`kubeproxy_sync_proxy_rules_iptables_total` and
+    /// `…_last`); empty for a backend without iptables rules.
+    pub iptables_rules: Vec<(&'static str, usize, usize)>,
+}
+
+/// Which atomic kernel update a failed sync could not make (kube-proxy
+/// counts them apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// An `iptables-restore` (`…_iptables_restore_failures_total`).
+    IptablesRestore,
+    /// An nf_tables transaction (`…_nftables_sync_failures_total`).
+    NftablesTransaction,
 }
 
 /// A failed sync or cleanup. The runner retries with backoff, then in full.
@@ -50,6 +64,8 @@ pub struct ProxierError {
     pub backend: String,
     /// What failed, where.
     pub message: String,
+    /// The atomic update that was refused, if that is what failed.
+    pub refused: Option<Refused>,
     /// The cause.
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
@@ -61,6 +77,7 @@ impl ProxierError {
         ProxierError {
             backend: backend.into(),
             message: message.into(),
+            refused: None,
             source: None,
         }
     }
@@ -74,8 +91,15 @@ impl ProxierError {
         ProxierError {
             backend: backend.into(),
             message: message.into(),
+            refused: None,
             source: Some(Box::new(source)),
         }
+    }
+
+    /// Marks the error as a refused atomic update.
+    pub fn refused(mut self, what: Refused) -> Self {
+        self.refused = Some(what);
+        self
     }
 }
 
@@ -140,6 +164,8 @@ pub struct FakeLog {
     /// What the next verifying sync "finds" changed in the kernel (and
     /// reports as repaired, running full).
     pub drift: Option<String>,
+    /// What a told-to-fail sync says the kernel refused.
+    pub refused: Option<Refused>,
 }
 
 /// A backend for tests: records requests, can be told to fail, and can
@@ -203,7 +229,11 @@ impl Proxier for FakeProxier {
         l.syncs.push(req.clone());
         if l.fail_next > 0 {
             l.fail_next -= 1;
-            return Err(ProxierError::new("fake", "told to fail"));
+            let e = ProxierError::new("fake", "told to fail");
+            return Err(match l.refused {
+                Some(r) => e.refused(r),
+                None => e,
+            });
         }
         let repaired = if req.verify { l.drift.take() } else { None };
         Ok(SyncStats {
@@ -211,6 +241,7 @@ impl Proxier for FakeProxier {
             written: req.changes.updated_services.len(),
             full: req.full || repaired.is_some(),
             repaired,
+            iptables_rules: Vec::new(),
         })
     }
 

@@ -416,6 +416,7 @@ impl Runner {
                         .metrics
                         .last_timestamp
                         .set(unix_seconds(SystemTime::now()));
+                    self.count_no_local_endpoints();
                     if let Some(hc) = self.service_health.clone() {
                         let snaps: Vec<crate::tracker::Snapshot> = self
                             .lanes
@@ -434,6 +435,32 @@ impl Runner {
             }
         }
         self.proxier
+    }
+
+    /// `sync_proxy_rules_no_local_endpoints_total`: service ports with a
+    /// Local policy and no local endpoint, over every family's last synced
+    /// snapshot (kube-proxy counts them per traffic policy).
+    fn count_no_local_endpoints(&self) {
+        let (mut internal, mut external) = (0i64, 0i64);
+        for snap in self.lanes.iter().filter_map(|l| l.last_snapshot.as_ref()) {
+            for svc in snap.services.values() {
+                if !(svc.internal_policy_local || svc.external_policy_local) {
+                    continue;
+                }
+                if snap.categorize(svc).local().is_empty() {
+                    internal += i64::from(svc.internal_policy_local);
+                    external += i64::from(svc.external_policy_local);
+                }
+            }
+        }
+        let m = &self.shared.metrics;
+        for (policy, n) in [("internal", internal), ("external", external)] {
+            m.no_local_endpoints
+                .get_or_create(&crate::metrics::PolicyLabel {
+                    traffic_policy: policy.into(),
+                })
+                .set(n);
+        }
     }
 
     /// One family's request: its tracker's snapshot and change set (with
@@ -496,6 +523,14 @@ impl Runner {
                 if full || req.verify {
                     lane.last_verified = Some(start);
                 }
+                for (table, total, last) in &stats.iptables_rules {
+                    let l = crate::metrics::TableLabel {
+                        table: (*table).to_string(),
+                    };
+                    let m = &self.shared.metrics;
+                    m.iptables_rules_total.get_or_create(&l).set(*total as i64);
+                    m.iptables_rules_last.get_or_create(&l).set(*last as i64);
+                }
                 if let Some(what) = &stats.repaired {
                     tracing::warn!(backend = %name, family, found = %crate::validate::escape(what), "rules were changed outside the proxier; repaired with a full sync");
                     self.shared.metrics.repairs_total.inc();
@@ -510,7 +545,20 @@ impl Runner {
                 lane.carry = req.changes;
                 let delay = self.backoff(failures);
                 tracing::warn!(backend = %name, family, error = %crate::ErrorChain(&e), retry_in = ?delay, "sync failed; will retry with a full sync");
-                self.shared.metrics.sync_failures_total.inc();
+                let m = &self.shared.metrics;
+                m.sync_failures_total.inc();
+                match e.refused {
+                    Some(crate::proxier::Refused::IptablesRestore) => {
+                        m.iptables_restore_failures_total.inc();
+                        if !full {
+                            m.iptables_partial_restore_failures_total.inc();
+                        }
+                    }
+                    Some(crate::proxier::Refused::NftablesTransaction) => {
+                        m.nftables_sync_failures_total.inc();
+                    }
+                    None => {}
+                }
                 (full, false)
             }
         }

@@ -7,7 +7,7 @@ use tokio::time::{Instant, advance, sleep};
 use super::*;
 use crate::input::{PortSpec, ServiceType};
 use crate::model::{IpFamily, Protocol};
-use crate::proxier::FakeProxier;
+use crate::proxier::{FakeProxier, Refused};
 
 fn svc(i: u32) -> Service {
     Service {
@@ -178,6 +178,72 @@ async fn verifies_once_per_sync_period_and_counts_repairs() {
         "{m}"
     );
     assert!(bed.fake.log.lock().unwrap().drift.is_none());
+    bed.stop().await;
+}
+
+/// kube-proxy's failure counters: a refused `iptables-restore` counts in
+/// `…_iptables_restore_failures_total` (and, in a partial sync, in the
+/// partial one), a refused nf_tables transaction in its own; a Local
+/// service without a local endpoint in `…_no_local_endpoints_total`.
+#[tokio::test(start_paused = true)]
+async fn refused_updates_and_local_services_without_endpoints_are_counted() {
+    let bed = start(FakeProxier::new(), cfg());
+    let mut local = svc(1);
+    local.service_type = crate::input::ServiceType::NodePort;
+    local.ports[0].node_port = 30001;
+    local.external_traffic_policy = crate::TrafficPolicy::Local;
+    bed.handle.update_service(&local).unwrap();
+    bed.handle.set_initialized();
+    bed.settle().await;
+    let m = bed.handle.metrics().encode();
+    assert!(
+        m.contains(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1"
+        ),
+        "{m}"
+    );
+    assert!(
+        m.contains(
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 0"
+        ),
+        "{m}"
+    );
+    for (i, (refused, after)) in [
+        (
+            Refused::IptablesRestore,
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 1",
+        ),
+        (
+            Refused::NftablesTransaction,
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1",
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        {
+            let mut l = bed.fake.log.lock().unwrap();
+            l.fail_next = 1;
+            l.refused = Some(refused);
+        }
+        bed.handle.update_service(&svc(2 + i as u32)).unwrap();
+        advance(Duration::from_secs(2)).await;
+        bed.settle().await;
+        let m = bed.handle.metrics().encode();
+        assert!(m.contains(after), "{refused:?}: {m}");
+        // The retry (full) succeeds.
+        advance(Duration::from_secs(3)).await;
+        bed.settle().await;
+    }
+    let m = bed.handle.metrics().encode();
+    assert!(
+        m.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("kubeproxy_sync_proxy_rules_failures_total 2"),
+        "{m}"
+    );
     bed.stop().await;
 }
 
