@@ -75,6 +75,7 @@ fn main() {
                     ..Default::default()
                 })
                 .collect(),
+            trigger_time: None,
         })
         .expect("slice");
     }

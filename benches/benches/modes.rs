@@ -131,6 +131,7 @@ fn probe_service(ep: IpAddr) -> (Service, proxier_core::EndpointSlice) {
             node_name: Some("node-1".into()),
             ..Default::default()
         }],
+        trigger_time: None,
     };
     (s, sl)
 }

@@ -109,6 +109,7 @@ pub fn slice(i: usize, eps: usize, generation: u32) -> EndpointSlice {
             protocol: Some(Protocol::Tcp),
         }],
         endpoints,
+        trigger_time: None,
     }
 }
 

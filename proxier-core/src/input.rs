@@ -397,6 +397,10 @@ pub struct EndpointSlice {
     pub ports: Vec<SlicePort>,
     /// `endpoints`.
     pub endpoints: Vec<SliceEndpoint>,
+    /// The `endpoints.kubernetes.io/last-change-trigger-time` annotation:
+    /// when the change this version carries was made (what
+    /// `network_programming_duration_seconds` measures from).
+    pub trigger_time: Option<std::time::SystemTime>,
 }
 
 impl EndpointSlice {

@@ -26,6 +26,9 @@ pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// The label naming an EndpointSlice's service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
+/// The annotation that says when the change an EndpointSlice carries was
+/// made (set by the endpoint-slice controller).
+pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 /// The topology annotation.
 pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 /// The deprecated topology annotation (wins over the new one).
@@ -319,6 +322,14 @@ pub fn endpoint_slice_from_k8s(
                 .unwrap_or_default(),
         });
     }
+    // A malformed time is ignored, as kube-proxy does: it only feeds a
+    // latency metric.
+    let trigger_time = slice
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_TRIGGER_TIME))
+        .and_then(|t| crate::timestamp::parse_rfc3339(t));
     Ok(Some(EndpointSlice {
         namespace,
         name,
@@ -326,6 +337,7 @@ pub fn endpoint_slice_from_k8s(
         address_type,
         ports,
         endpoints,
+        trigger_time,
     }))
 }
 

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod model;
 pub mod proxier;
 pub mod runner;
+pub mod timestamp;
 pub mod topology;
 pub mod tracker;
 pub mod validate;

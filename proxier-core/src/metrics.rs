@@ -82,10 +82,25 @@ pub struct Metrics {
     /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`:
     /// service ports with a Local policy and no local endpoint.
     pub no_local_endpoints: Family<PolicyLabel, Gauge>,
+    /// `kubeproxy_network_programming_duration_seconds`: from an
+    /// EndpointSlice change (its `last-change-trigger-time` annotation) to
+    /// the end of the sync that programmed it, kube-proxy's buckets.
+    pub network_programming_duration: Histogram,
     /// `kubeproxy_proxy_healthz_total{code}`.
     pub healthz_total: Family<CodeLabel, Counter>,
     /// `kubeproxy_proxy_livez_total{code}`.
     pub livez_total: Family<CodeLabel, Counter>,
+}
+
+/// kube-proxy's: 0.25 s steps to 0.5 s, 1 s steps to 59 s, 5 s steps to
+/// 115 s, 30 s steps to 300 s.
+fn network_programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| 60.0 + 5.0 * f64::from(i)));
+    b.extend((0..7).map(|i| 120.0 + 30.0 * f64::from(i)));
+    b.dedup();
+    b
 }
 
 fn hist() -> Histogram {
@@ -128,6 +143,7 @@ impl Metrics {
             iptables_rules_total: Family::default(),
             iptables_rules_last: Family::default(),
             no_local_endpoints: Family::default(),
+            network_programming_duration: Histogram::new(network_programming_buckets()),
             healthz_total: Family::default(),
             livez_total: Family::default(),
         };
@@ -216,6 +232,11 @@ impl Metrics {
             "sync_proxy_rules_no_local_endpoints_total",
             "Number of services with a Local traffic policy and no endpoints",
             m.no_local_endpoints.clone(),
+        );
+        r.register(
+            "network_programming_duration_seconds",
+            "In Cluster Network Programming Latency in seconds",
+            m.network_programming_duration.clone(),
         );
         r.register(
             "proxy_healthz",

@@ -523,6 +523,15 @@ impl Runner {
                 if full || req.verify {
                     lane.last_verified = Some(start);
                 }
+                let now = SystemTime::now();
+                for t in &req.changes.trigger_times {
+                    if let Ok(d) = now.duration_since(*t) {
+                        self.shared
+                            .metrics
+                            .network_programming_duration
+                            .observe(d.as_secs_f64());
+                    }
+                }
                 for (table, total, last) in &stats.iptables_rules {
                     let l = crate::metrics::TableLabel {
                         table: (*table).to_string(),

@@ -153,6 +153,11 @@ pub struct ChangeSet {
     pub local_endpoints_changed: BTreeMap<NamespacedName, u32>,
     /// The node's labels or eligibility changed (backends resync fully).
     pub node_changed: bool,
+    /// When the EndpointSlice changes in this set were made (their
+    /// `endpoints.kubernetes.io/last-change-trigger-time`): the runner
+    /// observes `network_programming_duration_seconds` from each once the
+    /// sync that carries them succeeds.
+    pub trigger_times: Vec<std::time::SystemTime>,
 }
 
 impl ChangeSet {
@@ -165,6 +170,7 @@ impl ChangeSet {
     /// set must not be lost).
     pub fn merge(&mut self, later: ChangeSet) {
         self.updated_services.extend(later.updated_services);
+        self.trigger_times.extend(later.trigger_times);
         self.deleted_udp_cluster_ips
             .extend(later.deleted_udp_cluster_ips);
         self.deleted_udp_endpoints
@@ -250,6 +256,10 @@ pub struct ChangeTracker {
     node_ports: HashMap<(u16, Protocol), NamespacedName>,
     /// The node ports each service holds.
     node_ports_of: HashMap<NamespacedName, Vec<(u16, Protocol)>>,
+    /// Trigger times of the slice changes not yet applied, and when this
+    /// tracker started (older times are ignored, as kube-proxy does).
+    trigger_times: Vec<std::time::SystemTime>,
+    started: std::time::SystemTime,
 }
 
 impl ChangeTracker {
@@ -271,6 +281,8 @@ impl ChangeTracker {
             loopback_endpoints: false,
             node_ports: HashMap::new(),
             node_ports_of: HashMap::new(),
+            trigger_times: Vec::new(),
+            started: std::time::SystemTime::now(),
         }
     }
 
@@ -551,6 +563,12 @@ impl ChangeTracker {
         let data = Arc::new(self.slice_data(slice));
         self.slice_owner.insert(key.clone(), svc.clone());
         changed |= self.set_slice(svc, key.1, Some(data));
+        if changed
+            && let Some(t) = slice.trigger_time
+            && t >= self.started
+        {
+            self.trigger_times.push(t);
+        }
         Ok(changed)
     }
 
@@ -604,7 +622,10 @@ impl ChangeTracker {
 
     /// Applies everything pending: returns the new snapshot and what changed.
     pub fn apply(&mut self) -> (Snapshot, ChangeSet) {
-        let mut changes = ChangeSet::default();
+        let mut changes = ChangeSet {
+            trigger_times: std::mem::take(&mut self.trigger_times),
+            ..ChangeSet::default()
+        };
         let mut snap = self.snapshot.clone();
         // Collected, then built in one go: sorted bulk builds, not one
         // tree insertion per service.

@@ -94,6 +94,7 @@ fn request(eps: &[&str]) -> SyncRequest {
                 ..SliceEndpoint::default()
             })
             .collect(),
+        trigger_time: None,
     })
     .unwrap();
     let (snapshot, changes) = t.apply();

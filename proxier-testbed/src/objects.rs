@@ -76,5 +76,6 @@ pub fn slice(
             })
             .collect(),
         endpoints,
+        trigger_time: None,
     }
 }

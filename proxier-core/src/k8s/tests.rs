@@ -340,6 +340,27 @@ fn endpoint_slice_conversion_and_errors() {
     let s = endpoint_slice_from_k8s(&s).unwrap().unwrap();
     s.validate().unwrap();
     assert_eq!(s.endpoints[0].hint_zones, vec!["a".to_string()]);
+    assert_eq!(s.trigger_time, None);
+    // The endpoint-slice controller's trigger time; a malformed one is
+    // ignored, not an error (it only feeds a latency metric).
+    for (value, secs) in [
+        ("2026-12-01T15:04:05Z", Some(1_796_137_445u64)),
+        ("soon", None),
+    ] {
+        let annotated = with(
+            v.clone(),
+            &["metadata", "annotations"],
+            json!({ANNOTATION_TRIGGER_TIME: value}),
+        );
+        let a: discovery::EndpointSlice = serde_json::from_value(annotated).unwrap();
+        let a = endpoint_slice_from_k8s(&a).unwrap().unwrap();
+        assert_eq!(
+            a.trigger_time
+                .map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()),
+            secs,
+            "{value}"
+        );
+    }
     assert_eq!(s.endpoints[1].terminating, Some(true));
 
     let mut t = ChangeTracker::new(IpFamily::V4, "node-1");

@@ -369,6 +369,7 @@ fn dual(
             addresses: vec![addr.parse().unwrap()],
             ..Default::default()
         }],
+        trigger_time: None,
     };
     (
         s,
@@ -470,4 +471,61 @@ async fn dual_stack_syncs_each_family_through_its_backend() {
             .contains(&crate::model::NamespacedName::new("ns", "d4"))
     );
     task.abort();
+}
+
+/// `network_programming_duration_seconds`: a slice change made after the
+/// tracker started is observed once its sync succeeds; a slice without the
+/// annotation, or one older than the tracker (kube-proxy ignores those:
+/// they would measure its own start), adds nothing.
+#[tokio::test(start_paused = true)]
+async fn network_programming_latency_is_measured_from_the_trigger_time() {
+    use crate::input::{EndpointSlice, SliceEndpoint, SlicePort};
+    let bed = start(FakeProxier::new(), cfg());
+    bed.handle.set_initialized();
+    bed.settle().await;
+    bed.handle.update_service(&svc(1)).unwrap();
+    let slice = |name: &str, ep: &str, t: Option<std::time::SystemTime>| EndpointSlice {
+        namespace: "ns".into(),
+        name: name.into(),
+        service_name: "s1".into(),
+        address_type: IpFamily::V4,
+        ports: vec![SlicePort {
+            name: String::new(),
+            port: Some(8080),
+            protocol: Some(Protocol::Tcp),
+        }],
+        endpoints: vec![SliceEndpoint {
+            addresses: vec![ep.parse().unwrap()],
+            ..Default::default()
+        }],
+        trigger_time: t,
+    };
+    let now = std::time::SystemTime::now();
+    bed.handle
+        .update_endpoint_slice(&slice("s1-a", "10.0.0.1", Some(now)))
+        .unwrap();
+    bed.handle
+        .update_endpoint_slice(&slice("s1-b", "10.0.0.2", None))
+        .unwrap();
+    bed.handle
+        .update_endpoint_slice(&slice(
+            "s1-c",
+            "10.0.0.3",
+            Some(now - Duration::from_secs(86_400)),
+        ))
+        .unwrap();
+    advance(Duration::from_secs(2)).await;
+    bed.settle().await;
+    let m = bed.handle.metrics().encode();
+    assert!(
+        m.contains("kubeproxy_network_programming_duration_seconds_count 1"),
+        "{m}"
+    );
+    let sum: f64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_sum "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    assert!((0.0..60.0).contains(&sum), "{sum}");
+    bed.stop().await;
 }

@@ -49,6 +49,7 @@ fn slice(
                 ..Default::default()
             })
             .collect(),
+        trigger_time: None,
     }
 }
 
