@@ -77,7 +77,7 @@ impl Node {
 
     fn ok(&mut self, full: bool) -> SyncReport {
         let (r, rep) = self.sync(full);
-        r.unwrap_or_else(|e| panic!("sync: {e}"));
+        r.unwrap_or_else(|e| panic!("sync: {}", proxier_core::ErrorChain(&e)));
         rep
     }
 

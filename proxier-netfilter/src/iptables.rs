@@ -376,7 +376,28 @@ impl Iptables for IptablesCmd {
             args.push("--noflush".into());
         }
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-        let (status, _out, err) = run(&prog, &argv, Some(payload)).await?;
+        let mut attempt = 0;
+        let (status, err) = loop {
+            let (status, _out, err) = run(&prog, &argv, Some(payload)).await?;
+            // iptables-nft 1.8.9 on kernel 6.1 now and then fails to read
+            // the ruleset generation before it starts ("Could not fetch
+            // rule set generation id: Invalid argument"): nothing was
+            // written, so the same restore is tried again, twice at most.
+            if status != Some(0)
+                && attempt < 2
+                && err.contains("Could not fetch rule set generation id")
+            {
+                attempt += 1;
+                tracing::debug!(
+                    table,
+                    attempt,
+                    "iptables-restore could not read the generation; retrying"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+                continue;
+            }
+            break (status, err);
+        };
         if status == Some(0) {
             Ok(())
         } else {
