@@ -9,7 +9,7 @@ use proxier_testbed::{Netns, NsRuntime};
 fn embed_iptables_backend() {
     let ns = Netns::new("embed").unwrap();
     let rt = NsRuntime::start(&ns).unwrap();
-    let manifests = format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"));
+    let manifests = format!("{}/manifests/cluster/echo.yaml", env!("CARGO_MANIFEST_DIR"));
     let synced = rt.block_on(async move {
         // --- the example ---
         use backend_iptables::{Config, IptablesProxier};

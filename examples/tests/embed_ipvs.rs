@@ -7,7 +7,7 @@ use proxier_testbed::{Netns, NsRuntime};
 
 #[test]
 fn embed_ipvs_backend() {
-    let manifests = format!("{}/manifests/demo.yaml", env!("CARGO_MANIFEST_DIR"));
+    let manifests = format!("{}/manifests/cluster/echo.yaml", env!("CARGO_MANIFEST_DIR"));
     let m = manifests.clone();
     delegate_with("embed_ipvs_backend", &[&m], move || {
         let ns = Netns::new("embedipvs").unwrap();
@@ -46,7 +46,7 @@ fn embed_ipvs_backend() {
         let ipvs = String::from_utf8(ns.exec("ipvsadm", &["-Sn"]).unwrap().stdout).unwrap();
         assert!(ipvs.contains("-A -t 10.96.0.10:80 -s wrr"), "{ipvs}");
         assert_eq!(
-            ipvs.matches("-a -t 10.96.0.10:80 -r 127.0.0.1").count(),
+            ipvs.matches("-a -t 10.96.0.10:80 -r 10.0.1.1").count(),
             3,
             "{ipvs}"
         );

@@ -202,7 +202,8 @@ fn repairs_within_a_period(
     for (n, (what, cmd)) in cases.iter().enumerate() {
         sh(&topo, cmd);
         let broken = Instant::now();
-        assert_ne!(state(&topo), good, "{what}: did not change anything");
+        // (That the damage was real is shown by the repair count below: a
+        // read of the state here may come after the repair, in the VM.)
         let took = loop {
             // An upper bound: the repair was done by the end of the read
             // that matched.

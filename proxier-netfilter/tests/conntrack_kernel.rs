@@ -61,7 +61,8 @@ fn dnat_to(ns: &Netns, ep: &str) {
 
 /// A snapshot holding one UDP service `VIP:53` with `eps` (port 5353).
 fn request(eps: &[&str]) -> SyncRequest {
-    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    // Endpoints on loopback inside the namespace: local testing.
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1").with_loopback_endpoints(true);
     t.update_service(&Service {
         namespace: "ns".into(),
         name: "dns".into(),
