@@ -117,6 +117,14 @@ fn bad_manifest_names_the_object_and_field() {
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("error: "));
 }
 
+const CLEANUP: &[&str] = &[
+    "--cleanup",
+    "--iptables-variant",
+    "nft",
+    "--ip-family",
+    "ipv4",
+];
+
 /// An exit message carries the whole cause chain: a foreign rule that
 /// jumps into our chain makes `--cleanup`'s restore fail, and the message
 /// says why (the kernel's answer), not only which table.
@@ -144,16 +152,7 @@ fn a_failed_cleanup_says_why() {
         )
     };
     sh("iptables-nft -t nat -N FOREIGN && iptables-nft -t nat -A FOREIGN -j KUBE-SERVICES");
-    let out = run_in(
-        &ns,
-        &[
-            "--cleanup",
-            "--iptables-variant",
-            "nft",
-            "--ip-family",
-            "ipv4",
-        ],
-    );
+    let out = run_in(&ns, CLEANUP);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
     let last = err.lines().last().unwrap_or_default();
@@ -166,15 +165,6 @@ fn a_failed_cleanup_says_why() {
         "the kernel's answer is missing: {last}"
     );
     sh("iptables-nft -t nat -F FOREIGN && iptables-nft -t nat -X FOREIGN");
-    let out = run_in(
-        &ns,
-        &[
-            "--cleanup",
-            "--iptables-variant",
-            "nft",
-            "--ip-family",
-            "ipv4",
-        ],
-    );
+    let out = run_in(&ns, CLEANUP);
     assert!(out.status.success());
 }

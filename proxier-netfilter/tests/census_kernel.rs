@@ -12,6 +12,9 @@ use proxier_netfilter::owned::{builtin_chains, target};
 use proxier_netfilter::{Iptables, IptablesCmd, Variant};
 use proxier_testbed::{Netns, NsRuntime};
 
+/// The chains the census is asked about (one never made).
+const CHAINS: &[&str] = &["TEST-A", "TEST-B", "TEST-EMPTY", "TEST-MISSING"];
+
 const PAYLOAD: &str = "*nat
 :TEST-A - [0:0]
 :TEST-B - [0:0]
@@ -99,11 +102,7 @@ fn nft_census_reads_what_iptables_nft_save_prints() {
                 "and only a commit"
             );
             let c = ipt
-                .census(
-                    "nat",
-                    &["TEST-A", "TEST-B", "TEST-EMPTY", "TEST-MISSING"],
-                    builtin_chains("nat"),
-                )
+                .census("nat", CHAINS, builtin_chains("nat"))
                 .await
                 .unwrap();
             let out = exec(&name, save_prog, &["-t", "nat"]);
@@ -133,11 +132,7 @@ fn nft_census_reads_what_iptables_nft_save_prints() {
             );
             assert_ne!(ipt.generation().await.unwrap(), Some(g1));
             let c = ipt
-                .census(
-                    "nat",
-                    &["TEST-A", "TEST-B", "TEST-EMPTY", "TEST-MISSING"],
-                    builtin_chains("nat"),
-                )
+                .census("nat", CHAINS, builtin_chains("nat"))
                 .await
                 .unwrap();
             assert!(!c.counts.contains_key("TEST-A"), "{:?}", c.counts);
@@ -159,11 +154,7 @@ fn legacy_census_is_its_save_and_has_no_generation() {
             .unwrap();
         assert_eq!(ipt.generation().await.unwrap(), None);
         let c = ipt
-            .census(
-                "nat",
-                &["TEST-A", "TEST-B", "TEST-EMPTY", "TEST-MISSING"],
-                builtin_chains("nat"),
-            )
+            .census("nat", CHAINS, builtin_chains("nat"))
             .await
             .unwrap();
         assert_eq!(c.counts["TEST-A"], 3);
