@@ -229,19 +229,7 @@ fn ipv6_disabled_runs_ipv4_only() {
     ns.enter(|| std::fs::write("/proc/sys/net/ipv6/conf/all/disable_ipv6", "1"))
         .unwrap()
         .unwrap();
-    let m = common::manifest();
-    let out = common::run_in(
-        &ns,
-        env!("CARGO_BIN_EXE_nftables"),
-        &[
-            "--once",
-            "--manifests",
-            &m,
-            "--allow-loopback-endpoints",
-            "--hostname-override",
-            "node-1",
-        ],
-    );
+    let out = common::run_demo_once(&ns, env!("CARGO_BIN_EXE_nftables"), &[]);
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");
     assert!(
@@ -326,20 +314,10 @@ fn ipvs_serves_both_families_in_the_vm() {
 #[test]
 fn nodeport_cidr_without_a_node_address_is_named() {
     let ns = proxier_testbed::Netns::new("npaw").unwrap();
-    let m = common::manifest();
-    let out = common::run_in(
+    let out = common::run_demo_once(
         &ns,
         env!("CARGO_BIN_EXE_nftables"),
-        &[
-            "--once",
-            "--manifests",
-            &m,
-            "--allow-loopback-endpoints",
-            "--hostname-override",
-            "node-1",
-            "--nodeport-addresses",
-            "192.168.99.0/24,fd00:99::/64",
-        ],
+        &["--nodeport-addresses", "192.168.99.0/24,fd00:99::/64"],
     );
     let log = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{log}");

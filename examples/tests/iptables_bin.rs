@@ -6,7 +6,6 @@ mod common;
 
 use std::process::Command;
 
-use common::manifest;
 use proxier_testbed::Netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_iptables");
@@ -43,16 +42,10 @@ fn help_and_unknown_flag() {
 fn once_then_cleanup_in_a_namespace() {
     for variant in ["nft", "legacy"] {
         let ns = Netns::new("exbin").unwrap();
-        let m = manifest();
-        let out = run_in(
+        let out = common::run_demo_once(
             &ns,
+            BIN,
             &[
-                "--once",
-                "--manifests",
-                &m,
-                "--allow-loopback-endpoints",
-                "--hostname-override",
-                "node-1",
                 "--cluster-cidr",
                 "10.0.0.0/16",
                 "--iptables-variant",
@@ -131,20 +124,12 @@ const CLEANUP: &[&str] = &[
 #[test]
 fn a_failed_cleanup_says_why() {
     let ns = Netns::new("exwhy").unwrap();
-    let m = manifest();
-    let args = [
-        "--once",
-        "--manifests",
-        &m,
-        "--allow-loopback-endpoints",
-        "--hostname-override",
-        "node-1",
-        "--iptables-variant",
-        "nft",
-        "--ip-family",
-        "ipv4",
-    ];
-    assert!(run_in(&ns, &args).status.success());
+    let once = common::run_demo_once(
+        &ns,
+        BIN,
+        &["--iptables-variant", "nft", "--ip-family", "ipv4"],
+    );
+    assert!(once.status.success());
     let sh = |cmd: &str| {
         assert!(
             ns.exec("sh", &["-c", cmd]).unwrap().status.success(),

@@ -4,7 +4,6 @@
 
 mod common;
 
-use common::manifest;
 use proxier_testbed::Netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_nftables");
@@ -35,16 +34,10 @@ fn help() {
 fn once_then_cleanup_in_a_namespace() {
     let ns = Netns::new("exnft").unwrap();
     ns.exec("nft", &["add", "table", "inet", "filter"]).unwrap();
-    let m = manifest();
-    let out = run_in(
+    let out = common::run_demo_once(
         &ns,
+        BIN,
         &[
-            "--once",
-            "--manifests",
-            &m,
-            "--allow-loopback-endpoints",
-            "--hostname-override",
-            "node-1",
             "--cluster-cidr",
             "10.0.0.0/16",
             "--service-cluster-ip-range",

@@ -7,7 +7,6 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::manifest;
 use proxier_testbed::Netns;
 
 const BIN: &str = env!("CARGO_BIN_EXE_userspace");
@@ -46,20 +45,7 @@ fn help_and_bad_flags() {
 #[test]
 fn portal_once_then_cleanup_in_a_namespace() {
     let ns = Netns::new("usbin").unwrap();
-    let m = manifest();
-    let out = run_in(
-        &ns,
-        &[
-            "--once",
-            "--manifests",
-            &m,
-            "--allow-loopback-endpoints",
-            "--hostname-override",
-            "node-1",
-            "--iptables-variant",
-            "nft",
-        ],
-    );
+    let out = common::run_demo_once(&ns, BIN, &["--iptables-variant", "nft"]);
     assert!(
         out.status.success(),
         "{}",

@@ -22,6 +22,22 @@ pub fn run_in(ns: &Netns, bin: &str, args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Runs `bin --once` on the bundled demo manifest (its loopback endpoints
+/// accepted) as node `node-1` inside `ns`, with `extra` flags after.
+pub fn run_demo_once(ns: &Netns, bin: &str, extra: &[&str]) -> Output {
+    let m = manifest();
+    let mut args = vec![
+        "--once",
+        "--manifests",
+        &m,
+        "--allow-loopback-endpoints",
+        "--hostname-override",
+        "node-1",
+    ];
+    args.extend(extra);
+    run_in(ns, bin, &args)
+}
+
 /// A manifest with one invalid Service (`demo/broken`, port 0) in a fresh
 /// directory named after `tag`; returns (directory, file).
 pub fn bad_manifest(tag: &str) -> (PathBuf, PathBuf) {
