@@ -623,6 +623,7 @@ impl Proxier for IptablesProxier {
                         full: false,
                         repaired,
                         iptables_rules: vec![("filter", f, 0), ("nat", n, 0)],
+                        not_programmed: Vec::new(),
                     });
                 }
                 if w.ruleset.large_cluster != is_large_cluster(&self.cfg, &req.snapshot) {
@@ -689,6 +690,7 @@ impl Proxier for IptablesProxier {
                     full,
                     repaired,
                     iptables_rules: vec![("filter", f, wf), ("nat", n, wn)],
+                    not_programmed: Vec::new(),
                 })
             }
             Err(e) => {

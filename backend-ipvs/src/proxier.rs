@@ -1008,6 +1008,8 @@ impl Proxier for IpvsProxier {
                     ]
                 })
                 .unwrap_or_default(),
+
+            not_programmed: Vec::new(),
         })
     }
 

@@ -377,6 +377,7 @@ impl Proxier for NftablesProxier {
             full,
             repaired,
             iptables_rules: Vec::new(),
+            not_programmed: Vec::new(),
         })
     }
 

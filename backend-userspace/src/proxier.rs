@@ -107,10 +107,6 @@ impl std::fmt::Debug for UserspaceProxier {
 
 const NAME: &str = "userspace";
 
-fn err(what: impl Into<String>) -> ProxierError {
-    ProxierError::new(NAME, what)
-}
-
 impl UserspaceProxier {
     /// A proxier; nothing is bound or written until the first sync.
     pub fn new(mut cfg: Config) -> Self {
@@ -187,9 +183,8 @@ impl UserspaceProxier {
         let mut udp = Vec::new();
         let mut addrs = Vec::new();
         for b in &e.binds {
-            let s = bind(*b, e.svc.protocol(), self.freebind()).map_err(|err| {
-                format!("{}: binding {b}/{}: {err}", e.svc.name, e.svc.protocol())
-            })?;
+            let s = bind(*b, e.svc.protocol(), self.freebind())
+                .map_err(|err| format!("binding {b}/{}: {err}", e.svc.protocol()))?;
             addrs.push(
                 s.local_addr()
                     .ok()
@@ -233,7 +228,7 @@ impl UserspaceProxier {
         &mut self,
         svc: &Arc<ServicePort>,
         eps: Vec<SocketAddr>,
-        errors: &mut Vec<String>,
+        errors: &mut Vec<(ServicePortName, String)>,
     ) -> usize {
         let affinity = svc
             .sticky_seconds()
@@ -287,17 +282,41 @@ impl UserspaceProxier {
             ops += 1;
         }
         if want && e.listening.is_none() {
-            let e = &self.entries[&svc.name];
-            match self.open(e) {
-                Ok(l) => {
-                    debug!(service = %svc.name, addrs = ?l.1, "listening");
-                    ops += l.1.len();
-                    self.entries.get_mut(&svc.name).expect("entry").listening = Some(l);
-                }
-                Err(m) => errors.push(m),
-            }
+            ops += self.listen(&svc.name, errors);
         }
         ops
+    }
+
+    /// Opens the listeners of one entry; a failure (the address is taken,
+    /// descriptors ran out) is that service port's alone and is retried
+    /// on the next sync. Returns the listeners opened.
+    fn listen(
+        &mut self,
+        name: &ServicePortName,
+        errors: &mut Vec<(ServicePortName, String)>,
+    ) -> usize {
+        match self.open(&self.entries[name]) {
+            Ok(l) => {
+                debug!(service = %name, addrs = ?l.1, "listening");
+                let n = l.1.len();
+                self.entries.get_mut(name).expect("entry").listening = Some(l);
+                n
+            }
+            Err(m) => {
+                errors.push((name.clone(), m));
+                0
+            }
+        }
+    }
+
+    /// Entries that should listen and do not (their last attempt failed).
+    fn unopened(&self) -> Vec<ServicePortName> {
+        let portal = matches!(self.cfg.mode, Mode::Portal(_));
+        self.entries
+            .iter()
+            .filter(|(_, e)| (portal || e.has_endpoints) && e.listening.is_none())
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     fn remove(&mut self, name: &ServicePortName) -> usize {
@@ -450,9 +469,18 @@ impl Proxier for UserspaceProxier {
             ops += self.remove(n);
         }
         let mut errors = Vec::new();
+        let touched: std::collections::HashSet<ServicePortName> =
+            desired.keys().map(|n| (*n).clone()).collect();
         for (svc, eps) in desired.into_values() {
             let svc = svc.clone();
             ops += self.reconcile(&svc, eps, &mut errors);
+        }
+        // A port that could not listen before is tried again on every
+        // sync (the runner asks for one, with backoff, while any is left).
+        for n in self.unopened() {
+            if !touched.contains(&n) {
+                ops += self.listen(&n, &mut errors);
+            }
         }
         // Stale affinity entries go on every sync (`cleanupStaleStickySessions`).
         let now = Instant::now();
@@ -479,9 +507,6 @@ impl Proxier for UserspaceProxier {
             if let Err(e) = clean_stale(&*p.conntrack, &stale).await {
                 warn!(error = %proxier_core::ErrorChain(&e), "conntrack cleanup failed");
             }
-        }
-        if !errors.is_empty() {
-            return Err(err(errors.join("; ")));
         }
         let listeners: usize = self
             .entries
@@ -511,6 +536,7 @@ impl Proxier for UserspaceProxier {
                     ]
                 })
                 .unwrap_or_default(),
+            not_programmed: errors,
         })
     }
 

@@ -15,6 +15,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg,
 };
 use proxier_core::ServicePortName;
+use proxier_core::metrics::{Counter, Metrics};
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -44,6 +45,25 @@ pub struct DataPath {
     /// The most UDP flows one service port keeps; datagrams from new
     /// clients beyond it are dropped (and counted) until flows expire.
     pub max_udp_flows: usize,
+    /// Datagrams from new clients dropped because a port's flow table
+    /// was full, over every port of every proxier built from a clone of
+    /// this value (one per family): what [`DataPath::register_metrics`]
+    /// serves as `kubeproxy_userspace_udp_flow_table_full_drops_total`.
+    pub udp_table_full: Counter,
+}
+
+impl DataPath {
+    /// Adds this data path's counters to `/metrics`. Call once, with the
+    /// value whose clones every family's proxier was built from.
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        metrics.register(|r| {
+            r.register(
+                "userspace_udp_flow_table_full_drops",
+                "Datagrams from new UDP clients dropped because a service port's flow table was full (--max-udp-flows; proxier's own)",
+                self.udp_table_full.clone(),
+            );
+        });
+    }
 }
 
 impl Default for DataPath {
@@ -52,6 +72,7 @@ impl Default for DataPath {
             relay: Relay::default(),
             udp_idle_timeout: Duration::from_millis(250),
             max_udp_flows: 16_384,
+            udp_table_full: Counter::default(),
         }
     }
 }
@@ -435,6 +456,7 @@ fn new_flow(
     if live >= port.data.max_udp_flows {
         let c = &port.counters;
         let dropped = c.table_full.fetch_add(1, Ordering::Relaxed) + 1;
+        port.data.udp_table_full.inc();
         let now = epoch.elapsed().as_millis() as u64 + 1;
         let last = c.table_full_logged.load(Ordering::Relaxed);
         if (last == 0 || now.saturating_sub(last) >= 10_000)

@@ -321,3 +321,49 @@ async fn ipv6_tcp_and_udp() {
     let (server, from) = udp_who(np, "six").await.unwrap();
     assert_eq!((server, from), (backend, np));
 }
+
+/// A service port whose address another program holds (issue 16, item
+/// 7) is reported by name and retried; the sync succeeds and every other
+/// port, of that service and of others, serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_that_cannot_be_bound_is_reported_and_retried() {
+    servers(12, &[11]).await;
+    servers(13, &[11]).await;
+    let blocker = std::net::TcpListener::bind(vip(12, 8080)).unwrap();
+    let mut bed = Bed::new(DataPath::default());
+    let (busy, busy_sl) = objects(12, "busy", &[11]);
+    let (free, free_sl) = objects(13, "free", &[11]);
+    let stats = bed.apply(&[busy, free], &[busy_sl, free_sl]).await;
+    assert_eq!(stats.not_programmed.len(), 1, "{:?}", stats.not_programmed);
+    let (port, why) = &stats.not_programmed[0];
+    assert_eq!(port.to_string(), "default/busy:http");
+    assert!(
+        why.contains("binding 127.77.12.1:8080/TCP") && why.contains("in use"),
+        "{why}"
+    );
+    assert_eq!(stats.objects, 3, "the other three listeners are open");
+    assert_eq!(
+        tcp_who(None, vip(13, 8080)).await.unwrap(),
+        sa("127.77.13.11:9000")
+    );
+    assert_eq!(
+        udp_who(vip(12, 5353), "dns").await.unwrap().0,
+        sa("127.77.12.11:9000")
+    );
+    // Still taken: a sync with no changes tries again and says so again.
+    let again = bed.sync().await;
+    assert_eq!(again.not_programmed.len(), 1);
+    // Released: the next sync with no changes opens it.
+    drop(blocker);
+    let fixed = bed.sync().await;
+    assert!(
+        fixed.not_programmed.is_empty(),
+        "{:?}",
+        fixed.not_programmed
+    );
+    assert_eq!(fixed.written, 1, "one listener opened");
+    assert_eq!(
+        tcp_who(None, vip(12, 8080)).await.unwrap(),
+        sa("127.77.12.11:9000")
+    );
+}

@@ -147,6 +147,7 @@ async fn udp_flood_from_100k_source_ports_stays_bounded() {
         udp_idle_timeout: Duration::from_secs(3),
         ..DataPath::default()
     };
+    let data_counter = data.udp_table_full.clone();
     let mut bed = Bed::new(data);
     let (s, sl) = lb_service(2, 5353, UDP);
     bed.apply(&[s], &[sl]).await;
@@ -195,6 +196,8 @@ async fn udp_flood_from_100k_source_ports_stays_bounded() {
         full > 0 && full <= dropped,
         "table full {full}, dropped {dropped}"
     );
+    // The metric's counter (shared by every port) saw each of them.
+    assert_eq!(data_counter.get(), full);
     // Flows idle out: descriptors come back.
     let deadline = Instant::now() + Duration::from_secs(20);
     while bed.proxier.active() > 0 && Instant::now() < deadline {

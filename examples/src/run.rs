@@ -16,6 +16,8 @@ use crate::cli::{Common, Settings};
 struct Recorder {
     inner: Box<dyn Proxier>,
     last_error: Arc<Mutex<Option<String>>>,
+    /// Per family, the service ports its last sync could not program.
+    not_programmed: Arc<Mutex<std::collections::BTreeMap<IpFamily, Vec<String>>>>,
 }
 
 #[async_trait]
@@ -26,14 +28,31 @@ impl Proxier for Recorder {
     async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
         let r = self.inner.sync(req).await;
         match &r {
-            Ok(s) => tracing::info!(
-                backend = self.inner.name(),
-                family = req.snapshot.family.as_str(),
-                full = s.full,
-                objects = s.objects,
-                written = s.written,
-                "synced"
-            ),
+            Ok(s) => {
+                tracing::info!(
+                    backend = self.inner.name(),
+                    family = req.snapshot.family.as_str(),
+                    full = s.full,
+                    objects = s.objects,
+                    written = s.written,
+                    "synced"
+                );
+                let ports = s
+                    .not_programmed
+                    .iter()
+                    .map(|(p, why)| {
+                        format!(
+                            "{}: {}",
+                            proxier_core::escape(&p.to_string()),
+                            proxier_core::escape(why)
+                        )
+                    })
+                    .collect();
+                self.not_programmed
+                    .lock()
+                    .expect("lock")
+                    .insert(req.snapshot.family, ports);
+            }
             Err(e) => {
                 *self.last_error.lock().expect("lock") =
                     Some(proxier_core::ErrorChain(e).to_string());
@@ -158,6 +177,16 @@ pub async fn run_mode(
     common: Common,
     make: impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
 ) -> ExitCode {
+    run_mode_with(common, make, |_| {}).await
+}
+
+/// [`run_mode`], and `metrics` adds the backend's own metrics to
+/// `/metrics` (once, however many families run).
+pub async fn run_mode_with(
+    common: Common,
+    make: impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
+    metrics: impl FnOnce(&proxier_core::Metrics),
+) -> ExitCode {
     init_logging();
     let settings = match common.settings() {
         Ok(s) => s,
@@ -189,6 +218,7 @@ pub async fn run_mode(
         };
     }
     let last_error = Arc::new(Mutex::new(None));
+    let not_programmed = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
     let trackers = families
         .iter()
         .map(|f| {
@@ -206,10 +236,12 @@ pub async fn run_mode(
         Box::new(Recorder {
             inner: proxier,
             last_error: last_error.clone(),
+            not_programmed: not_programmed.clone(),
         }),
         cfg,
     );
 
+    metrics(&handle.metrics());
     let mut object_errors = 0usize;
     match (&common.manifests, common.once) {
         (Some(path), true) => {
@@ -262,6 +294,27 @@ pub async fn run_mode(
                 .clone()
                 .unwrap_or_else(|| "sync failed".into());
             return fail(e);
+        }
+        let ports: Vec<String> = not_programmed
+            .lock()
+            .expect("lock")
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        if !ports.is_empty() {
+            for p in &ports {
+                eprintln!("error: service port not programmed: {p}");
+            }
+            return fail(format!(
+                "{} service port(s) not programmed{}; everything else was synced",
+                ports.len(),
+                if object_errors > 0 {
+                    format!(", {object_errors} object(s) skipped")
+                } else {
+                    String::new()
+                }
+            ));
         }
         return if object_errors > 0 {
             fail(format!(

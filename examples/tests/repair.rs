@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -83,19 +82,7 @@ fn sh(topo: &Topology, cmd: &str) -> String {
 
 /// `GET /metrics` from inside the node namespace.
 fn metrics(topo: &Topology) -> String {
-    topo.node
-        .enter(|| {
-            let mut s = std::net::TcpStream::connect(METRICS).ok()?;
-            s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-                .ok()?;
-            let mut out = String::new();
-            s.read_to_string(&mut out).ok()?;
-            Some(out)
-        })
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    common::http_get_in(&topo.node, METRICS, "/metrics")
 }
 
 fn repairs(topo: &Topology) -> Option<u64> {
@@ -103,22 +90,6 @@ fn repairs(topo: &Topology) -> Option<u64> {
         .lines()
         .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_repairs_total "))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// The daemon, killed however the test ends.
-struct Daemon(std::process::Child);
-
-impl Daemon {
-    fn stop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }
 
 /// One mode: `bin args`, its rules read back by `state` (a text that must
@@ -159,7 +130,7 @@ fn repairs_within_a_period(
         "127.0.0.1:10256",
     ];
     argv.extend(args);
-    let mut child = Daemon(
+    let mut child = common::Daemon(
         std::process::Command::new("ip")
             .args(["netns", "exec", topo.node.name(), bin])
             .args(&argv)

@@ -7,7 +7,10 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+/// The counter type of every metric here: a backend that counts events
+/// of its own data path (the userspace proxy's full UDP flow tables)
+/// holds one and registers it with [`Metrics::register`].
+pub use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
@@ -79,6 +82,11 @@ pub struct Metrics {
     /// `kubeproxy_sync_proxy_rules_iptables_last{table}`: rules its last
     /// sync wrote.
     pub iptables_rules_last: Family<TableLabel, Gauge>,
+    /// `kubeproxy_sync_proxy_rules_service_ports_not_programmed`: service
+    /// ports the last sync of every family could not program (a node port
+    /// another program holds, in userspace direct mode). Our own; kube-proxy
+    /// only logs them.
+    pub not_programmed: Gauge,
     /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`:
     /// service ports with a Local policy and no local endpoint.
     pub no_local_endpoints: Family<PolicyLabel, Gauge>,
@@ -143,6 +151,7 @@ impl Metrics {
             iptables_rules_total: Family::default(),
             iptables_rules_last: Family::default(),
             no_local_endpoints: Family::default(),
+            not_programmed: Gauge::default(),
             network_programming_duration: Histogram::new(network_programming_buckets()),
             healthz_total: Family::default(),
             livez_total: Family::default(),
@@ -202,6 +211,11 @@ impl Metrics {
             "sync_proxy_rules_repairs",
             "Cumulative syncs that found rules changed outside the proxier and repaired them (proxier's own; kube-proxy has none)",
             m.repairs_total.clone(),
+        );
+        r.register(
+            "sync_proxy_rules_service_ports_not_programmed",
+            "Service ports the last sync could not program and retries (proxier's own; kube-proxy only logs them)",
+            m.not_programmed.clone(),
         );
         r.register(
             "sync_proxy_rules_iptables_restore_failures",

@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use crate::model::ServicePortName;
 use crate::tracker::{ChangeSet, Snapshot};
 
 /// What one sync is asked to do.
@@ -44,6 +45,15 @@ pub struct SyncStats {
     /// and written by it (`kubeproxy_sync_proxy_rules_iptables_total` and
     /// `…_last`); empty for a backend without iptables rules.
     pub iptables_rules: Vec<(&'static str, usize, usize)>,
+    /// Service ports this sync could not program, each with why (`binding
+    /// 127.0.0.1:30091/TCP: Address already in use`). The sync still
+    /// succeeded for everything else: the node stays healthy, as
+    /// kube-proxy's does for a service it could not program. The runner
+    /// logs them, shows their number in
+    /// `kubeproxy_sync_proxy_rules_service_ports_not_programmed` and asks
+    /// again with backoff (a sync with no changes); the backend retries
+    /// them on every sync until they succeed.
+    pub not_programmed: Vec<(ServicePortName, String)>,
 }
 
 /// Which atomic kernel update a failed sync could not make (kube-proxy
@@ -166,6 +176,8 @@ pub struct FakeLog {
     pub drift: Option<String>,
     /// What a told-to-fail sync says the kernel refused.
     pub refused: Option<Refused>,
+    /// Service ports every sync reports as not programmed (until cleared).
+    pub not_programmed: Vec<(ServicePortName, String)>,
 }
 
 /// A backend for tests: records requests, can be told to fail, and can
@@ -242,6 +254,7 @@ impl Proxier for FakeProxier {
             full: req.full || repaired.is_some(),
             repaired,
             iptables_rules: Vec::new(),
+            not_programmed: l.not_programmed.clone(),
         })
     }
 

@@ -241,6 +241,10 @@ struct Lane {
     carry: ChangeSet,
     last_counters: TrackerCounters,
     last_snapshot: Option<crate::tracker::Snapshot>,
+    /// What the last successful sync could not program (logged when it
+    /// changes), and how many syncs in a row reported something.
+    not_programmed: Vec<(crate::ServicePortName, String)>,
+    port_retries: u32,
 }
 
 /// Drives a [`Proxier`] from a [`ChangeTracker`] (one per family on a
@@ -390,6 +394,7 @@ impl Runner {
                 ok: true,
             };
             let mut longest_backoff = None;
+            let mut port_retry: Option<Duration> = None;
             // One family after the other: two iptables-nft processes at
             // once in one namespace fail ("Could not fetch rule set
             // generation id", iptables 1.8.9 on kernel 6.1), and the
@@ -405,12 +410,17 @@ impl Runner {
                 if !ok {
                     let d = self.backoff(self.lanes[i].failures);
                     longest_backoff = Some(longest_backoff.map_or(d, |l: Duration| l.max(d)));
+                } else if self.lanes[i].port_retries > 0 {
+                    let d = self.backoff(self.lanes[i].port_retries);
+                    port_retry = Some(port_retry.map_or(d, |l: Duration| l.min(d)));
                 }
             }
             let end = Instant::now();
             match longest_backoff {
                 None => {
-                    retry_at = None;
+                    // Service ports a backend could not program are asked
+                    // for again (a sync with no changes), with backoff.
+                    retry_at = port_retry.map(|d| end + d);
                     self.shared.health.updated();
                     self.shared
                         .metrics
@@ -540,6 +550,26 @@ impl Runner {
                     m.iptables_rules_total.get_or_create(&l).set(*total as i64);
                     m.iptables_rules_last.get_or_create(&l).set(*last as i64);
                 }
+                if stats.not_programmed.is_empty() {
+                    if !lane.not_programmed.is_empty() {
+                        tracing::info!(backend = %name, family, "every service port is programmed again");
+                    }
+                    lane.port_retries = 0;
+                } else {
+                    if stats.not_programmed != lane.not_programmed {
+                        for (port, why) in &stats.not_programmed {
+                            tracing::warn!(backend = %name, family, service = %crate::validate::escape(&port.to_string()), error = %crate::validate::escape(why), "service port not programmed (every other port is); will retry");
+                        }
+                    }
+                    lane.port_retries = lane.port_retries.saturating_add(1);
+                }
+                lane.not_programmed = stats.not_programmed;
+                let not_programmed: usize = self.lanes.iter().map(|l| l.not_programmed.len()).sum();
+                self.shared
+                    .metrics
+                    .not_programmed
+                    .set(not_programmed as i64);
+                let lane = &mut self.lanes[i];
                 if let Some(what) = &stats.repaired {
                     tracing::warn!(backend = %name, family, found = %crate::validate::escape(what), "rules were changed outside the proxier; repaired with a full sync");
                     self.shared.metrics.repairs_total.inc();

@@ -59,7 +59,15 @@ async fn main() -> ExitCode {
     if let Ok(n) = backend_userspace::raise_fd_limit(64_000) {
         tracing::debug!(limit = n, "open files");
     }
-    examples::run::run_mode(common, async move |s| {
+    // One data path for both families, so its counters add up.
+    let data = DataPath {
+        relay: cli.relay,
+        udp_idle_timeout: cli.udp_timeout,
+        max_udp_flows: cli.max_udp_flows,
+        ..DataPath::default()
+    };
+    let counters = data.clone();
+    let make = async move |s: &examples::cli::Settings| {
         let mode = if cli.direct {
             // Node ports on the --nodeport-addresses host addresses, or on
             // every address.
@@ -99,13 +107,9 @@ async fn main() -> ExitCode {
         let p = UserspaceProxier::new(Config {
             family: s.family,
             mode,
-            data: DataPath {
-                relay: cli.relay,
-                udp_idle_timeout: cli.udp_timeout,
-                max_udp_flows: cli.max_udp_flows,
-            },
+            data: data.clone(),
         });
         Ok(Box::new(p) as Box<dyn Proxier>)
-    })
-    .await
+    };
+    examples::run::run_mode_with(common, make, |m| counters.register_metrics(m)).await
 }

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use proxier_testbed::Netns;
 
@@ -88,4 +90,38 @@ pub fn assert_bad_manifest_refused(tag: &str, args: &[&str], run: impl FnOnce(&[
     let out = run(&all);
     assert_names_broken_port(&out);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A daemon, killed however the test ends.
+pub struct Daemon(pub std::process::Child);
+
+impl Daemon {
+    /// Kills and reaps it.
+    pub fn stop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `GET path` on `addr` from inside `ns`: the whole response (status
+/// line, headers, body), or an empty string if nothing answered.
+pub fn http_get_in(ns: &Netns, addr: &'static str, path: &'static str) -> String {
+    ns.enter(move || {
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(3))).ok()?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    })
+    .ok()
+    .flatten()
+    .unwrap_or_default()
 }

@@ -181,6 +181,72 @@ async fn verifies_once_per_sync_period_and_counts_repairs() {
     bed.stop().await;
 }
 
+/// A service port the backend could not program (issue 16, item 7) does
+/// not fail the sync: the node stays healthy well past the health
+/// timeout, the port shows in a gauge, and the runner asks again with
+/// backoff (2 s, 4 s, 8 s, 8 s…) until the backend reports it programmed.
+#[tokio::test(start_paused = true)]
+async fn a_port_that_cannot_be_programmed_is_retried_and_the_node_stays_healthy() {
+    let fake = FakeProxier::new();
+    let port = crate::ServicePortName {
+        service: crate::NamespacedName::new("ns", "busy"),
+        port: "http".into(),
+        protocol: Protocol::Tcp,
+    };
+    fake.log.lock().unwrap().not_programmed = vec![(
+        port,
+        "binding 127.0.0.1:30091/TCP: Address already in use".into(),
+    )];
+    let bed = start(fake, cfg());
+    bed.handle.set_initialized();
+    bed.settle().await;
+    assert_eq!(bed.syncs().len(), 1);
+    let gauge = "kubeproxy_sync_proxy_rules_service_ports_not_programmed 1";
+    assert!(bed.handle.metrics().encode().contains(gauge));
+    // Retries at +2, +6, +14, +22 s: no changes, no failure counted.
+    let mut at = Vec::new();
+    for s in 1..=24 {
+        advance(Duration::from_secs(1)).await;
+        bed.settle().await;
+        if bed.syncs().len() > at.len() + 1 {
+            at.push(s);
+        }
+    }
+    assert_eq!(at, vec![2, 6, 14, 22], "retries at {at:?} s");
+    assert!(
+        !bed.syncs()[1..].iter().any(|s| s.0),
+        "a retry need not be full"
+    );
+    // Well past the health timeout (2 x 30 s) the node is healthy.
+    advance(Duration::from_secs(100)).await;
+    bed.settle().await;
+    assert!(bed.handle.health().is_healthy());
+    let m = bed.handle.metrics().encode();
+    assert!(
+        m.contains("kubeproxy_sync_proxy_rules_failures_total 0"),
+        "{m}"
+    );
+    // Programmed at last: the gauge falls and the retries stop.
+    bed.fake.log.lock().unwrap().not_programmed.clear();
+    advance(Duration::from_secs(8)).await;
+    bed.settle().await;
+    let n = bed.syncs().len();
+    assert!(
+        bed.handle
+            .metrics()
+            .encode()
+            .contains("kubeproxy_sync_proxy_rules_service_ports_not_programmed 0")
+    );
+    advance(Duration::from_secs(20)).await;
+    bed.settle().await;
+    assert_eq!(
+        bed.syncs().len(),
+        n,
+        "retried after everything was programmed"
+    );
+    bed.stop().await;
+}
+
 /// kube-proxy's failure counters: a refused `iptables-restore` counts in
 /// `…_iptables_restore_failures_total` (and, in a partial sync, in the
 /// partial one), a refused nf_tables transaction in its own; a Local
