@@ -25,8 +25,9 @@
 #![warn(missing_docs)]
 
 pub mod names;
+mod parts;
 pub mod proxier;
 pub mod render;
 
-pub use proxier::IptablesProxier;
+pub use proxier::{DEFAULT_PART_CHAINS, IptablesProxier};
 pub use render::{Config, Ruleset};

@@ -306,3 +306,90 @@ fn ipv6_through_ip6tables_restore() {
         assert!(r.lines(true).is_empty(), "{variant}");
     }
 }
+
+/// Issue 16, item 10: a first sync above the part size is written in
+/// growing parts, `kube-system` first, each committed (and so serving)
+/// before the next; a restarted proxier that finds a ruleset of that size
+/// in the kernel replaces it in one restore.
+fn large_first_sync_in_parts(variant: Variant) {
+    let mut r = Rig::new(variant, IpFamily::V4, 5, usize::MAX);
+    r.proxier = r.proxier.take().map(|p| p.with_part_size(6));
+    // Six chains per service: two ports, each with two endpoints.
+    for i in 0..5u8 {
+        r.add(
+            &format!("s{i}"),
+            &format!("10.96.0.{}", 10 + i),
+            &[&format!("10.0.{i}.1"), &format!("10.0.{i}.2")],
+        );
+    }
+    r.tracker
+        .update_service(&service("kube-system", "dns", "10.96.0.53", &P))
+        .unwrap();
+    r.tracker
+        .update_endpoint_slice(&slice(
+            "kube-system",
+            "dns",
+            &P,
+            vec![
+                ep("10.0.9.1".parse().unwrap(), "node-2"),
+                ep("10.0.9.2".parse().unwrap(), "node-2"),
+            ],
+        ))
+        .unwrap();
+    let services = |r: &Rig| {
+        r.lines(true)
+            .iter()
+            .filter(|l| l.starts_with("-A KUBE-SERVICES") && l.contains("--dport 80"))
+            .filter_map(|l| l.split("-d ").nth(1)?.split('/').next().map(String::from))
+            .collect::<Vec<_>>()
+    };
+    let s = r.sync().unwrap();
+    assert_eq!(
+        s.incomplete.as_deref(),
+        Some("1 of 6 services (6 of 36 nat chains) written")
+    );
+    assert_eq!(services(&r), vec!["10.96.0.53"], "kube-system first");
+    let s = r.sync().unwrap();
+    assert!(s.full, "each part is a full sync");
+    assert_eq!(
+        s.incomplete.as_deref(),
+        Some("4 of 6 services (24 of 36 nat chains) written")
+    );
+    assert_eq!(services(&r).len(), 4);
+    let s = r.sync().unwrap();
+    assert_eq!(s.incomplete, None);
+    assert_eq!(services(&r).len(), 6);
+    let all = r.lines(true);
+    // Then partial syncs as usual.
+    r.add("s0", "10.96.0.10", &["10.0.0.1"]);
+    let s = r.sync().unwrap();
+    assert!(!s.full && s.incomplete.is_none());
+    // A restart: the kernel holds 36 chains ≥ 6, one restore.
+    let cfg = r.proxier.as_ref().unwrap().config().clone();
+    r.proxier = Some(
+        IptablesProxier::new(
+            cfg,
+            Arc::new(IptablesCmd::new(IpFamily::V4, variant)),
+            Arc::new(ConntrackNetlink::new().unwrap()),
+            Arc::new(proxier_netfilter::ProcSys),
+        )
+        .unwrap()
+        .with_part_size(6),
+    );
+    r.first = true;
+    r.add("s0", "10.96.0.10", &["10.0.0.1", "10.0.0.2"]);
+    let s = r.sync().unwrap();
+    assert_eq!(s.incomplete, None, "a restart replaces in one restore");
+    assert_eq!(r.lines(true), all);
+    r.cleanup();
+}
+
+#[test]
+fn large_first_sync_in_parts_nft() {
+    large_first_sync_in_parts(Variant::Nft);
+}
+
+#[test]
+fn large_first_sync_in_parts_legacy() {
+    large_first_sync_in_parts(Variant::Legacy);
+}

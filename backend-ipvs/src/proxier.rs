@@ -1010,6 +1010,8 @@ impl Proxier for IpvsProxier {
                 .unwrap_or_default(),
 
             not_programmed: Vec::new(),
+
+            incomplete: None,
         })
     }
 

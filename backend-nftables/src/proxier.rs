@@ -378,6 +378,7 @@ impl Proxier for NftablesProxier {
             repaired,
             iptables_rules: Vec::new(),
             not_programmed: Vec::new(),
+            incomplete: None,
         })
     }
 

@@ -537,6 +537,7 @@ impl Proxier for UserspaceProxier {
                 })
                 .unwrap_or_default(),
             not_programmed: errors,
+            incomplete: None,
         })
     }
 

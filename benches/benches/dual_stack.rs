@@ -63,7 +63,8 @@ fn iptables(f: IpFamily) -> Box<dyn Proxier> {
             Arc::new(ConntrackNetlink::new().expect("ct")),
             Arc::new(proxier_netfilter::ProcSys),
         )
-        .expect("config"),
+        .expect("config")
+        .with_part_size(usize::MAX),
     )
 }
 

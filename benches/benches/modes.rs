@@ -72,7 +72,9 @@ fn make(mode: &str) -> Box<dyn Proxier> {
                 Arc::new(ConntrackNetlink::new().unwrap()),
                 Arc::new(proxier_netfilter::ProcSys),
             )
-            .expect("config"),
+            .expect("config")
+            // Every mode's resync is one write, side by side.
+            .with_part_size(usize::MAX),
         ),
         "userspace" => {
             let _ = backend_userspace::raise_fd_limit(64_000);

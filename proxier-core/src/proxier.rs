@@ -54,6 +54,11 @@ pub struct SyncStats {
     /// again with backoff (a sync with no changes); the backend retries
     /// them on every sync until they succeed.
     pub not_programmed: Vec<(ServicePortName, String)>,
+    /// What a backend that programs a large cluster in parts has still to
+    /// write (`20,000 of 50,000 services written`), if anything. What is
+    /// written serves; the runner logs it and syncs again as soon as the
+    /// minimum sync interval allows, until this is `None`.
+    pub incomplete: Option<String>,
 }
 
 /// Which atomic kernel update a failed sync could not make (kube-proxy
@@ -178,6 +183,8 @@ pub struct FakeLog {
     pub refused: Option<Refused>,
     /// Service ports every sync reports as not programmed (until cleared).
     pub not_programmed: Vec<(ServicePortName, String)>,
+    /// The next N successful syncs report that parts are still to come.
+    pub parts_left: usize,
 }
 
 /// A backend for tests: records requests, can be told to fail, and can
@@ -255,6 +262,12 @@ impl Proxier for FakeProxier {
             repaired,
             iptables_rules: Vec::new(),
             not_programmed: l.not_programmed.clone(),
+            incomplete: if l.parts_left > 0 {
+                l.parts_left -= 1;
+                Some(format!("{} parts to come", l.parts_left + 1))
+            } else {
+                None
+            },
         })
     }
 

@@ -245,6 +245,8 @@ struct Lane {
     /// changes), and how many syncs in a row reported something.
     not_programmed: Vec<(crate::ServicePortName, String)>,
     port_retries: u32,
+    /// The backend is programming a large cluster in parts.
+    incomplete: bool,
 }
 
 /// Drives a [`Proxier`] from a [`ChangeTracker`] (one per family on a
@@ -410,6 +412,8 @@ impl Runner {
                 if !ok {
                     let d = self.backoff(self.lanes[i].failures);
                     longest_backoff = Some(longest_backoff.map_or(d, |l: Duration| l.max(d)));
+                } else if self.lanes[i].incomplete {
+                    port_retry = Some(Duration::ZERO);
                 } else if self.lanes[i].port_retries > 0 {
                     let d = self.backoff(self.lanes[i].port_retries);
                     port_retry = Some(port_retry.map_or(d, |l: Duration| l.min(d)));
@@ -564,6 +568,16 @@ impl Runner {
                     lane.port_retries = lane.port_retries.saturating_add(1);
                 }
                 lane.not_programmed = stats.not_programmed;
+                match &stats.incomplete {
+                    Some(what) => {
+                        tracing::info!(backend = %name, family, progress = %crate::validate::escape(what), "large cluster: programmed in parts, what is written serves; the next part follows")
+                    }
+                    None if lane.incomplete => {
+                        tracing::info!(backend = %name, family, "every part is written")
+                    }
+                    None => {}
+                }
+                lane.incomplete = stats.incomplete.is_some();
                 let not_programmed: usize = self.lanes.iter().map(|l| l.not_programmed.len()).sum();
                 self.shared
                     .metrics

@@ -105,6 +105,20 @@ impl Snapshot {
             .map(|(_, v)| v)
     }
 
+    /// The same snapshot with only the services `keep` accepts (their
+    /// endpoints and the node unchanged): what a backend that programs a
+    /// large cluster in parts renders for one part.
+    pub fn retain_services(&self, keep: impl Fn(&NamespacedName) -> bool) -> Snapshot {
+        let mut s = self.clone();
+        s.services = self
+            .services
+            .iter()
+            .filter(|(k, _)| keep(&k.service))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        s
+    }
+
     /// Health-check node ports of every eTP=Local LoadBalancer service.
     pub fn health_check_node_ports(&self) -> BTreeMap<NamespacedName, u16> {
         self.services

@@ -247,6 +247,26 @@ async fn a_port_that_cannot_be_programmed_is_retried_and_the_node_stays_healthy(
     bed.stop().await;
 }
 
+/// A backend writing a large cluster in parts is asked for the next part
+/// as soon as the minimum interval allows, with no change pending, and
+/// only until it says everything is written.
+#[tokio::test(start_paused = true)]
+async fn parts_follow_one_another_at_the_minimum_interval() {
+    let fake = FakeProxier::new();
+    fake.log.lock().unwrap().parts_left = 3;
+    let bed = start(fake, cfg());
+    bed.handle.set_initialized();
+    bed.settle().await;
+    for s in 1..=10 {
+        advance(Duration::from_secs(1)).await;
+        bed.settle().await;
+        let n = bed.syncs().len();
+        assert_eq!(n, (s + 1).min(4), "after {s} s: {:?}", bed.syncs());
+    }
+    assert!(bed.handle.health().is_healthy());
+    bed.stop().await;
+}
+
 /// kube-proxy's failure counters: a refused `iptables-restore` counts in
 /// `…_iptables_restore_failures_total` (and, in a partial sync, in the
 /// partial one), a refused nf_tables transaction in its own; a Local
