@@ -15,8 +15,8 @@
 //! services: first one part, then four times as many chains, and so on,
 //! each a complete full sync of the services admitted so far (changes
 //! included), each serving as soon as it commits. The order is
-//! `kube-system` first (cluster DNS), then `default`, then every other
-//! namespace by name. Each part reports [`SyncStats::incomplete`] and the
+//! `kube-system` first (cluster DNS), then the services with the fewest
+//! endpoints (the most services served soonest), then by name. Each part reports [`SyncStats::incomplete`] and the
 //! runner syncs again at once.
 //!
 //! [`SyncStats::incomplete`]: proxier_core::SyncStats::incomplete
@@ -36,17 +36,12 @@ pub(crate) struct Parts {
     target: usize,
 }
 
-/// Where a service comes in the order of admission.
-fn rank(nn: &NamespacedName) -> (u8, &NamespacedName) {
+/// Where a service comes in the order of admission: `kube-system` first
+/// (cluster DNS), then the services that need the fewest chains (the
+/// most services served soonest), then by name.
+fn rank<'a>(nn: &'a NamespacedName, chains: usize) -> (bool, usize, &'a NamespacedName) {
     let ns: &str = &nn.namespace;
-    (
-        match ns {
-            "kube-system" => 0,
-            "default" => 1,
-            _ => 2,
-        },
-        nn,
-    )
+    (ns != "kube-system", chains, nn)
 }
 
 /// Every service of the snapshot with the nat chains it needs, about: a
@@ -80,7 +75,7 @@ impl Parts {
             self.target.saturating_mul(GROWTH)
         };
         let mut all = services(snap);
-        all.sort_by(|a, b| rank(a.0).cmp(&rank(b.0)));
+        all.sort_by(|a, b| rank(a.0, a.1).cmp(&rank(b.0, b.1)));
         let mut have: usize = all
             .iter()
             .filter(|(nn, _)| self.admitted.contains(*nn))
@@ -133,8 +128,9 @@ mod tests {
                     &[("http", 80, Protocol::Tcp)],
                 ))
                 .unwrap();
-                // Three endpoints: four chains per service.
-                let eps = (1..=3u32)
+                // Three endpoints (four chains), one in `alpha` (two).
+                let k = if ns == "alpha" { 1 } else { 3 };
+                let eps = (1..=k)
                     .map(|e| ep(format!("10.1.{n}.{e}").parse().unwrap(), "node-1"))
                     .collect();
                 t.update_endpoint_slice(&slice(ns, &name, &[("http", 8080, Protocol::Tcp)], eps))
@@ -147,7 +143,7 @@ mod tests {
     #[test]
     fn parts_grow_fourfold_kube_system_first_until_everything_is_in() {
         let s = snap();
-        assert_eq!(chains(&s), 80);
+        assert_eq!(chains(&s), 70);
         let mut p = Parts::default();
         // 8 chains: two services, both from kube-system.
         let (part, more) = p.next(&s, 8);
@@ -164,17 +160,29 @@ mod tests {
         );
         assert_eq!(
             more.as_deref(),
-            Some("2 of 20 services (8 of 80 nat chains) written")
+            Some("2 of 20 services (8 of 70 nat chains) written")
         );
-        // 32 chains: the rest of kube-system, then default.
+        // 32 chains: the rest of kube-system (20 in all), then the small
+        // services of alpha (10), then one of default (4 chains, ahead of
+        // zeta's by name): 34 ≥ 32.
         let (part, more) = p.next(&s, 8);
-        assert_eq!(part.services.len(), 8);
-        assert!(part.services.keys().all(|k| {
-            let ns: &str = &k.service.namespace;
-            ns == "kube-system" || ns == "default"
-        }));
+        let count = |ns: &str| {
+            part.services
+                .keys()
+                .filter(|k| &*k.service.namespace == ns)
+                .count()
+        };
+        assert_eq!(
+            [
+                count("kube-system"),
+                count("alpha"),
+                count("default"),
+                count("zeta")
+            ],
+            [5, 5, 1, 0]
+        );
         assert!(more.is_some());
-        // 128 ≥ 80: everything, and nothing more to come.
+        // 128 ≥ 70: everything, and nothing more to come.
         let (part, more) = p.next(&s, 8);
         assert_eq!(part.services.len(), 20);
         assert_eq!(more, None);

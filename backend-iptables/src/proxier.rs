@@ -597,7 +597,7 @@ impl IptablesProxier {
                  (measured on iptables-nft, kube-proxy's layout: 10,000 services x 10 endpoints \
                  21 s, 20,000 x 10 94 s, 50,000 x 10 over 600 s); writing in parts, kube-system \
                  first, each serving as it commits. Above about 10,000 services consider \
-                 --proxy-mode nftables"
+                 --proxy-mode nftables (10,000 x 10 in 5.4 s here)"
             );
             self.parts = Some(Parts::default());
         }

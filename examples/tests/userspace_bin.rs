@@ -190,6 +190,37 @@ fn three_services(dir: &std::path::Path) -> String {
     path.display().to_string()
 }
 
+/// `--direct` on `manifest`'s loopback endpoints as node-1, IPv4, node
+/// ports on 127.0.0.1, then `extra`.
+fn direct_args<'a>(manifest: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec![
+        "--direct",
+        "--manifests",
+        manifest,
+        "--allow-loopback-endpoints",
+        "--hostname-override",
+        "node-1",
+        "--ip-family",
+        "ipv4",
+        "--nodeport-addresses",
+        "127.0.0.1/32",
+    ];
+    v.extend(extra);
+    v
+}
+
+/// The binary as a daemon in `ns`, its log in `log`.
+fn daemon_in(ns: &Netns, args: &[&str], log: &std::path::Path) -> common::Daemon {
+    common::Daemon(
+        Command::new("ip")
+            .args(["netns", "exec", ns.name(), BIN])
+            .args(args)
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// What `127.0.0.1:port` answers inside `ns` (the endpoint says `hello`).
 fn hello_in(ns: &Netns, port: u16) -> String {
     ns.enter(move || {
@@ -227,29 +258,9 @@ fn direct_a_port_in_use_fails_only_its_service() {
     let blocker = ns
         .enter(|| std::net::TcpListener::bind("127.0.0.1:30091").unwrap())
         .unwrap();
-    let args = [
-        "--direct",
-        "--manifests",
-        &m,
-        "--allow-loopback-endpoints",
-        "--hostname-override",
-        "node-1",
-        "--ip-family",
-        "ipv4",
-        "--nodeport-addresses",
-        "127.0.0.1/32",
-        "--min-sync-period",
-        "100ms",
-    ];
+    let args = direct_args(&m, &["--min-sync-period", "100ms"]);
     let log_path = dir.path().join("log");
-    let mut daemon = common::Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", ns.name(), BIN])
-            .args(args)
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut daemon = daemon_in(&ns, &args, &log_path);
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let gauge = |n: u32| {
         common::http_get_in(&ns, "127.0.0.1:10249", "/metrics").contains(&format!(
@@ -295,7 +306,7 @@ fn direct_a_port_in_use_fails_only_its_service() {
         .enter(|| std::net::TcpListener::bind("127.0.0.1:30091").unwrap())
         .unwrap();
     let mut once = vec!["--once"];
-    once.extend(args);
+    once.extend(&args);
     let out = run_in(&ns, &once);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{err}");
@@ -333,29 +344,8 @@ fn a_full_udp_flow_table_is_logged_and_counted() {
     });
     let log_path = dir.path().join("log");
     let m = m.display().to_string();
-    let _daemon = common::Daemon(
-        Command::new("ip")
-            .args(["netns", "exec", ns.name(), BIN])
-            .args([
-                "--direct",
-                "--manifests",
-                &m,
-                "--allow-loopback-endpoints",
-                "--hostname-override",
-                "node-1",
-                "--ip-family",
-                "ipv4",
-                "--nodeport-addresses",
-                "127.0.0.1/32",
-                "--max-udp-flows",
-                "2",
-                "--udp-timeout",
-                "30s",
-            ])
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let args = direct_args(&m, &["--max-udp-flows", "2", "--udp-timeout", "30s"]);
+    let _daemon = daemon_in(&ns, &args, &log_path);
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     // Five clients, one datagram each (the first retried until the port
     // is open): two flows fit, three are dropped.
