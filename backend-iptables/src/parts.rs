@@ -39,7 +39,7 @@ pub(crate) struct Parts {
 /// Where a service comes in the order of admission: `kube-system` first
 /// (cluster DNS), then the services that need the fewest chains (the
 /// most services served soonest), then by name.
-fn rank<'a>(nn: &'a NamespacedName, chains: usize) -> (bool, usize, &'a NamespacedName) {
+fn rank(nn: &NamespacedName, chains: usize) -> (bool, usize, &NamespacedName) {
     let ns: &str = &nn.namespace;
     (ns != "kube-system", chains, nn)
 }
