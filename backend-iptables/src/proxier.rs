@@ -92,6 +92,7 @@ pub struct IptablesProxier {
     /// (see [`crate::parts`]); `usize::MAX` never.
     part_chains: usize,
     parts: Option<Parts>,
+    keep_payloads: bool,
 }
 
 /// What one restore will do.
@@ -143,6 +144,7 @@ impl IptablesProxier {
             check_spacing: 20,
             part_chains: DEFAULT_PART_CHAINS,
             parts: None,
+            keep_payloads: false,
         })
     }
 
@@ -181,9 +183,18 @@ impl IptablesProxier {
 
     /// The `iptables-restore` inputs of the last sync that wrote
     /// something: table, payload, `--noflush`. What an operator would
-    /// diff; the benches replay them to time the bare restore.
+    /// diff; the benches replay them to time the bare restore. Empty
+    /// unless [`with_kept_payloads`](Self::with_kept_payloads).
     pub fn last_payloads(&self) -> &[(&'static str, String, bool)] {
         &self.last
+    }
+
+    /// Keeps the last restore inputs for [`last_payloads`](Self::last_payloads).
+    /// Off by default: at 50,000 × 10 they are 2.1 million lines, held
+    /// until the next write.
+    pub fn with_kept_payloads(mut self) -> Self {
+        self.keep_payloads = true;
+        self
     }
 
     /// What the last successful sync wrote, if any.
@@ -760,10 +771,12 @@ impl Proxier for IptablesProxier {
                     })
                 };
                 let (wf, wn) = (rules_in(&plan.filter), rules_in(&plan.nat));
-                self.last = [("filter", plan.filter), ("nat", plan.nat)]
-                    .into_iter()
-                    .filter_map(|(t, p)| p.map(|(payload, noflush)| (t, payload, noflush)))
-                    .collect();
+                if self.keep_payloads {
+                    self.last = [("filter", plan.filter), ("nat", plan.nat)]
+                        .into_iter()
+                        .filter_map(|(t, p)| p.map(|(payload, noflush)| (t, payload, noflush)))
+                        .collect();
+                }
                 // The next part is the next full sync.
                 self.need_full = incomplete.is_some();
                 self.verified_gen = None;

@@ -65,7 +65,8 @@ impl Kernel {
         .with_check_spacing(0)
         // A full sync is timed as one restore, against the floor of one
         // (the first sync in parts is `examples/first_sync.rs`).
-        .with_part_size(usize::MAX);
+        .with_part_size(usize::MAX)
+        .with_kept_payloads();
         Kernel {
             rt,
             ns,
