@@ -43,11 +43,10 @@ use crate::render::{Config, Ruleset, is_large_cluster, jump_rules};
 pub const LEGACY_FLUSH_THRESHOLD: usize = usize::MAX;
 
 /// The default part size of a large first sync, in nat chains: 5,000
-/// services × 10 endpoints, one restore of about 6 s on iptables-nft and
-/// 4 s on legacy (see [`IptablesProxier::with_part_size`]).
+/// services × 10 endpoints, one restore of 6–10 s on iptables-nft and
+/// about 5 s on legacy (see [`IptablesProxier::with_part_size`]).
 pub const DEFAULT_PART_CHAINS: usize = 55_000;
 
-/// Built-in chains of the tables this backend writes.
 /// What [`IptablesProxier::read_table`] found.
 #[derive(Debug, Default)]
 struct TableState {

@@ -396,7 +396,7 @@ impl Runner {
                 ok: true,
             };
             let mut longest_backoff = None;
-            let mut port_retry: Option<Duration> = None;
+            let mut again: Option<Duration> = None;
             // One family after the other: two iptables-nft processes at
             // once in one namespace fail ("Could not fetch rule set
             // generation id", iptables 1.8.9 on kernel 6.1), and the
@@ -413,18 +413,19 @@ impl Runner {
                     let d = self.backoff(self.lanes[i].failures);
                     longest_backoff = Some(longest_backoff.map_or(d, |l: Duration| l.max(d)));
                 } else if self.lanes[i].incomplete {
-                    port_retry = Some(Duration::ZERO);
+                    again = Some(Duration::ZERO);
                 } else if self.lanes[i].port_retries > 0 {
                     let d = self.backoff(self.lanes[i].port_retries);
-                    port_retry = Some(port_retry.map_or(d, |l: Duration| l.min(d)));
+                    again = Some(again.map_or(d, |l: Duration| l.min(d)));
                 }
             }
             let end = Instant::now();
             match longest_backoff {
                 None => {
-                    // Service ports a backend could not program are asked
-                    // for again (a sync with no changes), with backoff.
-                    retry_at = port_retry.map(|d| end + d);
+                    // The next part of a large cluster at once; service
+                    // ports a backend could not program with backoff
+                    // (a sync with no changes, either way).
+                    retry_at = again.map(|d| end + d);
                     self.shared.health.updated();
                     self.shared
                         .metrics
