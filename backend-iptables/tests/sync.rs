@@ -121,6 +121,19 @@ impl Rig {
         self.proxier.sync(&req).await.expect("verifying sync")
     }
 
+    /// A new proxier over the same fakes, changed by `f`; its first sync
+    /// is full.
+    fn rebuild(&mut self, f: impl FnOnce(IptablesProxier) -> IptablesProxier) {
+        self.proxier = f(IptablesProxier::new(
+            self.proxier.config().clone(),
+            self.ipt.clone(),
+            self.ct.clone(),
+            Arc::new(FakeSysctl::default()),
+        )
+        .unwrap());
+        self.first = true;
+    }
+
     fn restores(&self) -> Vec<(String, String, bool)> {
         self.ipt.state.lock().unwrap().restores.clone()
     }
@@ -337,15 +350,7 @@ async fn drift_is_found_by_a_verifying_sync_and_repaired() {
 #[tokio::test]
 async fn checks_are_spaced_by_their_own_cost() {
     let mut r = Rig::new(Variant::Nft);
-    r.proxier = IptablesProxier::new(
-        r.proxier.config().clone(),
-        r.ipt.clone(),
-        r.ct.clone(),
-        Arc::new(FakeSysctl::default()),
-    )
-    .unwrap()
-    .with_check_spacing(1_000_000_000);
-    r.first = true;
+    r.rebuild(|p| p.with_check_spacing(1_000_000_000));
     r.add("a", "10.96.0.1", &["10.0.1.1"]);
     r.sync().await.unwrap_err();
     assert_eq!(r.verify().await.repaired, None);
@@ -578,14 +583,7 @@ async fn restore_inputs_are_kept_only_when_asked() {
     r.sync().await.unwrap_err();
     assert!(r.proxier.last_payloads().is_empty());
     let mut r = Rig::new(Variant::Nft);
-    r.proxier = IptablesProxier::new(
-        r.proxier.config().clone(),
-        r.ipt.clone(),
-        r.ct.clone(),
-        Arc::new(FakeSysctl::default()),
-    )
-    .unwrap()
-    .with_kept_payloads();
+    r.rebuild(IptablesProxier::with_kept_payloads);
     r.add("a", "10.96.0.1", &["10.0.1.1"]);
     r.sync().await.unwrap_err();
     let kept: Vec<(String, String, bool)> = r
