@@ -72,15 +72,10 @@ fn once_then_cleanup_in_the_vm() {
             )
             .unwrap();
         assert!(st.status.success(), "{st:?}");
-        let out = run_in(
+        let out = common::run_demo_once(
             &ns,
+            BIN,
             &[
-                "--once",
-                "--manifests",
-                &m,
-                "--allow-loopback-endpoints",
-                "--hostname-override",
-                "node-1",
                 "--cluster-cidr",
                 "10.0.0.0/16",
                 "--ipvs-scheduler",
