@@ -29,8 +29,11 @@ const RECV_BYTES: usize = 256 * 1024;
 pub enum IpvsError {
     /// The `IPVS` generic-netlink family is not registered: the kernel has
     /// no `ip_vs` module loaded (`modprobe ip_vs`).
-    #[error("the IPVS generic-netlink family is not available (is ip_vs loaded?): {0}")]
-    NoFamily(io::Error),
+    #[error(
+        "the IPVS generic-netlink family is not available: the ip_vs kernel module is not loaded \
+         (load it with `modprobe ip_vs`; check with `lsmod | grep ip_vs`)"
+    )]
+    NoFamily(#[source] io::Error),
     /// The socket failed.
     #[error("netlink socket: {0}")]
     Socket(#[from] io::Error),

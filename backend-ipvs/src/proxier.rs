@@ -159,7 +159,8 @@ impl Kernel {
     /// [`Kernel::real`] with a chosen iptables (a pinned variant). Must
     /// run inside a tokio runtime.
     pub fn real_with(iptables: IptablesCmd) -> Result<Kernel, ProxierError> {
-        let ipvs = IpvsClient::connect().map_err(|e| perr("IPVS", e))?;
+        let ipvs = IpvsClient::connect()
+            .map_err(|e| perr("connecting to IPVS over generic netlink", e))?;
         let links = Rtnl::new().map_err(|e| perr("rtnetlink", e))?;
         let conntrack = ConntrackNetlink::new().map_err(|e| perr("conntrack", e))?;
         Ok(Kernel {

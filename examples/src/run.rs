@@ -10,7 +10,8 @@ use proxier_core::{
     RunnerConfig, SyncRequest, SyncStats,
 };
 
-use crate::cli::{Common, Settings};
+use crate::cli::{Cli, Mode, Settings};
+use crate::modes::{BoxError, Factory};
 
 /// Wraps a backend to keep the text of its last error (for `--once`).
 struct Recorder {
@@ -79,11 +80,39 @@ pub fn init_logging() {
 pub fn init_logging_with_default(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    start_logging(filter);
+}
+
+/// Starts logging as kube-proxy's flags ask: `--v` (klog levels: 0-2
+/// info, 3-4 debug, 5+ trace) and `--vmodule` entries as tracing
+/// targets; without `--v`, `RUST_LOG`, else info.
+pub fn init_logging_for(s: &Settings) {
+    let mut directives = match s.verbosity {
+        Some(v) => crate::flags::level_of(v).to_string(),
+        None => std::env::var("RUST_LOG")
+            .ok()
+            .filter(|x| !x.is_empty())
+            .unwrap_or_else(|| "info".into()),
+    };
+    for (module, v) in &s.vmodule {
+        directives.push_str(&format!(",{module}={}", crate::flags::level_of(*v)));
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    start_logging(filter);
+}
+
+/// Colour only on a terminal, and never with `NO_COLOR` set
+/// (<https://no-color.org>): a log file or a pipe gets plain text.
+pub fn colour() -> bool {
     use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+fn start_logging(filter: tracing_subscriber::EnvFilter) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        // Colours only on a terminal: a log file or a pipe gets plain text.
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(colour())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -106,6 +135,11 @@ pub fn ipv6_unavailable() -> Option<String> {
 /// of the node is IPv6 — followed by the other, unless the node cannot
 /// do IPv6 (then IPv4 only, with a log line saying why).
 pub async fn families(forced: Option<IpFamily>) -> Vec<IpFamily> {
+    families_with(forced, None).await
+}
+
+/// [`families`], with the primary family given (`--bind-address`).
+pub async fn families_with(forced: Option<IpFamily>, primary: Option<IpFamily>) -> Vec<IpFamily> {
     if let Some(f) = forced {
         return vec![f];
     }
@@ -122,7 +156,7 @@ pub async fn families(forced: Option<IpFamily>) -> Vec<IpFamily> {
     };
     let v6_only = addrs.iter().any(|ip| global(ip) && ip.is_ipv6())
         && !addrs.iter().any(|ip| global(ip) && ip.is_ipv4());
-    if v6_only {
+    if primary == Some(IpFamily::V6) || (primary.is_none() && v6_only) {
         vec![IpFamily::V6, IpFamily::V4]
     } else {
         vec![IpFamily::V4, IpFamily::V6]
@@ -136,8 +170,8 @@ pub async fn families(forced: Option<IpFamily>) -> Vec<IpFamily> {
 pub async fn build_families(
     settings: &Settings,
     families: &[IpFamily],
-    make: &impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
-) -> Result<Vec<(IpFamily, Box<dyn Proxier>)>, String> {
+    make: &impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, BoxError>,
+) -> Result<Vec<(IpFamily, Box<dyn Proxier>)>, BoxError> {
     let node_ips = proxier_netfilter::node_addresses(None)
         .await
         .unwrap_or_default();
@@ -161,7 +195,7 @@ pub async fn build_families(
             Err(e) if i == 0 => return Err(e),
             Err(e) => tracing::warn!(
                 family = f.as_str(),
-                error = %proxier_core::escape(&e),
+                error = %proxier_core::escape(&proxier_core::ErrorChain(e.as_ref()).to_string()),
                 "not running dual-stack: the {} backend cannot be built; proxying {} only",
                 f.as_str(),
                 families[0].as_str()
@@ -171,31 +205,94 @@ pub async fn build_families(
     Ok(built)
 }
 
-/// Runs a mode: `make` builds one family's backend from the merged
-/// settings (cut to that family); it is called for each family.
-pub async fn run_mode(
-    common: Common,
-    make: impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
-) -> ExitCode {
-    run_mode_with(common, make, |_| {}).await
+/// The entry point of `proxier` (`fixed` is `None`: `--proxy-mode`
+/// chooses) and of each mode's binary (`fixed` is its mode).
+pub async fn main(fixed: Option<Mode>, name: &'static str, about: &'static str) -> ExitCode {
+    let cli = Cli::parse_args(name, about);
+    run(cli, fixed).await
 }
 
-/// [`run_mode`], and `metrics` adds the backend's own metrics to
-/// `/metrics` (once, however many families run).
-pub async fn run_mode_with(
-    common: Common,
-    make: impl AsyncFn(&Settings) -> Result<Box<dyn Proxier>, String>,
-    metrics: impl FnOnce(&proxier_core::Metrics),
-) -> ExitCode {
-    init_logging();
-    let settings = match common.settings() {
+fn fail_chain(e: &BoxError) -> ExitCode {
+    fail(proxier_core::ErrorChain(e.as_ref()))
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli, fixed: Option<Mode>) -> ExitCode {
+    let settings = match cli.settings(fixed) {
         Ok(s) => s,
+        Err(e) => {
+            init_logging();
+            return fail(e);
+        }
+    };
+    init_logging_for(&settings);
+    for (flag, why) in &cli.ignored {
+        tracing::warn!(flag = %format!("--{flag}"), "kube-proxy flag accepted and ignored: {why}");
+    }
+    for (field, why) in &settings.ignored_fields {
+        tracing::warn!(field, "configuration field accepted and ignored: {why}");
+    }
+    if !cli.beside_config.is_empty() {
+        tracing::warn!(
+            flags = %cli.beside_config.join(" "),
+            "these flags override the --config file here; kube-proxy v1.33 ignores them when --config is given"
+        );
+    }
+    if !settings.feature_gates.is_empty() {
+        tracing::info!(
+            gates = %settings.feature_gates.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
+            "feature gates read; none changes behaviour here"
+        );
+    }
+    let c = &cli.common;
+    if let Some(path) = &c.write_config_to {
+        return match std::fs::write(path, crate::cli::DEFAULT_CONFIG) {
+            Ok(()) => {
+                tracing::info!(file = %path.display(), "wrote the default configuration");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("--write-config-to {}: {e}", path.display())),
+        };
+    }
+    let families = families_with(settings.forced_family, settings.primary_family).await;
+    if c.cleanup == Some(true) {
+        let (done, failed) = crate::modes::cleanup_all(&settings, &families).await;
+        for (what, e) in &failed {
+            tracing::error!(mode = %what, error = %proxier_core::ErrorChain(e.as_ref()), "cleanup failed");
+        }
+        if failed.is_empty() {
+            tracing::info!(modes = %done.join(", "), "cleaned up every mode");
+            return ExitCode::SUCCESS;
+        }
+        return fail(format!(
+            "cleanup failed for {}: {}",
+            failed
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            proxier_core::ErrorChain(failed[0].1.as_ref())
+        ));
+    }
+    // kube-proxy's conntrack settings, before the first sync.
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    for e in settings.conntrack.apply(&proxier_netfilter::ProcSys, cpus) {
+        tracing::warn!(error = %proxier_core::ErrorChain(&e), "conntrack setting not applied");
+    }
+    if c.init_only == Some(true) {
+        tracing::info!("initialised (conntrack settings); exiting as --init-only asks");
+        return ExitCode::SUCCESS;
+    }
+    let factory = match Factory::new(&cli) {
+        Ok(f) => f,
         Err(e) => return fail(e),
     };
-    let families = families(settings.forced_family).await;
+    let make = async |s: &Settings| factory.build(s).await;
     let built = match build_families(&settings, &families, &make).await {
         Ok(b) => b,
-        Err(e) => return fail(e),
+        Err(e) => return fail_chain(&e),
     };
     let families: Vec<IpFamily> = built.iter().map(|(f, _)| *f).collect();
     let family_list = families
@@ -203,27 +300,19 @@ pub async fn run_mode_with(
         .map(|f| f.as_str())
         .collect::<Vec<_>>()
         .join(",");
-    let mut proxier: Box<dyn Proxier> = if built.len() == 1 {
+    let proxier: Box<dyn Proxier> = if built.len() == 1 {
         built.into_iter().next().expect("one").1
     } else {
         Box::new(MetaProxier::new(built))
     };
-    if common.cleanup {
-        return match proxier.cleanup().await {
-            Ok(()) => {
-                tracing::info!(backend = proxier.name(), "cleaned up");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(proxier_core::ErrorChain(&e)),
-        };
-    }
+    let once = c.once == Some(true);
+    let allow_loopback = c.allow_loopback_endpoints == Some(true);
     let last_error = Arc::new(Mutex::new(None));
     let not_programmed = Arc::new(Mutex::new(std::collections::BTreeMap::new()));
     let trackers = families
         .iter()
         .map(|f| {
-            ChangeTracker::new(*f, &settings.node_name)
-                .with_loopback_endpoints(common.allow_loopback_endpoints)
+            ChangeTracker::new(*f, &settings.node_name).with_loopback_endpoints(allow_loopback)
         })
         .collect();
     let cfg = RunnerConfig {
@@ -241,9 +330,9 @@ pub async fn run_mode_with(
         cfg,
     );
 
-    metrics(&handle.metrics());
+    factory.register_metrics(settings.mode, &handle.metrics());
     let mut object_errors = 0usize;
-    match (&common.manifests, common.once) {
+    match (&c.manifests, once) {
         (Some(path), true) => {
             match ManifestSource::new(path, settings.node_name.clone()).load_into(&handle) {
                 Ok((_, errs)) => {
@@ -262,24 +351,27 @@ pub async fn run_mode_with(
             tokio::spawn(ManifestSource::new(path, settings.node_name.clone()).run(handle.clone()));
         }
         (None, _) => {
-            let source = match &common.kubeconfig {
-                Some(p) => proxier_kube::KubeSource::from_kubeconfig(p, settings.node_name.clone())
-                    .await
-                    .map_err(|e| e.to_string()),
-                None => proxier_kube::KubeSource::infer(settings.node_name.clone())
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
+            let source = proxier_kube::KubeSource::connect(
+                settings.kubeconfig.as_deref(),
+                settings.master.as_deref(),
+                settings.node_name.clone(),
+            )
+            .await;
             match source {
                 Ok(s) => {
                     tokio::spawn(s.run(handle.clone()));
                 }
-                Err(e) => return fail(format!("Kubernetes API: {e} (or use --manifests PATH)")),
+                Err(e) => {
+                    return fail(format!(
+                        "Kubernetes API: {} (or use --manifests PATH)",
+                        proxier_core::ErrorChain(e.as_ref())
+                    ));
+                }
             }
         }
     }
 
-    if common.once {
+    if once {
         let mut ok = false;
         runner
             .run_with(std::future::pending::<()>(), |o| {
@@ -325,35 +417,43 @@ pub async fn run_mode_with(
         };
     }
 
-    let health = match tokio::net::TcpListener::bind(settings.healthz_bind_address).await {
-        Ok(l) => l,
-        Err(e) => {
-            return fail(format!(
-                "--healthz-bind-address {}: {e}",
-                settings.healthz_bind_address
-            ));
+    let bind = async |what: &str, addr: Option<std::net::SocketAddr>| {
+        let addr = addr?;
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => Some(Ok(l)),
+            Err(e) if settings.bind_address_hard_fail => Some(Err(format!(
+                "--{what} {addr}: {e} (--bind-address-hard-fail)"
+            ))),
+            Err(e) => {
+                tracing::error!(flag = %format!("--{what}"), %addr, error = %e, "cannot bind; serving without it (kube-proxy does the same unless --bind-address-hard-fail)");
+                None
+            }
         }
     };
-    let metrics = match tokio::net::TcpListener::bind(settings.metrics_bind_address).await {
-        Ok(l) => l,
-        Err(e) => {
-            return fail(format!(
-                "--metrics-bind-address {}: {e}",
-                settings.metrics_bind_address
+    match bind("healthz-bind-address", settings.healthz_bind_address).await {
+        Some(Ok(l)) => {
+            tokio::spawn(proxier_core::serve_health(
+                l,
+                handle.health(),
+                handle.metrics(),
             ));
         }
-    };
-    tokio::spawn(proxier_core::serve_health(
-        health,
-        handle.health(),
-        handle.metrics(),
-    ));
-    tokio::spawn(proxier_core::serve_metrics(metrics, handle.metrics()));
+        Some(Err(e)) => return fail(e),
+        None => {}
+    }
+    match bind("metrics-bind-address", settings.metrics_bind_address).await {
+        Some(Ok(l)) => {
+            tokio::spawn(proxier_core::serve_metrics(l, handle.metrics()));
+        }
+        Some(Err(e)) => return fail(e),
+        None => {}
+    }
     tracing::info!(
         node = %settings.node_name,
         families = %family_list,
-        healthz = %settings.healthz_bind_address,
-        metrics = %settings.metrics_bind_address,
+        mode = settings.mode.as_str(),
+        healthz = %settings.healthz_bind_address.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
+        metrics = %settings.metrics_bind_address.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
         "running; Ctrl-C to stop (rules stay in place, as with kube-proxy; --cleanup removes them)"
     );
     runner

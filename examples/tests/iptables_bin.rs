@@ -142,7 +142,9 @@ fn a_failed_cleanup_says_why() {
     assert!(!out.status.success(), "{err}");
     let last = err.lines().last().unwrap_or_default();
     assert!(
-        last.starts_with("error: iptables-nft: cleaning table nat: "),
+        last.starts_with(
+            "error: cleanup failed for iptables (IPv4, nft): iptables-nft: cleaning table nat: "
+        ),
         "{err}"
     );
     assert!(

@@ -162,6 +162,17 @@ async fn follow<K: Kind>(
     }
 }
 
+/// What the source reads from the API server: (API group, resource,
+/// verbs). The RBAC rules of `deploy/rbac.yaml` grant exactly this, a
+/// subset of kube-proxy's `system:node-proxier` (no Endpoints: slices
+/// only; no Events written). Check with `kubectl auth can-i --list
+/// --as=system:serviceaccount:kube-system:proxier`.
+pub const API_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "services", &["list", "watch"]),
+    ("", "nodes", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+];
+
 impl KubeSource {
     /// A source using `client`, for the node named `node_name`.
     pub fn new(client: Client, node_name: impl Into<String>) -> Self {
@@ -184,6 +195,31 @@ impl KubeSource {
     ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let kc = kube::config::Kubeconfig::read_from(path)?;
         let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(Self::new(Client::try_from(cfg)?, node_name))
+    }
+
+    /// A source as kube-proxy connects: the kubeconfig at `kubeconfig`
+    /// (else `KUBECONFIG`, `~/.kube/config` or the in-cluster service
+    /// account), with the API server's URL replaced by `master` when given
+    /// (kube-proxy's `--master`).
+    pub async fn connect(
+        kubeconfig: Option<&std::path::Path>,
+        master: Option<&str>,
+        node_name: impl Into<String>,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let mut cfg = match kubeconfig {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| format!("--kubeconfig {}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?
+            }
+            None => kube::Config::infer().await?,
+        };
+        if let Some(m) = master {
+            cfg.cluster_url = m
+                .parse()
+                .map_err(|e| format!("--master {m:?}: not a URL: {e}"))?;
+        }
         Ok(Self::new(Client::try_from(cfg)?, node_name))
     }
 

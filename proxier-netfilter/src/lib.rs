@@ -19,7 +19,8 @@
 //! - [`node_addresses`]: the node's addresses over rtnetlink.
 //! - [`conntrack`]: conntrack over netlink ([`ConntrackNetlink`]) and
 //!   kube-proxy's stale-flow cleanup with its reconciler ([`StaleFlows`],
-//!   [`clean_stale`]).
+//!   [`clean_stale`]), and kube-proxy's conntrack sysctls at start
+//!   ([`ConntrackTuning`]).
 //! - [`nfnl`]: a `NETLINK_NETFILTER` socket on tokio, for ctnetlink and
 //!   nf_tables.
 //! - [`census`]: rules per chain of an nf_tables table and the ruleset
@@ -61,8 +62,8 @@ mod sysctl;
 
 pub use addresses::node_addresses;
 pub use conntrack::{
-    CleanupReport, Conntrack, ConntrackError, ConntrackFilter, ConntrackNetlink, Flow, FlowTuple,
-    StaleFlows, clean_stale,
+    CleanupReport, Conntrack, ConntrackError, ConntrackFilter, ConntrackNetlink, ConntrackTuning,
+    Flow, FlowTuple, StaleFlows, TuningError, clean_stale,
 };
 pub use escape::{hash_base32, safe_label, safe_service_port_name};
 pub use iptables::{ExecError, Iptables, IptablesCmd, TableCensus, TableListing, Variant};

@@ -19,6 +19,7 @@
 pub mod codec;
 mod netlink;
 mod stale;
+mod tuning;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -29,6 +30,7 @@ use proxier_core::IpFamily;
 pub use codec::DumpFilter;
 pub use netlink::ConntrackNetlink;
 pub use stale::{CleanupReport, ConntrackFilter, StaleFlows, clean_stale};
+pub use tuning::{ConntrackTuning, TuningError};
 
 /// `IPPROTO_TCP`.
 pub const TCP: u8 = 6;

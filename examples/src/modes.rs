@@ -1,0 +1,339 @@
+//! One place that builds a backend per mode from merged [`Settings`]
+//! (the `proxier` binary and every mode's binary use it), and kube-proxy's
+//! `--cleanup`, which removes what every mode could have left.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use backend_userspace::{DataPath, Direct, Portal, Relay, UserspaceProxier};
+use ipnet::IpNet;
+use proxier_core::{IpFamily, Proxier};
+use proxier_netfilter::{ConntrackNetlink, IptablesCmd, ProcSys, Variant};
+
+use crate::cli::{Cli, Mode, Settings};
+
+/// An error that keeps its cause chain (printed with
+/// [`proxier_core::ErrorChain`]).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Builds the backends of one mode; holds what the families share.
+#[derive(Debug, Clone)]
+pub struct Factory {
+    cli: Cli,
+    /// The userspace data path, one for both families so their counters
+    /// add up.
+    data: DataPath,
+}
+
+/// The node's addresses of `family` (rtnetlink).
+pub async fn node_ips(family: IpFamily) -> Result<Vec<IpAddr>, BoxError> {
+    Ok(proxier_netfilter::node_addresses(None)
+        .await
+        .map_err(|e| format!("reading the node's addresses: {e}"))?
+        .into_iter()
+        .filter(|ip| family.matches(ip))
+        .collect())
+}
+
+fn global(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+        IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
+    }
+}
+
+/// The node-port CIDRs of a family: `--nodeport-addresses`, or for
+/// `primary` the node's first global address of the family (the Node
+/// object's addresses are not consulted).
+pub fn node_port_cidrs(s: &Settings, node_ips: &[IpAddr]) -> Vec<IpNet> {
+    if s.nodeport_primary {
+        return node_ips
+            .iter()
+            .find(|ip| global(ip))
+            .map(|ip| vec![IpNet::from(*ip)])
+            .unwrap_or_default();
+    }
+    s.nodeport_addresses.clone()
+}
+
+fn iptables_cmd_sync(family: IpFamily, variant: &str) -> Option<IptablesCmd> {
+    match variant {
+        "nft" => Some(IptablesCmd::new(family, Variant::Nft)),
+        "legacy" => Some(IptablesCmd::new(family, Variant::Legacy)),
+        _ => None,
+    }
+}
+
+async fn iptables_cmd(family: IpFamily, variant: &str) -> Result<IptablesCmd, BoxError> {
+    match iptables_cmd_sync(family, variant) {
+        Some(c) => Ok(c),
+        None => Ok(IptablesCmd::detect(family).await?),
+    }
+}
+
+impl Factory {
+    /// A factory for the parsed command line.
+    pub fn new(cli: &Cli) -> Result<Factory, String> {
+        let u = &cli.userspace;
+        let relay = Relay::parse(&u.relay).ok_or_else(|| {
+            format!(
+                "--relay {:?}: expected copy, copy:BYTES, splice or splice:BYTES (BYTES ≥ 4096)",
+                proxier_core::escape(&u.relay)
+            )
+        })?;
+        Ok(Factory {
+            cli: cli.clone(),
+            data: DataPath {
+                relay,
+                udp_idle_timeout: u.udp_timeout,
+                max_udp_flows: u.max_udp_flows,
+                ..DataPath::default()
+            },
+        })
+    }
+
+    /// Adds the mode's own metrics to `/metrics` (once, however many
+    /// families run).
+    pub fn register_metrics(&self, mode: Mode, m: &proxier_core::Metrics) {
+        if mode == Mode::Userspace {
+            self.data.register_metrics(m);
+        }
+    }
+
+    /// One family's backend of `s.mode`.
+    pub async fn build(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
+        match s.mode {
+            Mode::Iptables => self.iptables(s).await,
+            Mode::Ipvs => self.ipvs(s).await,
+            Mode::Nftables => self.nftables(s).await,
+            Mode::Userspace => self.userspace(s).await,
+        }
+    }
+
+    async fn iptables(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
+        let node_ips = node_ips(s.family).await?;
+        let cfg = backend_iptables::Config {
+            family: s.family,
+            masquerade_bit: s.masquerade_bit,
+            masquerade_all: s.masquerade_all,
+            local_detector: s.detector()?,
+            node_port_addresses: node_port_cidrs(s, &node_ips),
+            node_ips,
+            localhost_node_ports: s.localhost_node_ports,
+            ..backend_iptables::Config::default()
+        };
+        let cmd = iptables_cmd(s.family, &self.cli.iptables.iptables_variant).await?;
+        let p = backend_iptables::IptablesProxier::new(
+            cfg,
+            Arc::new(cmd),
+            Arc::new(ConntrackNetlink::new()?),
+            Arc::new(ProcSys),
+        )?;
+        Ok(Box::new(p))
+    }
+
+    async fn ipvs(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
+        let node_ips = node_ips(s.family).await?;
+        let mut cfg = backend_ipvs::Config::new(s.family);
+        cfg.scheduler = s.ipvs.scheduler.clone();
+        cfg.strict_arp = s.ipvs.strict_arp;
+        cfg.node_port_addresses = node_port_cidrs(s, &node_ips);
+        cfg.exclude_cidrs = s.ipvs.exclude_cidrs.clone();
+        let (tcp, tcp_fin, udp) = s.ipvs.timeouts;
+        cfg.timeouts = backend_ipvs::Timeouts { tcp, tcp_fin, udp };
+        cfg.rules.masquerade_bit = s.masquerade_bit;
+        cfg.rules.masquerade_all = s.masquerade_all;
+        cfg.rules.local_detector = s.detector()?;
+        cfg.validate()?;
+        let iptables = iptables_cmd(s.family, &self.cli.iptables.iptables_variant).await?;
+        let kernel = backend_ipvs::Kernel::real_with(iptables)?;
+        Ok(Box::new(backend_ipvs::IpvsProxier::new(cfg, kernel)?))
+    }
+
+    async fn nftables(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
+        let node_ips = node_ips(s.family).await?;
+        let mut cfg = backend_nftables::Config::new(s.family);
+        cfg.masquerade.masquerade_bit = s.masquerade_bit;
+        cfg.masquerade.masquerade_all = s.masquerade_all;
+        cfg.masquerade.local_detector = s.detector()?;
+        cfg.node_port_addresses = node_port_cidrs(s, &node_ips);
+        cfg.service_cidrs = self
+            .cli
+            .nftables
+            .service_cluster_ip_range
+            .iter()
+            .copied()
+            .filter(|n| s.family.matches(&n.addr()))
+            .collect();
+        cfg.node_ips = node_ips;
+        let nft = backend_nftables::NfTablesNetlink::new()?;
+        let ct = ConntrackNetlink::new()?;
+        Ok(Box::new(backend_nftables::NftablesProxier::new(
+            cfg,
+            Arc::new(nft),
+            Arc::new(ct),
+        )?))
+    }
+
+    async fn userspace(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
+        let u = &self.cli.userspace;
+        let mode = if u.direct {
+            // Node ports on the --nodeport-addresses host addresses, or on
+            // every address.
+            let cidrs = node_port_cidrs(s, &node_ips(s.family).await.unwrap_or_default());
+            let mut node_addresses: Vec<IpAddr> = cidrs
+                .iter()
+                .filter(|n| n.prefix_len() == n.max_prefix_len())
+                .map(|n| n.addr())
+                .collect();
+            if cidrs.is_empty() {
+                node_addresses.push(s.family.unspecified());
+            } else if node_addresses.len() != cidrs.len() {
+                return Err(
+                    "--direct takes host addresses (/32, /128) in --nodeport-addresses".into(),
+                );
+            }
+            backend_userspace::Mode::Direct(Direct {
+                cluster_ips: u.direct_cluster_ips,
+                external_ips: true,
+                node_addresses,
+                freebind: true,
+            })
+        } else {
+            let ipt = iptables_cmd(s.family, &self.cli.iptables.iptables_variant).await?;
+            backend_userspace::Mode::Portal(Portal {
+                iptables: Arc::new(ipt),
+                conntrack: Arc::new(ConntrackNetlink::new()?),
+                node_port_addresses: s.nodeport_addresses.clone(),
+            })
+        };
+        Ok(Box::new(UserspaceProxier::new(backend_userspace::Config {
+            family: s.family,
+            mode,
+            data: self.data.clone(),
+        })))
+    }
+}
+
+/// Whether `prog` is on `PATH`.
+fn on_path(prog: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
+}
+
+/// kube-proxy's `--cleanup`: removes what every mode of proxier could
+/// have left in `families` — iptables mode's chains on both variants,
+/// IPVS mode's virtual servers, `kube-ipvs0`, ipsets and companion rules,
+/// nftables mode's `kube-proxy` tables, userspace portal chains — and
+/// nothing else. A mode whose kernel support or tool is missing cannot
+/// have left anything and is skipped (logged at debug). Returns what was
+/// cleaned and the failures, each naming its mode.
+pub async fn cleanup_all(
+    s: &Settings,
+    families: &[IpFamily],
+) -> (Vec<String>, Vec<(String, BoxError)>) {
+    let mut done = Vec::new();
+    let mut failed: Vec<(String, BoxError)> = Vec::new();
+    for &family in families {
+        let fs = s.for_family(family);
+        let prefix = match family {
+            IpFamily::V4 => "iptables",
+            IpFamily::V6 => "ip6tables",
+        };
+        for variant in ["nft", "legacy"] {
+            let label = |m: &str| format!("{m} ({}, {variant})", family.as_str());
+            if !on_path(&format!("{prefix}-{variant}-restore")) {
+                tracing::debug!(
+                    variant,
+                    family = family.as_str(),
+                    "no {prefix}-{variant}-restore: nothing of that variant to remove"
+                );
+                continue;
+            }
+            let cmd = || Arc::new(iptables_cmd_sync(family, variant).expect("variant"));
+            // IPVS mode first: its companion rules jump to chains iptables mode
+            // shares (KUBE-MARK-MASQ), which cannot go while they do.
+            let kernel = if on_path("ipset") {
+                backend_ipvs::Kernel::real_with(iptables_cmd_sync(family, variant).expect("v"))
+            } else {
+                Err(proxier_core::ProxierError::new("ipvs", "no ipset program"))
+            };
+            match kernel {
+                Ok(kernel) => {
+                    let r: Result<(), BoxError> = async {
+                        let mut p = backend_ipvs::IpvsProxier::new(
+                            backend_ipvs::Config::new(family),
+                            kernel,
+                        )?;
+                        p.cleanup().await?;
+                        Ok(())
+                    }
+                    .await;
+                    match r {
+                        Ok(()) => done.push(label("ipvs")),
+                        Err(e) => failed.push((label("ipvs"), e)),
+                    }
+                }
+                Err(e) => tracing::debug!(
+                    error = %proxier_core::ErrorChain(&e),
+                    "no IPVS here: nothing of ipvs mode to remove"
+                ),
+            }
+            // userspace portals.
+            let r: Result<(), BoxError> = async {
+                let mut p = UserspaceProxier::new(backend_userspace::Config {
+                    family,
+                    mode: backend_userspace::Mode::Portal(Portal {
+                        iptables: cmd(),
+                        conntrack: Arc::new(ConntrackNetlink::new()?),
+                        node_port_addresses: Vec::new(),
+                    }),
+                    data: DataPath::default(),
+                });
+                p.cleanup().await?;
+                Ok(())
+            }
+            .await;
+            match r {
+                Ok(()) => done.push(label("userspace")),
+                Err(e) => failed.push((label("userspace"), e)),
+            }
+            // iptables mode.
+            let cfg = backend_iptables::Config {
+                family,
+                ..backend_iptables::Config::default()
+            };
+            let r: Result<(), BoxError> = async {
+                let ct = Arc::new(ConntrackNetlink::new()?);
+                let mut p =
+                    backend_iptables::IptablesProxier::new(cfg, cmd(), ct, Arc::new(ProcSys))?;
+                p.cleanup().await?;
+                Ok(())
+            }
+            .await;
+            match r {
+                Ok(()) => done.push(label("iptables")),
+                Err(e) => failed.push((label("iptables"), e)),
+            }
+        }
+        // nftables mode.
+        let r: Result<(), BoxError> = async {
+            let mut cfg = backend_nftables::Config::new(family);
+            cfg.masquerade.masquerade_bit = fs.masquerade_bit;
+            let mut p = backend_nftables::NftablesProxier::new(
+                cfg,
+                Arc::new(backend_nftables::NfTablesNetlink::new()?),
+                Arc::new(ConntrackNetlink::new()?),
+            )?;
+            p.cleanup().await?;
+            Ok(())
+        }
+        .await;
+        let label = format!("nftables ({})", family.as_str());
+        match r {
+            Ok(()) => done.push(label),
+            Err(e) => failed.push((label, e)),
+        }
+    }
+    (done, failed)
+}
