@@ -221,6 +221,33 @@ fn on_path(prog: &str) -> bool {
         .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
 }
 
+/// Empties every chain any mode of proxier writes, in `nat` and `filter`
+/// (one `iptables-restore --noflush` per table, `:CHAIN - [0:0]` lines).
+async fn flush_every_mode(ipt: &IptablesCmd) -> Result<(), BoxError> {
+    use proxier_netfilter::Iptables;
+    for table in ["nat", "filter"] {
+        let listing = ipt
+            .list_table(table, proxier_netfilter::owned::builtin_chains(table), true)
+            .await?;
+        let ours: Vec<String> = listing
+            .chains
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| proxier_netfilter::chains::is_any_mode_chain(c))
+            .collect();
+        if ours.is_empty() {
+            continue;
+        }
+        let mut payload = format!("*{table}\n");
+        for c in &ours {
+            payload.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        payload.push_str("COMMIT\n");
+        ipt.restore(table, &payload, true).await?;
+    }
+    Ok(())
+}
+
 /// kube-proxy's `--cleanup`: removes what every mode of proxier could
 /// have left in `families` — iptables mode's chains on both variants,
 /// IPVS mode's virtual servers, `kube-ipvs0`, ipsets and companion rules,
@@ -251,6 +278,13 @@ pub async fn cleanup_all(
                 continue;
             }
             let cmd = || Arc::new(iptables_cmd_sync(family, variant).expect("variant"));
+            // Modes share chain names (KUBE-MARK-MASQ), so one mode's chain
+            // may be referenced by another's: every chain of ours is
+            // emptied first, then each mode deletes its own.
+            if let Err(e) = flush_every_mode(&*cmd()).await {
+                failed.push((label("flushing"), e));
+                continue;
+            }
             // IPVS mode first: its companion rules jump to chains iptables mode
             // shares (KUBE-MARK-MASQ), which cannot go while they do.
             let kernel = if on_path("ipset") {

@@ -66,3 +66,33 @@ pub const KUBE_NODEPORT_HOST: &str = "KUBE-NODEPORT-HOST";
 pub const KUBE_NODEPORT_NON_LOCAL: &str = "KUBE-NODEPORT-NON-LOCAL";
 /// filter: refusals and source-range drops (userspace).
 pub const KUBE_PORTALS_FILTER: &str = "KUBE-PORTALS-FILTER";
+
+/// Every fixed chain name any mode of proxier writes, in any table.
+pub const ALL_FIXED: [&str; 19] = [
+    KUBE_SERVICES,
+    KUBE_EXTERNAL_SERVICES,
+    KUBE_NODEPORTS,
+    KUBE_POSTROUTING,
+    KUBE_MARK_MASQ,
+    KUBE_FORWARD,
+    KUBE_PROXY_FIREWALL,
+    KUBE_FIREWALL,
+    KUBE_PROXY_CANARY,
+    KUBE_NODE_PORT,
+    KUBE_LOAD_BALANCER,
+    KUBE_SOURCE_RANGES_FIREWALL,
+    KUBE_IPVS_FILTER,
+    KUBE_IPVS_OUT_FILTER,
+    KUBE_PORTALS_CONTAINER,
+    KUBE_PORTALS_HOST,
+    KUBE_NODEPORT_CONTAINER,
+    KUBE_NODEPORT_HOST,
+    KUBE_NODEPORT_NON_LOCAL,
+];
+
+/// Whether `chain` is written by some mode of proxier (a fixed chain of
+/// any mode, or a per-service chain of iptables mode): what `--cleanup`
+/// of every mode may flush.
+pub fn is_any_mode_chain(chain: &str) -> bool {
+    ALL_FIXED.contains(&chain) || chain == KUBE_PORTALS_FILTER || is_service_chain(chain)
+}
