@@ -153,6 +153,8 @@ fn spawn_haproxy(front: SocketAddr, backend: SocketAddr) -> Proc {
         assert!(Instant::now() < deadline, "haproxy did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // haproxy has read its configuration: nothing is left in the temp folder.
+    let _ = std::fs::remove_dir_all(&dir);
     Proc(c)
 }
 

@@ -281,7 +281,7 @@ pub async fn cleanup_all(
             // Modes share chain names (KUBE-MARK-MASQ), so one mode's chain
             // may be referenced by another's: every chain of ours is
             // emptied first, then each mode deletes its own.
-            if let Err(e) = flush_every_mode(&*cmd()).await {
+            if let Err(e) = flush_every_mode(&cmd()).await {
                 failed.push((label("flushing"), e));
                 continue;
             }

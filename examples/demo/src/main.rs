@@ -40,6 +40,43 @@ struct Cli {
     hostname_override: String,
 }
 
+/// Logging on stderr, `RUST_LOG` else warnings only; colour only on a
+/// terminal and never with `NO_COLOR`.
+fn init_logging() {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The copy of the bundled manifest, removed when the demo ends: by
+/// Ctrl-C, SIGTERM or an error (not by SIGKILL, which nothing survives).
+struct TempManifest(Option<PathBuf>);
+
+impl Drop for TempManifest {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM (what `kill` and a service manager send).
+async fn stop_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 /// An HTTP server at `addr` answering every request with who it is.
 async fn http_server(addr: SocketAddr) -> std::io::Result<()> {
     let l = TcpListener::bind(addr).await?;
@@ -105,7 +142,7 @@ async fn get(addr: SocketAddr) -> Result<String, String> {
 #[tokio::main]
 async fn main() -> ExitCode {
     // Quiet unless RUST_LOG asks for more.
-    examples::run::init_logging_with_default("warn");
+    init_logging();
     let cli = Cli::parse();
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -117,11 +154,13 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), String> {
+    let mut copy = TempManifest(None);
     let path = match &cli.manifests {
         Some(p) => p.clone(),
         None => {
             let p = std::env::temp_dir().join(format!("proxier-demo-{}.yaml", std::process::id()));
             std::fs::write(&p, BUNDLED).map_err(|e| format!("{}: {e}", p.display()))?;
+            copy.0 = Some(p.clone());
             p
         }
     };
@@ -154,18 +193,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         eprintln!("warning: {e}");
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let bundled_copy = cli.manifests.is_none().then(|| path.clone());
+    let bundled_copy = copy.0.clone();
     tokio::spawn(async move {
         runner
-            .run_with(
-                async {
-                    let _ = tokio::signal::ctrl_c().await;
-                },
-                move |o| {
-                    let _ = tx.send(o.ok);
-                    true
-                },
-            )
+            .run_with(stop_signal(), move |o| {
+                let _ = tx.send(o.ok);
+                true
+            })
             .await;
         if let Some(p) = bundled_copy {
             let _ = std::fs::remove_file(p);
