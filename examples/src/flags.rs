@@ -261,6 +261,26 @@ pub const KUBE_PROXY_FLAGS: &[KubeFlag] = &[
     s("help", true, "prints the flags and exits"),
 ];
 
+/// [`KUBE_PROXY_FLAGS`] as the README's Markdown table.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| kube-proxy v1.33 flag | here | what it does here, or why it is ignored |\n|---|---|---|\n");
+    for f in KUBE_PROXY_FLAGS {
+        let name = if f.name == "v" {
+            "`-v`, `--v`".to_string()
+        } else if f.name == "help" {
+            "`-h`, `--help`".to_string()
+        } else {
+            format!("`--{}`", f.name)
+        };
+        let (status, text) = match f.support {
+            Support::Supported(t) => ("supported", t),
+            Support::Ignored(t) => ("accepted, ignored with a warning", t),
+        };
+        out.push_str(&format!("| {name} | {status} | {text} |\n"));
+    }
+    out
+}
+
 /// The flags of [`KUBE_PROXY_FLAGS`] that are accepted and ignored.
 pub fn ignored_flags() -> impl Iterator<Item = &'static KubeFlag> {
     KUBE_PROXY_FLAGS
@@ -459,6 +479,16 @@ mod tests {
         assert_eq!(level_of(2), "info");
         assert_eq!(level_of(4), "debug");
         assert_eq!(level_of(9), "trace");
+    }
+
+    #[test]
+    fn the_readme_has_the_flag_table() {
+        let readme = include_str!("../../README.md");
+        let table = markdown_table();
+        assert!(
+            readme.contains(&table),
+            "README.md's flag table differs; it should be:\n{table}"
+        );
     }
 
     #[test]
