@@ -25,11 +25,25 @@ pub struct Factory {
     data: DataPath,
 }
 
+/// What was being done when `source` failed, with the source kept.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub struct Context {
+    /// What was being done.
+    pub what: String,
+    /// Why it failed.
+    #[source]
+    pub source: BoxError,
+}
+
 /// The node's addresses of `family` (rtnetlink).
 pub async fn node_ips(family: IpFamily) -> Result<Vec<IpAddr>, BoxError> {
     Ok(proxier_netfilter::node_addresses(None)
         .await
-        .map_err(|e| format!("reading the node's addresses: {e}"))?
+        .map_err(|e| Context {
+            what: "reading the node's addresses".into(),
+            source: Box::new(e),
+        })?
         .into_iter()
         .filter(|ip| family.matches(ip))
         .collect())
