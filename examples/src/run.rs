@@ -341,7 +341,7 @@ pub async fn run(cli: Cli, fixed: Option<Mode>) -> ExitCode {
                     }
                     object_errors = errs.len();
                 }
-                Err(e) => return fail(proxier_core::ErrorChain(&e)),
+                Err(e) => return fail(e),
             }
         }
         (Some(path), false) => {
