@@ -325,9 +325,6 @@ pub struct LocalDetect {
     /// The interface prefix for --detect-local-mode=InterfaceNamePrefix.
     #[arg(long, value_name = "PREFIX")]
     pub pod_interface_name_prefix: Option<String>,
-    /// The bridge for --detect-local-mode=BridgeInterface (not supported here).
-    #[arg(long, value_name = "NAME")]
-    pub pod_bridge_interface: Option<String>,
 }
 
 /// The IPVS settings after merging.
@@ -1042,6 +1039,7 @@ nodePortAddresses: null
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn cli(args: &[&str]) -> Result<Cli, clap::Error> {
         Cli::parse_from_args(
@@ -1262,6 +1260,197 @@ mod tests {
             settings(&["--hostname-override=Node-2"]).node_name,
             "node-2"
         );
+    }
+
+    /// Each supported kube-proxy flag, a command line using it, and what it
+    /// must change in the settings. The flags that are actions (cleanup,
+    /// init-only, write-config-to, config, help, version) are run by the
+    /// binary tests.
+    #[test]
+    fn the_check_of_every_supported_flag() {
+        type Check = (&'static str, &'static [&'static str], fn(&Settings) -> bool);
+        let checks: &[Check] = &[
+            ("feature-gates", &["--feature-gates=A=true"], |s| {
+                s.feature_gates == [("A".to_string(), true)]
+            }),
+            ("kubeconfig", &["--kubeconfig=/k"], |s| {
+                s.kubeconfig == Some(PathBuf::from("/k"))
+            }),
+            ("master", &["--master=https://m:6443"], |s| {
+                s.master.as_deref() == Some("https://m:6443")
+            }),
+            ("hostname-override", &["--hostname-override=Node-7"], |s| {
+                s.node_name == "node-7"
+            }),
+            ("bind-address", &["--bind-address=fd00::1"], |s| {
+                s.primary_family == Some(IpFamily::V6)
+            }),
+            (
+                "healthz-bind-address",
+                &["--healthz-bind-address=127.0.0.2:1"],
+                |s| s.healthz_bind_address == Some("127.0.0.2:1".parse().unwrap()),
+            ),
+            (
+                "metrics-bind-address",
+                &["--metrics-bind-address=[::1]:2"],
+                |s| s.metrics_bind_address == Some("[::1]:2".parse().unwrap()),
+            ),
+            (
+                "bind-address-hard-fail",
+                &["--bind-address-hard-fail"],
+                |s| s.bind_address_hard_fail,
+            ),
+            ("proxy-mode", &["--proxy-mode=userspace"], |s| {
+                s.mode == Mode::Userspace
+            }),
+            (
+                "iptables-masquerade-bit",
+                &["--iptables-masquerade-bit=0"],
+                |s| s.masquerade_bit == 0,
+            ),
+            ("masquerade-all", &["--masquerade-all"], |s| {
+                s.masquerade_all
+            }),
+            (
+                "iptables-localhost-nodeports",
+                &["--iptables-localhost-nodeports=false"],
+                |s| !s.localhost_node_ports,
+            ),
+            (
+                "iptables-sync-period",
+                &["--iptables-sync-period=2m"],
+                |s| s.sync_period == Duration::from_secs(120),
+            ),
+            (
+                "iptables-min-sync-period",
+                &["--iptables-min-sync-period=0s"],
+                |s| s.min_sync_period.is_zero(),
+            ),
+            (
+                "ipvs-sync-period",
+                &["--proxy-mode=ipvs", "--ipvs-sync-period=3s"],
+                |s| s.sync_period == Duration::from_secs(3),
+            ),
+            (
+                "ipvs-min-sync-period",
+                &["--proxy-mode=ipvs", "--ipvs-min-sync-period=4s"],
+                |s| s.min_sync_period == Duration::from_secs(4),
+            ),
+            ("ipvs-scheduler", &["--ipvs-scheduler=sh"], |s| {
+                s.ipvs.scheduler == "sh"
+            }),
+            (
+                "ipvs-exclude-cidrs",
+                &["--ipvs-exclude-cidrs=10.9.0.0/16"],
+                |s| s.ipvs.exclude_cidrs.len() == 1,
+            ),
+            ("ipvs-strict-arp", &["--ipvs-strict-arp=true"], |s| {
+                s.ipvs.strict_arp
+            }),
+            ("ipvs-tcp-timeout", &["--ipvs-tcp-timeout=1m"], |s| {
+                s.ipvs.timeouts.0 == 60
+            }),
+            ("ipvs-tcpfin-timeout", &["--ipvs-tcpfin-timeout=1m"], |s| {
+                s.ipvs.timeouts.1 == 60
+            }),
+            ("ipvs-udp-timeout", &["--ipvs-udp-timeout=1m"], |s| {
+                s.ipvs.timeouts.2 == 60
+            }),
+            (
+                "detect-local-mode",
+                &[
+                    "--detect-local-mode=InterfaceNamePrefix",
+                    "--pod-interface-name-prefix=cali",
+                ],
+                |s| s.detect_local_mode.as_deref() == Some("InterfaceNamePrefix"),
+            ),
+            (
+                "pod-interface-name-prefix",
+                &[
+                    "--detect-local-mode=InterfaceNamePrefix",
+                    "--pod-interface-name-prefix=cali",
+                ],
+                |s| s.pod_interface_name_prefix.as_deref() == Some("cali"),
+            ),
+            ("cluster-cidr", &["--cluster-cidr=10.9.0.0/16"], |s| {
+                s.cluster_cidr.len() == 1
+            }),
+            (
+                "nodeport-addresses",
+                &["--nodeport-addresses=10.9.0.0/16"],
+                |s| s.nodeport_addresses.len() == 1,
+            ),
+            (
+                "conntrack-max-per-core",
+                &["--conntrack-max-per-core=7"],
+                |s| s.conntrack.max_per_core == 7,
+            ),
+            ("conntrack-min", &["--conntrack-min=7"], |s| {
+                s.conntrack.min == 7
+            }),
+            (
+                "conntrack-tcp-timeout-established",
+                &["--conntrack-tcp-timeout-established=7s"],
+                |s| s.conntrack.tcp_established == Some(Duration::from_secs(7)),
+            ),
+            (
+                "conntrack-tcp-timeout-close-wait",
+                &["--conntrack-tcp-timeout-close-wait=7s"],
+                |s| s.conntrack.tcp_close_wait == Some(Duration::from_secs(7)),
+            ),
+            (
+                "conntrack-tcp-be-liberal",
+                &["--conntrack-tcp-be-liberal"],
+                |s| s.conntrack.tcp_be_liberal,
+            ),
+            (
+                "conntrack-udp-timeout",
+                &["--conntrack-udp-timeout=7s"],
+                |s| s.conntrack.udp == Some(Duration::from_secs(7)),
+            ),
+            (
+                "conntrack-udp-timeout-stream",
+                &["--conntrack-udp-timeout-stream=7s"],
+                |s| s.conntrack.udp_stream == Some(Duration::from_secs(7)),
+            ),
+            ("healthz-port", &["--healthz-port=7"], |s| {
+                s.healthz_bind_address.map(|a| a.port()) == Some(7)
+            }),
+            ("metrics-port", &["--metrics-port=7"], |s| {
+                s.metrics_bind_address.map(|a| a.port()) == Some(7)
+            }),
+            ("v", &["--v=5"], |s| s.verbosity == Some(5)),
+            ("vmodule", &["--vmodule=x=3"], |s| {
+                s.vmodule == [("x".to_string(), 3)]
+            }),
+        ];
+        let defaults = settings(&[]);
+        for (name, args, changed) in checks {
+            assert!(
+                !changed(&defaults),
+                "--{name}: the default already passes its check"
+            );
+            assert!(
+                changed(&settings(args)),
+                "--{name}: {args:?} did not change its setting"
+            );
+        }
+        let actions = [
+            "config",
+            "write-config-to",
+            "cleanup",
+            "init-only",
+            "help",
+            "version",
+        ];
+        let supported: BTreeSet<&str> = flags::KUBE_PROXY_FLAGS
+            .iter()
+            .filter(|f| matches!(f.support, flags::Support::Supported(_)))
+            .map(|f| f.name)
+            .filter(|n| !actions.contains(n))
+            .collect();
+        let checked: BTreeSet<&str> = checks.iter().map(|c| c.0).collect();
+        assert_eq!(supported, checked);
     }
 
     #[test]

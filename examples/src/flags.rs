@@ -161,10 +161,10 @@ pub const KUBE_PROXY_FLAGS: &[KubeFlag] = &[
         false,
         "ClusterCIDR or InterfaceNamePrefix (BridgeInterface and NodeCIDR are refused with an error)",
     ),
-    s(
+    i(
         "pod-bridge-interface",
         false,
-        "read; BridgeInterface mode is refused with an error",
+        "BridgeInterface detection is not supported here (--detect-local-mode=BridgeInterface is refused with an error)",
     ),
     s(
         "pod-interface-name-prefix",
@@ -263,7 +263,9 @@ pub const KUBE_PROXY_FLAGS: &[KubeFlag] = &[
 
 /// [`KUBE_PROXY_FLAGS`] as the README's Markdown table.
 pub fn markdown_table() -> String {
-    let mut out = String::from("| kube-proxy v1.33 flag | here | what it does here, or why it is ignored |\n|---|---|---|\n");
+    let mut out = String::from(
+        "| kube-proxy v1.33 flag | here | what it does here, or why it is ignored |\n|---|---|---|\n",
+    );
     for f in KUBE_PROXY_FLAGS {
         let name = if f.name == "v" {
             "`-v`, `--v`".to_string()
