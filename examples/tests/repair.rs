@@ -157,7 +157,11 @@ fn repairs_within_a_period(
     let m = metrics(&topo);
     let nat_rules = m
         .lines()
-        .find_map(|l| l.strip_prefix("kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\"} "))
+        .find_map(|l| {
+            l.strip_prefix(
+                "kubeproxy_sync_proxy_rules_iptables_total{table=\"nat\",ip_family=\"IPv4\"} ",
+            )
+        })
         .and_then(|v| v.trim().parse::<u64>().ok());
     if bin.ends_with("/nftables") {
         assert_eq!(nat_rules, None, "{m}");
@@ -166,7 +170,7 @@ fn repairs_within_a_period(
     }
     assert!(
         m.contains(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 0"
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv4\"} 0"
         ),
         "{m}"
     );

@@ -28,6 +28,8 @@ pub struct CodeLabel {
 pub struct TableLabel {
     /// `nat`, `filter`.
     pub table: String,
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
 }
 
 /// The `traffic_policy` label of `sync_proxy_rules_no_local_endpoints_total`.
@@ -35,20 +37,43 @@ pub struct TableLabel {
 pub struct PolicyLabel {
     /// `internal` or `external`.
     pub traffic_policy: String,
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
 }
+
+/// The `ip_family` label kube-proxy (v1.33, kubernetes #129173) puts on
+/// the metrics each family's proxier records: `IPv4` or `IPv6`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FamilyLabel {
+    /// `IPv4` or `IPv6`.
+    pub ip_family: String,
+}
+
+impl FamilyLabel {
+    /// The label of `family`.
+    pub fn of(family: crate::IpFamily) -> FamilyLabel {
+        FamilyLabel {
+            ip_family: family.as_str().to_string(),
+        }
+    }
+}
+
+/// A histogram per family, kube-proxy's sync buckets.
+pub type FamilyHistogram = Family<FamilyLabel, Histogram, fn() -> Histogram>;
 
 /// Every metric the core maintains.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Mutex<Registry>,
-    /// `kubeproxy_sync_proxy_rules_duration_seconds`.
-    pub sync_duration: Histogram,
-    /// `kubeproxy_sync_full_proxy_rules_duration_seconds`.
-    pub sync_full_duration: Histogram,
-    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds`.
-    pub sync_partial_duration: Histogram,
-    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds` (last success).
-    pub last_timestamp: Gauge<f64, AtomicU64>,
+    /// `kubeproxy_sync_proxy_rules_duration_seconds{ip_family}`.
+    pub sync_duration: FamilyHistogram,
+    /// `kubeproxy_sync_full_proxy_rules_duration_seconds{ip_family}`.
+    pub sync_full_duration: FamilyHistogram,
+    /// `kubeproxy_sync_partial_proxy_rules_duration_seconds{ip_family}`.
+    pub sync_partial_duration: FamilyHistogram,
+    /// `kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family}`
+    /// (that family's last success).
+    pub last_timestamp: Family<FamilyLabel, Gauge<f64, AtomicU64>>,
     /// `kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds`.
     pub last_queued_timestamp: Gauge<f64, AtomicU64>,
     /// `kubeproxy_sync_proxy_rules_service_changes_total`.
@@ -69,31 +94,31 @@ pub struct Metrics {
     /// `kubeproxy_sync_proxy_rules_iptables_restore_failures_total`: an
     /// `iptables-restore` the kernel or the tool refused (iptables, IPVS
     /// and userspace portal modes).
-    pub iptables_restore_failures_total: Counter,
+    pub iptables_restore_failures_total: Family<FamilyLabel, Counter>,
     /// `kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total`:
     /// of those, the ones of a partial sync.
-    pub iptables_partial_restore_failures_total: Counter,
+    pub iptables_partial_restore_failures_total: Family<FamilyLabel, Counter>,
     /// `kubeproxy_sync_proxy_rules_nftables_sync_failures_total`: an
     /// nf_tables transaction the kernel refused.
-    pub nftables_sync_failures_total: Counter,
-    /// `kubeproxy_sync_proxy_rules_iptables_total{table}`: iptables rules
-    /// the backend owns after its last sync.
+    pub nftables_sync_failures_total: Family<FamilyLabel, Counter>,
+    /// `kubeproxy_sync_proxy_rules_iptables_total{table,ip_family}`:
+    /// iptables rules the backend owns after its last sync.
     pub iptables_rules_total: Family<TableLabel, Gauge>,
-    /// `kubeproxy_sync_proxy_rules_iptables_last{table}`: rules its last
-    /// sync wrote.
+    /// `kubeproxy_sync_proxy_rules_iptables_last{table,ip_family}`: rules
+    /// its last sync wrote.
     pub iptables_rules_last: Family<TableLabel, Gauge>,
     /// `kubeproxy_sync_proxy_rules_service_ports_not_programmed`: service
     /// ports the last sync of every family could not program (a node port
     /// another program holds, in userspace direct mode). Our own; kube-proxy
     /// only logs them.
     pub not_programmed: Gauge,
-    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy}`:
+    /// `kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy,ip_family}`:
     /// service ports with a Local policy and no local endpoint.
     pub no_local_endpoints: Family<PolicyLabel, Gauge>,
-    /// `kubeproxy_network_programming_duration_seconds`: from an
-    /// EndpointSlice change (its `last-change-trigger-time` annotation) to
-    /// the end of the sync that programmed it, kube-proxy's buckets.
-    pub network_programming_duration: Histogram,
+    /// `kubeproxy_network_programming_duration_seconds{ip_family}`: from
+    /// an EndpointSlice change (its `last-change-trigger-time` annotation)
+    /// to the end of the sync that programmed it, kube-proxy's buckets.
+    pub network_programming_duration: FamilyHistogram,
     /// `kubeproxy_proxy_healthz_total{code}`.
     pub healthz_total: Family<CodeLabel, Counter>,
     /// `kubeproxy_proxy_livez_total{code}`.
@@ -115,6 +140,10 @@ fn hist() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 15))
 }
 
+fn programming_hist() -> Histogram {
+    Histogram::new(network_programming_buckets())
+}
+
 /// Seconds since the epoch, for timestamp gauges.
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
@@ -134,10 +163,10 @@ impl Metrics {
         let mut registry = Registry::with_prefix("kubeproxy");
         let m = Metrics {
             registry: Mutex::new(Registry::default()),
-            sync_duration: hist(),
-            sync_full_duration: hist(),
-            sync_partial_duration: hist(),
-            last_timestamp: Gauge::default(),
+            sync_duration: Family::new_with_constructor(hist),
+            sync_full_duration: Family::new_with_constructor(hist),
+            sync_partial_duration: Family::new_with_constructor(hist),
+            last_timestamp: Family::default(),
             last_queued_timestamp: Gauge::default(),
             service_changes_total: Counter::default(),
             endpoint_changes_total: Counter::default(),
@@ -145,14 +174,14 @@ impl Metrics {
             endpoint_changes_pending: Gauge::default(),
             sync_failures_total: Counter::default(),
             repairs_total: Counter::default(),
-            iptables_restore_failures_total: Counter::default(),
-            iptables_partial_restore_failures_total: Counter::default(),
-            nftables_sync_failures_total: Counter::default(),
+            iptables_restore_failures_total: Family::default(),
+            iptables_partial_restore_failures_total: Family::default(),
+            nftables_sync_failures_total: Family::default(),
             iptables_rules_total: Family::default(),
             iptables_rules_last: Family::default(),
             no_local_endpoints: Family::default(),
             not_programmed: Gauge::default(),
-            network_programming_duration: Histogram::new(network_programming_buckets()),
+            network_programming_duration: Family::new_with_constructor(programming_hist),
             healthz_total: Family::default(),
             livez_total: Family::default(),
         };
@@ -271,14 +300,15 @@ impl Metrics {
         f(&mut self.registry.lock().unwrap());
     }
 
-    /// Records one sync's duration.
-    pub fn observe_sync(&self, full: bool, d: Duration) {
+    /// Records one family's sync duration.
+    pub fn observe_sync(&self, family: crate::IpFamily, full: bool, d: Duration) {
         let s = d.as_secs_f64();
-        self.sync_duration.observe(s);
+        let l = FamilyLabel::of(family);
+        self.sync_duration.get_or_create(&l).observe(s);
         if full {
-            self.sync_full_duration.observe(s);
+            self.sync_full_duration.get_or_create(&l).observe(s);
         } else {
-            self.sync_partial_duration.observe(s);
+            self.sync_partial_duration.get_or_create(&l).observe(s);
         }
     }
 

@@ -427,10 +427,6 @@ impl Runner {
                     // (a sync with no changes, either way).
                     retry_at = again.map(|d| end + d);
                     self.shared.health.updated();
-                    self.shared
-                        .metrics
-                        .last_timestamp
-                        .set(unix_seconds(SystemTime::now()));
                     self.count_no_local_endpoints();
                     if let Some(hc) = self.service_health.clone() {
                         let snaps: Vec<crate::tracker::Snapshot> = self
@@ -456,8 +452,9 @@ impl Runner {
     /// Local policy and no local endpoint, over every family's last synced
     /// snapshot (kube-proxy counts them per traffic policy).
     fn count_no_local_endpoints(&self) {
-        let (mut internal, mut external) = (0i64, 0i64);
+        let m = &self.shared.metrics;
         for snap in self.lanes.iter().filter_map(|l| l.last_snapshot.as_ref()) {
+            let (mut internal, mut external) = (0i64, 0i64);
             for svc in snap.services.values() {
                 if !(svc.internal_policy_local || svc.external_policy_local) {
                     continue;
@@ -467,14 +464,14 @@ impl Runner {
                     external += i64::from(svc.external_policy_local);
                 }
             }
-        }
-        let m = &self.shared.metrics;
-        for (policy, n) in [("internal", internal), ("external", external)] {
-            m.no_local_endpoints
-                .get_or_create(&crate::metrics::PolicyLabel {
-                    traffic_policy: policy.into(),
-                })
-                .set(n);
+            for (policy, n) in [("internal", internal), ("external", external)] {
+                m.no_local_endpoints
+                    .get_or_create(&crate::metrics::PolicyLabel {
+                        traffic_policy: policy.into(),
+                        ip_family: snap.family.as_str().into(),
+                    })
+                    .set(n);
+            }
         }
     }
 
@@ -523,9 +520,11 @@ impl Runner {
         end: Instant,
     ) -> (bool, bool) {
         let full = req.full;
-        self.shared.metrics.observe_sync(full, end - start);
+        let fam = req.snapshot.family;
+        let fam_label = crate::metrics::FamilyLabel::of(fam);
+        self.shared.metrics.observe_sync(fam, full, end - start);
         let name = self.proxier.name().to_string();
-        let family = req.snapshot.family.as_str();
+        let family = fam.as_str();
         let lane = &mut self.lanes[i];
         match result {
             Ok(stats) => {
@@ -539,17 +538,24 @@ impl Runner {
                     lane.last_verified = Some(start);
                 }
                 let now = SystemTime::now();
+                self.shared
+                    .metrics
+                    .last_timestamp
+                    .get_or_create(&fam_label)
+                    .set(unix_seconds(now));
                 for t in &req.changes.trigger_times {
                     if let Ok(d) = now.duration_since(*t) {
                         self.shared
                             .metrics
                             .network_programming_duration
+                            .get_or_create(&fam_label)
                             .observe(d.as_secs_f64());
                     }
                 }
                 for (table, total, last) in &stats.iptables_rules {
                     let l = crate::metrics::TableLabel {
                         table: (*table).to_string(),
+                        ip_family: family.to_string(),
                     };
                     let m = &self.shared.metrics;
                     m.iptables_rules_total.get_or_create(&l).set(*total as i64);
@@ -603,13 +609,19 @@ impl Runner {
                 m.sync_failures_total.inc();
                 match e.refused {
                     Some(crate::proxier::Refused::IptablesRestore) => {
-                        m.iptables_restore_failures_total.inc();
+                        m.iptables_restore_failures_total
+                            .get_or_create(&fam_label)
+                            .inc();
                         if !full {
-                            m.iptables_partial_restore_failures_total.inc();
+                            m.iptables_partial_restore_failures_total
+                                .get_or_create(&fam_label)
+                                .inc();
                         }
                     }
                     Some(crate::proxier::Refused::NftablesTransaction) => {
-                        m.nftables_sync_failures_total.inc();
+                        m.nftables_sync_failures_total
+                            .get_or_create(&fam_label)
+                            .inc();
                     }
                     None => {}
                 }

@@ -284,24 +284,24 @@ async fn refused_updates_and_local_services_without_endpoints_are_counted() {
     let m = bed.handle.metrics().encode();
     assert!(
         m.contains(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\"} 1"
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"external\",ip_family=\"IPv4\"} 1"
         ),
         "{m}"
     );
     assert!(
         m.contains(
-            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\"} 0"
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{traffic_policy=\"internal\",ip_family=\"IPv4\"} 0"
         ),
         "{m}"
     );
     for (i, (refused, after)) in [
         (
             Refused::IptablesRestore,
-            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total 1",
+            "kubeproxy_sync_proxy_rules_iptables_partial_restore_failures_total{ip_family=\"IPv4\"} 1",
         ),
         (
             Refused::NftablesTransaction,
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total 1",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total{ip_family=\"IPv4\"} 1",
         ),
     ]
     .into_iter()
@@ -323,7 +323,9 @@ async fn refused_updates_and_local_services_without_endpoints_are_counted() {
     }
     let m = bed.handle.metrics().encode();
     assert!(
-        m.contains("kubeproxy_sync_proxy_rules_iptables_restore_failures_total 1"),
+        m.contains(
+            "kubeproxy_sync_proxy_rules_iptables_restore_failures_total{ip_family=\"IPv4\"} 1"
+        ),
         "{m}"
     );
     assert!(
@@ -528,6 +530,19 @@ async fn dual_stack_syncs_each_family_through_its_backend() {
             ok: true
         }]
     );
+    // kube-proxy's ip_family label: each family's sync recorded apart.
+    let m = handle.metrics().encode();
+    for fam in ["IPv4", "IPv6"] {
+        for series in [
+            format!("kubeproxy_sync_proxy_rules_duration_seconds_count{{ip_family=\"{fam}\"}} 1"),
+            format!(
+                "kubeproxy_sync_full_proxy_rules_duration_seconds_count{{ip_family=\"{fam}\"}} 1"
+            ),
+            format!("kubeproxy_sync_proxy_rules_last_timestamp_seconds{{ip_family=\"{fam}\"}} "),
+        ] {
+            assert!(m.contains(&series), "{series} missing:\n{m}");
+        }
+    }
 
     // The IPv6 backend fails: the round fails, health stops being renewed,
     // and only IPv6 retries in full; IPv4 stays partial.
@@ -604,12 +619,16 @@ async fn network_programming_latency_is_measured_from_the_trigger_time() {
     bed.settle().await;
     let m = bed.handle.metrics().encode();
     assert!(
-        m.contains("kubeproxy_network_programming_duration_seconds_count 1"),
+        m.contains("kubeproxy_network_programming_duration_seconds_count{ip_family=\"IPv4\"} 1"),
         "{m}"
     );
     let sum: f64 = m
         .lines()
-        .find_map(|l| l.strip_prefix("kubeproxy_network_programming_duration_seconds_sum "))
+        .find_map(|l| {
+            l.strip_prefix(
+                "kubeproxy_network_programming_duration_seconds_sum{ip_family=\"IPv4\"} ",
+            )
+        })
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
     assert!((0.0..60.0).contains(&sum), "{sum}");
