@@ -71,8 +71,10 @@ async fn healthz_and_livez() {
         text.contains("kubeproxy_proxy_livez_total{code=\"200\"} 1"),
         "{text}"
     );
+    // Declared before any sync; its series (one per ip_family) come with
+    // the first sync, as kube-proxy's HistogramVec does.
     assert!(
-        text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"),
+        text.contains("# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram"),
         "{text}"
     );
 }
