@@ -71,10 +71,16 @@ async fn healthz_and_livez() {
         text.contains("kubeproxy_proxy_livez_total{code=\"200\"} 1"),
         "{text}"
     );
-    // Declared before any sync; its series (one per ip_family) come with
-    // the first sync, as kube-proxy's HistogramVec does.
+    // The sync histogram's series (one per ip_family) come with the first
+    // sync, as kube-proxy's HistogramVec's do.
     assert!(
-        text.contains("# TYPE kubeproxy_sync_proxy_rules_duration_seconds histogram"),
+        !text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket"),
+        "{text}"
+    );
+    metrics.observe_sync(proxier_core::IpFamily::V6, true, Duration::from_millis(5));
+    let text = metrics.encode();
+    assert!(
+        text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv6\",le="),
         "{text}"
     );
 }
