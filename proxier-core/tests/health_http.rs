@@ -80,7 +80,9 @@ async fn healthz_and_livez() {
     metrics.observe_sync(proxier_core::IpFamily::V6, true, Duration::from_millis(5));
     let text = metrics.encode();
     assert!(
-        text.contains("kubeproxy_sync_proxy_rules_duration_seconds_bucket{ip_family=\"IPv6\",le="),
+        text.contains(
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket{le=\"0.008\",ip_family=\"IPv6\"} 1"
+        ),
         "{text}"
     );
 }
