@@ -275,8 +275,11 @@ pub async fn cleanup_all(
 ) -> (Vec<String>, Vec<(String, BoxError)>) {
     let mut done = Vec::new();
     let mut failed: Vec<(String, BoxError)> = Vec::new();
+    let mut record = |what: String, r: Result<(), BoxError>| match r {
+        Ok(()) => done.push(what),
+        Err(e) => failed.push((what, e)),
+    };
     for &family in families {
-        let fs = s.for_family(family);
         let prefix = match family {
             IpFamily::V4 => "iptables",
             IpFamily::V6 => "ip6tables",
@@ -291,97 +294,88 @@ pub async fn cleanup_all(
                 );
                 continue;
             }
-            let cmd = || Arc::new(iptables_cmd_sync(family, variant).expect("variant"));
+            let cmd = || iptables_cmd_sync(family, variant).expect("variant");
             // Modes share chain names (KUBE-MARK-MASQ), so one mode's chain
             // may be referenced by another's: every chain of ours is
             // emptied first, then each mode deletes its own.
             if let Err(e) = flush_every_mode(&cmd()).await {
-                failed.push((label("flushing"), e));
+                record(label("flushing"), Err(e));
                 continue;
             }
-            // IPVS mode first: its companion rules jump to chains iptables mode
-            // shares (KUBE-MARK-MASQ), which cannot go while they do.
-            let kernel = if on_path("ipset") {
-                backend_ipvs::Kernel::real_with(iptables_cmd_sync(family, variant).expect("v"))
+            // IPVS first: its companion rules jump to chains iptables mode
+            // shares (KUBE-MARK-MASQ). A kernel without IPVS (or a node
+            // without ipset) cannot have any of it.
+            let ipvs = if on_path("ipset") {
+                backend_ipvs::Kernel::real_with(cmd()).ok()
             } else {
-                Err(proxier_core::ProxierError::new("ipvs", "no ipset program"))
+                None
             };
-            match kernel {
-                Ok(kernel) => {
-                    let r: Result<(), BoxError> = async {
-                        let mut p = backend_ipvs::IpvsProxier::new(
+            match ipvs {
+                Some(kernel) => record(
+                    label("ipvs"),
+                    cleaned(|| {
+                        Ok(Box::new(backend_ipvs::IpvsProxier::new(
                             backend_ipvs::Config::new(family),
                             kernel,
-                        )?;
-                        p.cleanup().await?;
-                        Ok(())
-                    }
-                    .await;
-                    match r {
-                        Ok(()) => done.push(label("ipvs")),
-                        Err(e) => failed.push((label("ipvs"), e)),
-                    }
-                }
-                Err(e) => tracing::debug!(
-                    error = %proxier_core::ErrorChain(&e),
-                    "no IPVS here: nothing of ipvs mode to remove"
+                        )?))
+                    })
+                    .await,
                 ),
+                None => tracing::debug!("no IPVS here: nothing of ipvs mode to remove"),
             }
-            // userspace portals.
-            let r: Result<(), BoxError> = async {
-                let mut p = UserspaceProxier::new(backend_userspace::Config {
-                    family,
-                    mode: backend_userspace::Mode::Portal(Portal {
-                        iptables: cmd(),
-                        conntrack: Arc::new(ConntrackNetlink::new()?),
-                        node_port_addresses: Vec::new(),
-                    }),
-                    data: DataPath::default(),
-                });
-                p.cleanup().await?;
-                Ok(())
-            }
-            .await;
-            match r {
-                Ok(()) => done.push(label("userspace")),
-                Err(e) => failed.push((label("userspace"), e)),
-            }
-            // iptables mode.
-            let cfg = backend_iptables::Config {
-                family,
-                ..backend_iptables::Config::default()
-            };
-            let r: Result<(), BoxError> = async {
-                let ct = Arc::new(ConntrackNetlink::new()?);
-                let mut p =
-                    backend_iptables::IptablesProxier::new(cfg, cmd(), ct, Arc::new(ProcSys))?;
-                p.cleanup().await?;
-                Ok(())
-            }
-            .await;
-            match r {
-                Ok(()) => done.push(label("iptables")),
-                Err(e) => failed.push((label("iptables"), e)),
-            }
+            record(
+                label("userspace"),
+                cleaned(|| {
+                    Ok(Box::new(UserspaceProxier::new(backend_userspace::Config {
+                        family,
+                        mode: backend_userspace::Mode::Portal(Portal {
+                            iptables: Arc::new(cmd()),
+                            conntrack: Arc::new(ConntrackNetlink::new()?),
+                            node_port_addresses: Vec::new(),
+                        }),
+                        data: DataPath::default(),
+                    })))
+                })
+                .await,
+            );
+            record(
+                label("iptables"),
+                cleaned(|| {
+                    let cfg = backend_iptables::Config {
+                        family,
+                        ..backend_iptables::Config::default()
+                    };
+                    Ok(Box::new(backend_iptables::IptablesProxier::new(
+                        cfg,
+                        Arc::new(cmd()),
+                        Arc::new(ConntrackNetlink::new()?),
+                        Arc::new(ProcSys),
+                    )?))
+                })
+                .await,
+            );
         }
-        // nftables mode.
-        let r: Result<(), BoxError> = async {
-            let mut cfg = backend_nftables::Config::new(family);
-            cfg.masquerade.masquerade_bit = fs.masquerade_bit;
-            let mut p = backend_nftables::NftablesProxier::new(
-                cfg,
-                Arc::new(backend_nftables::NfTablesNetlink::new()?),
-                Arc::new(ConntrackNetlink::new()?),
-            )?;
-            p.cleanup().await?;
-            Ok(())
-        }
-        .await;
-        let label = format!("nftables ({})", family.as_str());
-        match r {
-            Ok(()) => done.push(label),
-            Err(e) => failed.push((label, e)),
-        }
+        record(
+            format!("nftables ({})", family.as_str()),
+            cleaned(|| {
+                let mut cfg = backend_nftables::Config::new(family);
+                cfg.masquerade.masquerade_bit = s.masquerade_bit;
+                Ok(Box::new(backend_nftables::NftablesProxier::new(
+                    cfg,
+                    Arc::new(backend_nftables::NfTablesNetlink::new()?),
+                    Arc::new(ConntrackNetlink::new()?),
+                )?))
+            })
+            .await,
+        );
     }
     (done, failed)
+}
+
+/// Builds a backend with `make` and runs its cleanup.
+async fn cleaned(
+    make: impl FnOnce() -> Result<Box<dyn Proxier>, BoxError>,
+) -> Result<(), BoxError> {
+    make()?.cleanup().await?;
+    Ok(())
 }
