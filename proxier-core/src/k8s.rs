@@ -39,6 +39,26 @@ pub const ANNOTATION_TOPOLOGY_AWARE_HINTS: &str = "service.kubernetes.io/topolog
 pub const PROXY_LABEL_SELECTOR: &str =
     "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// A list field that is required in one Kubernetes version and optional
+/// in another (`EndpointSlice.endpoints`: `Vec` in v1.33, `Option<Vec>`
+/// later), read the same way whichever k8s-openapi version the embedder
+/// selected.
+trait Items<T> {
+    fn items(&self) -> &[T];
+}
+
+impl<T> Items<T> for Vec<T> {
+    fn items(&self) -> &[T] {
+        self
+    }
+}
+
+impl<T> Items<T> for Option<Vec<T>> {
+    fn items(&self) -> &[T] {
+        self.as_deref().unwrap_or(&[])
+    }
+}
+
 fn meta_names(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> (String, String) {
@@ -298,7 +318,7 @@ pub fn endpoint_slice_from_k8s(
         });
     }
     let mut endpoints = Vec::new();
-    for (i, e) in slice.endpoints.iter().flatten().enumerate() {
+    for (i, e) in slice.endpoints.items().iter().enumerate() {
         let mut addresses = Vec::new();
         for (j, a) in e.addresses.iter().enumerate() {
             addresses.push(parse_ip(&ctx, format!("endpoints[{i}].addresses[{j}]"), a)?);

@@ -26,6 +26,15 @@
 //! OpenMetrics text); `serde_yaml` + `serde_path_to_error` so a bad
 //! manifest names the failing field. The Kubernetes API client (`kube`)
 //! lives in the `proxier-kube` crate, so this crate does not compile it.
+//!
+//! **Kubernetes version.** This crate does not select a k8s-openapi
+//! version feature (k8s-openapi's rule for libraries): your binary does,
+//! for example `k8s-openapi = { version = "0.29", features = ["v1_35"] }`.
+//! Every version k8s-openapi 0.29 supports (v1.33 to v1.37) builds;
+//! `tests/k8s-earliest` (built by `scripts/test-all`) checks the oldest.
+//! Building this crate alone (`cargo check -p proxier-core`) needs
+//! `K8S_OPENAPI_ENABLED_VERSION=1.37` in the environment, as every
+//! k8s-openapi library does.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

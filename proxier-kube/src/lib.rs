@@ -9,7 +9,8 @@
 //! have both been listed.
 //!
 //! This crate holds the heavy dependency (`kube`, with rustls and ring) so
-//! that `proxier-core` never compiles it.
+//! that `proxier-core` never compiles it. Like `proxier-core` (and `kube`
+//! itself) it selects no k8s-openapi version: the binary that uses it does.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
