@@ -212,6 +212,16 @@ pub async fn main(fixed: Option<Mode>, name: &'static str, about: &'static str) 
     run(cli, fixed).await
 }
 
+/// Applies the `conntrack.*` settings, logging each one the kernel refuses.
+fn apply_conntrack(settings: &Settings) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    for e in settings.conntrack.apply(&proxier_netfilter::ProcSys, cpus) {
+        tracing::warn!(error = %proxier_core::ErrorChain(&e), "conntrack setting not applied");
+    }
+}
+
 fn fail_chain(e: &BoxError) -> ExitCode {
     fail(proxier_core::ErrorChain(e.as_ref()))
 }
@@ -274,14 +284,8 @@ pub async fn run(cli: Cli, fixed: Option<Mode>) -> ExitCode {
             proxier_core::ErrorChain(failed[0].1.as_ref())
         ));
     }
-    // kube-proxy's conntrack settings, before the first sync.
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    for e in settings.conntrack.apply(&proxier_netfilter::ProcSys, cpus) {
-        tracing::warn!(error = %proxier_core::ErrorChain(&e), "conntrack setting not applied");
-    }
     if c.init_only == Some(true) {
+        apply_conntrack(&settings);
         tracing::info!("initialised (conntrack settings); exiting as --init-only asks");
         return ExitCode::SUCCESS;
     }
@@ -294,6 +298,12 @@ pub async fn run(cli: Cli, fixed: Option<Mode>) -> ExitCode {
         Ok(b) => b,
         Err(e) => return fail_chain(&e),
     };
+    // kube-proxy's conntrack settings, once every value has been checked
+    // and the backends built (a bad flag touches nothing), before the
+    // first sync; not for userspace --direct, which NATs nothing.
+    if !(settings.mode == Mode::Userspace && cli.userspace.direct) {
+        apply_conntrack(&settings);
+    }
     let families: Vec<IpFamily> = built.iter().map(|(f, _)| *f).collect();
     let family_list = families
         .iter()

@@ -287,3 +287,59 @@ fn write_config_to_and_init_only() {
     // --init-only wrote no rule.
     assert!(!text(&ns, "nft", &["list", "ruleset"]).contains("kube-proxy"));
 }
+
+#[test]
+fn conntrack_settings_wait_for_a_valid_start_and_skip_direct_mode() {
+    let ns = Netns::new("pxct").unwrap();
+    let established = || {
+        text(
+            &ns,
+            "sysctl",
+            &["-n", "net.netfilter.nf_conntrack_tcp_timeout_established"],
+        )
+        .trim()
+        .to_string()
+    };
+    let before = established();
+    assert_ne!(before, "7200");
+    let m = echo();
+    let base = [
+        "--once",
+        "--manifests",
+        m.as_str(),
+        "--hostname-override=node-1",
+        "--conntrack-tcp-timeout-established=2h",
+        "--proxy-mode=userspace",
+    ];
+    // A bad value found after the flags parse: nothing touched.
+    let mut args = base.to_vec();
+    args.push("--relay=zerocopy");
+    let out = common::run_in(&ns, BIN, &args);
+    assert!(!out.status.success());
+    assert_eq!(established(), before);
+    // userspace --direct NATs nothing: no conntrack setting.
+    let mut args = base.to_vec();
+    args.extend([
+        "--direct",
+        "--nodeport-addresses=127.0.0.1/32",
+        "--allow-loopback-endpoints",
+    ]);
+    let out = common::run_in(&ns, BIN, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(established(), before);
+    // A mode that NATs: applied.
+    let mut args = base.to_vec();
+    args.push("--portal");
+    args.push("--iptables-variant=nft");
+    let out = common::run_in(&ns, BIN, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(established(), "7200");
+}
