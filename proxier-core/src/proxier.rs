@@ -1,5 +1,6 @@
 //! The single seam a backend implements.
 
+#[cfg(any(test, feature = "testing"))]
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -146,8 +147,36 @@ pub trait Proxier: Send {
     /// Makes the node match `req.snapshot`. Called by one task at a time.
     async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError>;
 
+    /// Syncs one request per IP family (the runner's round on a
+    /// dual-stack node): each result with the time its sync took, in the
+    /// order of `reqs`. By default one after the other;
+    /// [`MetaProxier`](crate::MetaProxier) runs its families' backends at
+    /// once, as kube-proxy's metaproxier runs each family's sync loop in
+    /// a goroutine of its own.
+    async fn sync_families(&mut self, reqs: &[SyncRequest]) -> Vec<FamilySync> {
+        let mut out = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            let t0 = tokio::time::Instant::now();
+            let result = self.sync(req).await;
+            out.push(FamilySync {
+                result,
+                took: t0.elapsed(),
+            });
+        }
+        out
+    }
+
     /// Removes everything this backend created, and nothing else.
     async fn cleanup(&mut self) -> Result<(), ProxierError>;
+}
+
+/// One family's part of [`Proxier::sync_families`].
+#[derive(Debug)]
+pub struct FamilySync {
+    /// The family's sync.
+    pub result: Result<SyncStats, ProxierError>,
+    /// How long it took, from its own start to its own end.
+    pub took: std::time::Duration,
 }
 
 #[async_trait]
@@ -158,12 +187,16 @@ impl<P: Proxier + ?Sized> Proxier for Box<P> {
     async fn sync(&mut self, req: &SyncRequest) -> Result<SyncStats, ProxierError> {
         (**self).sync(req).await
     }
+    async fn sync_families(&mut self, reqs: &[SyncRequest]) -> Vec<FamilySync> {
+        (**self).sync_families(reqs).await
+    }
     async fn cleanup(&mut self) -> Result<(), ProxierError> {
         (**self).cleanup().await
     }
 }
 
 /// What the fake saw.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Default)]
 pub struct FakeLog {
     /// Every sync request, in order.
@@ -188,7 +221,8 @@ pub struct FakeLog {
 }
 
 /// A backend for tests: records requests, can be told to fail, and can
-/// take a while (in tokio time) to sync.
+/// take a while (in tokio time) to sync. Feature `testing`.
+#[cfg(any(test, feature = "testing"))]
 #[derive(Debug, Clone, Default)]
 pub struct FakeProxier {
     /// Shared log.
@@ -197,37 +231,15 @@ pub struct FakeProxier {
     pub delay: std::time::Duration,
 }
 
+#[cfg(any(test, feature = "testing"))]
 impl FakeProxier {
     /// A fake that syncs instantly.
     pub fn new() -> Self {
         Self::default()
     }
-
-    /// Spawns a [`Runner`](crate::Runner) driving a clone of this fake on
-    /// the current tokio runtime, with a short minimum interval (tests of
-    /// sources use this).
-    pub fn spawn_runner(
-        &self,
-        family: crate::IpFamily,
-        node: &str,
-        min_sync_period: std::time::Duration,
-    ) -> (
-        crate::RunnerHandle,
-        tokio::task::JoinHandle<Box<dyn Proxier>>,
-    ) {
-        let cfg = crate::RunnerConfig {
-            min_sync_period,
-            ..Default::default()
-        };
-        let (runner, handle) = crate::Runner::new(
-            crate::ChangeTracker::new(family, node),
-            Box::new(self.clone()),
-            cfg,
-        );
-        (handle, tokio::spawn(runner.run(std::future::pending())))
-    }
 }
 
+#[cfg(any(test, feature = "testing"))]
 #[async_trait]
 impl Proxier for FakeProxier {
     fn name(&self) -> &str {

@@ -268,6 +268,35 @@ impl std::fmt::Debug for Runner {
     }
 }
 
+/// Tests of sources drive a fake backend with a real runner (here, so
+/// the backend trait's module does not depend on the runner's).
+#[cfg(any(test, feature = "testing"))]
+impl crate::proxier::FakeProxier {
+    /// Spawns a [`Runner`](crate::Runner) driving a clone of this fake on
+    /// the current tokio runtime, with a short minimum interval (tests of
+    /// sources use this).
+    pub fn spawn_runner(
+        &self,
+        family: crate::IpFamily,
+        node: &str,
+        min_sync_period: std::time::Duration,
+    ) -> (
+        crate::RunnerHandle,
+        tokio::task::JoinHandle<Box<dyn Proxier>>,
+    ) {
+        let cfg = crate::RunnerConfig {
+            min_sync_period,
+            ..Default::default()
+        };
+        let (runner, handle) = crate::Runner::new(
+            crate::ChangeTracker::new(family, node),
+            Box::new(self.clone()),
+            cfg,
+        );
+        (handle, tokio::spawn(runner.run(std::future::pending())))
+    }
+}
+
 impl Runner {
     /// A runner and the handle that feeds it. Health times out after
     /// 2 × `sync_period`, as kube-proxy's does.
@@ -397,16 +426,20 @@ impl Runner {
             };
             let mut longest_backoff = None;
             let mut again: Option<Duration> = None;
-            // One family after the other: two iptables-nft processes at
-            // once in one namespace fail ("Could not fetch rule set
-            // generation id", iptables 1.8.9 on kernel 6.1), and the
-            // kernel serialises nf_tables transactions of a namespace
-            // anyway.
-            for i in 0..self.lanes.len() {
-                let start = Instant::now();
-                let req = self.prepare_lane(i, force_full, start);
-                let result = self.proxier.sync(&req).await;
-                let (full, ok) = self.finish_lane(i, req, result, start, Instant::now());
+            // Every family at once (a MetaProxier runs its backends side
+            // by side, as kube-proxy's metaproxier runs a sync loop per
+            // family); iptables-nft's occasional "Could not fetch rule
+            // set generation id" when two run at once on kernel 6.1 is
+            // retried by the restore seam.
+            let start = Instant::now();
+            let reqs: Vec<SyncRequest> = (0..self.lanes.len())
+                .map(|i| self.prepare_lane(i, force_full, start))
+                .collect();
+            let results = self.proxier.sync_families(&reqs).await;
+            assert_eq!(results.len(), reqs.len(), "one result per family");
+            for (i, (req, done)) in reqs.into_iter().zip(results).enumerate() {
+                let end = start + done.took;
+                let (full, ok) = self.finish_lane(i, req, done.result, start, end);
                 round.full |= full;
                 round.ok &= ok;
                 if !ok {
