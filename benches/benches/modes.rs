@@ -1,7 +1,8 @@
-//! The three modes side by side on the same workload: N ClusterIP
+//! The four modes side by side on the same workload: N ClusterIP
 //! services × 10 endpoints (N from `PROXIER_BENCH_SIZES`, default
-//! `100,1000,5000,10000`), through iptables (nft), userspace (portal) and
-//! IPVS (in the test VM: a real IPVS kernel under software emulation).
+//! `100,1000,5000,10000`), through iptables (nft), nftables, userspace
+//! (portal) and IPVS (in the test VM: a real IPVS kernel under software
+//! emulation).
 //!
 //! For each mode and N, on a fresh namespace test bed
 //! ([`proxier_testbed::Topology`]):
@@ -11,12 +12,16 @@
 //! - data plane, with the N services installed: connect + 1-byte echo from
 //!   the client pod through service 0's cluster IP to an endpoint pod,
 //!   and single-stream throughput the same way; a direct connection from
-//!   the same pod to the same server is the baseline, in the same run.
+//!   the same pod to the same server is the baseline, in the same run;
+//! - dual stack, once, at 10,000 services (or the largest size run below
+//!   that): the first full sync of both families in one round of the
+//!   runner beside IPv4 alone, per family and in total.
 //!
 //! Results go to `target/proxier-report/modes.json`;
 //! `cargo run -p benches --bin report` turns them into a Markdown table
 //! and SVG charts. `PROXIER_BENCH_MODES=iptables,userspace,ipvs` chooses
-//! the modes; the results of modes not run are kept from the last run.
+//! the modes (`nftables` among them); the results of modes not run are
+//! kept from the last run.
 //! Needs root (and the VM's packages for `ipvs`).
 
 use std::collections::BTreeMap;
@@ -30,11 +35,13 @@ use benches::wire::{Bulk, CHUNK, echo_once, serve_forever};
 use benches::{endpoint_moved, service, service_added, slice};
 use criterion::{Criterion, SamplingMode, Throughput};
 use proxier_core::{
-    ChangeSet, ChangeTracker, IpFamily, PortSpec, Protocol, Proxier, Service, ServiceType,
-    SliceEndpoint, SlicePort, SyncRequest, SyncStats,
+    ChangeSet, ChangeTracker, FamilySync, IpFamily, MetaProxier, PortSpec, Protocol, Proxier,
+    Service, ServiceType, SliceEndpoint, SlicePort, SyncRequest, SyncStats,
 };
 use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, Variant};
-use proxier_testbed::topology::{CLUSTER_CIDR, NODE_IP, NODE_IP2};
+use proxier_testbed::topology::{
+    CLUSTER_CIDR, CLUSTER_CIDR6, NODE_IP, NODE_IP2, NODE_IP2_6, NODE_IP6,
+};
 use proxier_testbed::{Plan, Topology, Where, vm};
 
 const EPS: usize = 10;
@@ -56,16 +63,22 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn make(mode: &str) -> Box<dyn Proxier> {
-    let nft = || Arc::new(IptablesCmd::new(IpFamily::V4, Variant::Nft));
+/// One family's backend of `mode`, configured as the binaries configure
+/// it on the test bed's node (its addresses, its cluster CIDR).
+fn make(mode: &str, family: IpFamily) -> Box<dyn Proxier> {
+    let nft = || Arc::new(IptablesCmd::new(family, Variant::Nft));
+    let (node_ips, cluster_cidr): (Vec<IpAddr>, &str) = match family {
+        IpFamily::V4 => (vec![NODE_IP.into(), NODE_IP2.into()], CLUSTER_CIDR),
+        IpFamily::V6 => (vec![NODE_IP6.into(), NODE_IP2_6.into()], CLUSTER_CIDR6),
+    };
+    let detector = LocalDetector::ClusterCidr(vec![cluster_cidr.parse().expect("cidr")]);
     match mode {
         "iptables" => Box::new(
             IptablesProxier::new(
                 backend_iptables::Config {
-                    local_detector: LocalDetector::ClusterCidr(vec![
-                        CLUSTER_CIDR.parse().expect("cidr"),
-                    ]),
-                    node_ips: vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)],
+                    family,
+                    local_detector: detector,
+                    node_ips,
                     ..Default::default()
                 },
                 nft(),
@@ -76,10 +89,25 @@ fn make(mode: &str) -> Box<dyn Proxier> {
             // Every mode's resync is one write, side by side.
             .with_part_size(usize::MAX),
         ),
+        "nftables" => {
+            let mut cfg = backend_nftables::Config::new(family);
+            cfg.masquerade.local_detector = detector;
+            cfg.node_ips = node_ips;
+            Box::new(
+                backend_nftables::NftablesProxier::new(
+                    cfg,
+                    Arc::new(backend_nftables::NfTablesNetlink::new().expect("nf_tables")),
+                    Arc::new(ConntrackNetlink::new().unwrap()),
+                )
+                .expect("config"),
+            )
+        }
         "userspace" => {
-            let _ = backend_userspace::raise_fd_limit(64_000);
+            // Two families at 10,000 services: 20,000 listeners, and the
+            // previous test bed's until it is gone.
+            let _ = backend_userspace::raise_fd_limit(262_144);
             Box::new(UserspaceProxier::new(backend_userspace::Config {
-                family: IpFamily::V4,
+                family,
                 mode: Mode::Portal(Portal {
                     iptables: nft(),
                     conntrack: Arc::new(ConntrackNetlink::new().unwrap()),
@@ -89,13 +117,11 @@ fn make(mode: &str) -> Box<dyn Proxier> {
             }))
         }
         "ipvs" => {
-            let kernel =
-                backend_ipvs::Kernel::real_with(IptablesCmd::new(IpFamily::V4, Variant::Nft))
-                    .expect("kernel");
-            let mut cfg = backend_ipvs::Config::new(IpFamily::V4);
-            cfg.node_ips = vec![IpAddr::V4(NODE_IP), IpAddr::V4(NODE_IP2)];
-            cfg.rules.local_detector =
-                LocalDetector::ClusterCidr(vec![CLUSTER_CIDR.parse().expect("cidr")]);
+            let kernel = backend_ipvs::Kernel::real_with(IptablesCmd::new(family, Variant::Nft))
+                .expect("kernel");
+            let mut cfg = backend_ipvs::Config::new(family);
+            cfg.node_ips = node_ips;
+            cfg.rules.local_detector = detector;
             Box::new(backend_ipvs::IpvsProxier::new(cfg, kernel).expect("config"))
         }
         m => panic!("unknown mode {m}"),
@@ -145,6 +171,12 @@ struct Bed {
 
 impl Bed {
     fn new(mode: &str) -> Bed {
+        Self::with(mode, &[IpFamily::V4])
+    }
+
+    /// A test bed with a backend of `mode` per family (more than one: a
+    /// [`MetaProxier`], as the binaries run a dual-stack node).
+    fn with(mode: &str, families: &[IpFamily]) -> Bed {
         let mut topo = Topology::build(Plan::default()).expect("topology");
         // Thousands of short connections a second from one address (the
         // client pod, and the userspace proxy towards the endpoint) need
@@ -162,7 +194,14 @@ impl Bed {
             .expect("bind");
         serve_forever(l);
         let m = mode.to_string();
-        let p = topo.node_rt().block_on(async move { make(&m) });
+        let families = families.to_vec();
+        let p = topo.node_rt().block_on(async move {
+            if let [f] = families[..] {
+                return make(&m, f);
+            }
+            let each = families.iter().map(|f| (*f, make(&m, *f))).collect();
+            Box::new(MetaProxier::new(each)) as Box<dyn Proxier>
+        });
         Bed {
             topo,
             proxier: Some(p),
@@ -170,14 +209,20 @@ impl Bed {
     }
 
     fn sync(&mut self, req: SyncRequest) -> (SyncStats, Duration) {
+        let mut out = self.sync_families(vec![req]);
+        let one = out.pop().expect("one result");
+        (one.result.expect("sync"), one.took)
+    }
+
+    /// One round of the runner: every family's request at once.
+    fn sync_families(&mut self, reqs: Vec<SyncRequest>) -> Vec<FamilySync> {
         let mut p = self.proxier.take().expect("proxier");
-        let (p, r, d) = self.topo.node_rt().block_on(async move {
-            let t0 = Instant::now();
-            let r = p.sync(&req).await;
-            (p, r, t0.elapsed())
+        let (p, out) = self.topo.node_rt().block_on(async move {
+            let out = p.sync_families(&reqs).await;
+            (p, out)
         });
         self.proxier = Some(p);
-        (r.expect("sync"), d)
+        out
     }
 
     fn in_client<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> R {
@@ -194,9 +239,106 @@ fn full(t: &ChangeTracker) -> SyncRequest {
     }
 }
 
+/// The process's descriptor limit (`Max open files` in /proc/self/limits),
+/// after the userspace backend has raised it as far as it can.
+fn fd_limit() -> usize {
+    let _ = backend_userspace::raise_fd_limit(262_144);
+    std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse().ok())
+        })
+        .unwrap_or(1024)
+}
+
+/// The untimed wait after each first-sync sample for the kernel to free
+/// the previous namespace (`PROXIER_BENCH_SETTLE_SECS`, default 4): a
+/// namespace torn down while the next sample runs takes its time from it.
+fn settle() {
+    let secs = std::env::var("PROXIER_BENCH_SETTLE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// A dual-stack node beside a single-stack one, in the same run: `n`
+/// dual-stack services × 10 endpoints per family; the first full sync of
+/// IPv4 alone, then of both families in one round of the runner (they
+/// sync at once, as kube-proxy's metaproxier runs them), each on a fresh
+/// test bed, alternating. Target: the round ≤ 2.1 × IPv4 alone.
+fn dual_stack(mode: &str, n: usize, quick: bool) {
+    let [t4, t6] = benches::filled_dual(n, EPS);
+    let runs = if quick { 1 } else { 3 };
+    let (mut single, mut single6) = (vec![], vec![]);
+    let (mut v4, mut v6, mut round) = (vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let mut bed = Bed::with(mode, &[IpFamily::V4]);
+        single.push(bed.sync(full(&t4)).1);
+        drop(bed);
+        settle();
+        // IPv6 alone too: what the round would cost one family after the
+        // other is the sum of the two.
+        let mut bed = Bed::with(mode, &[IpFamily::V6]);
+        single6.push(bed.sync(full(&t6)).1);
+        drop(bed);
+        settle();
+        let mut bed = Bed::with(mode, &[IpFamily::V4, IpFamily::V6]);
+        let t0 = Instant::now();
+        let out = bed.sync_families(vec![full(&t4), full(&t6)]);
+        round.push(t0.elapsed());
+        let [a, b] = &out[..] else {
+            panic!("two families, two results")
+        };
+        for s in [a, b] {
+            s.result.as_ref().expect("dual-stack sync");
+        }
+        v4.push(a.took);
+        v6.push(b.took);
+        drop(bed);
+        settle();
+    }
+    let (single, single6) = (median(single), median(single6));
+    let (v4, v6, round) = (median(v4), median(v6), median(round));
+    eprintln!(
+        "DUAL {mode} {n}x{EPS}: IPv4 alone {single:?}, IPv6 alone {single6:?}; dual-stack \
+         round {round:?} (IPv4 {v4:?}, IPv6 {v6:?}), {:.2} x IPv4 alone",
+        round.as_secs_f64() / single.as_secs_f64()
+    );
+    put(mode, n, "dual_single_v4_s", single.as_secs_f64());
+    put(mode, n, "dual_single_v6_s", single6.as_secs_f64());
+    put(mode, n, "dual_v4_s", v4.as_secs_f64());
+    put(mode, n, "dual_v6_s", v6.as_secs_f64());
+    put(mode, n, "dual_total_s", round.as_secs_f64());
+}
+
 fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
     proxier_testbed::netns::remove_stale();
-    for n in benches::sizes_or(&[100, 1000, 5000, 10000]) {
+    let sizes = benches::sizes_or(&[100, 1000, 5000, 10000]);
+    // The dual-stack run: at 10,000 services (the issue's size), or at
+    // the largest size asked for below that.
+    // Userspace holds a listener per service port and family: its run is
+    // at the largest size whose listeners fit the descriptor limit
+    // (20,000 on this machine, which cannot raise it).
+    let fits = |n: usize| mode != "userspace" || 2 * n + 4_000 <= fd_limit();
+    let dual_at = sizes
+        .iter()
+        .copied()
+        .filter(|n| *n <= 10_000 && fits(*n))
+        .max();
+    if dual_at != sizes.iter().copied().filter(|n| *n <= 10_000).max() {
+        eprintln!(
+            "DUAL {mode}: at {dual_at:?} services, not more: two families' listeners would \
+             pass the descriptor limit ({})",
+            fd_limit()
+        );
+    }
+    for n in sizes {
+        if Some(n) == dual_at || quick {
+            dual_stack(mode, n, quick);
+        }
         let mut bed = Bed::new(mode);
         let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
         let (ps, psl) = probe_service(bed.topo.ip_of(Where::Local(0)));
@@ -223,6 +365,10 @@ fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
             let (st, d) = fresh.sync(full(&t));
             objects = st.objects;
             full_times.push(d);
+            drop(fresh);
+            if big {
+                settle();
+            }
         }
         put(mode, n, "full_sync_s", median(full_times).as_secs_f64());
         put(mode, n, "objects", objects as f64);
@@ -336,8 +482,8 @@ fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--test");
-    let modes =
-        std::env::var("PROXIER_BENCH_MODES").unwrap_or_else(|_| "iptables,userspace,ipvs".into());
+    let modes = std::env::var("PROXIER_BENCH_MODES")
+        .unwrap_or_else(|_| "iptables,nftables,userspace,ipvs".into());
     let modes: Vec<String> = modes.split(',').map(|m| m.trim().to_string()).collect();
     if vm::in_vm() {
         let mut c = Criterion::default().configure_from_args();
@@ -418,17 +564,13 @@ fn save(vm_note: &str) {
     for (mode, n, metric, v) in res.iter() {
         by.insert(format!("{mode}/{n}/{metric}"), *v);
     }
-    let mut json = format!(
-        "{{\n  \"date\": \"{}\",\n  \"machine\": \"{}\",\n  \"note\": \"{note}\",\n  \"results\": {{\n",
-        benches::today(),
-        benches::machine()
-    );
-    let rows: Vec<String> = by
-        .iter()
-        .map(|(k, v)| format!("    \"{k}\": {v}"))
-        .collect();
-    json.push_str(&rows.join(",\n"));
-    json.push_str("\n  }\n}\n");
+    let json = serde_json::to_string_pretty(&serde_json::json!({
+        "date": benches::today(),
+        "machine": benches::machine(),
+        "note": note,
+        "results": by,
+    }))
+    .expect("results as JSON");
     let _ = std::fs::create_dir_all(&dir);
     std::fs::write(dir.join("modes.json"), &json).expect("write");
 }

@@ -44,7 +44,7 @@ pub fn machine() -> String {
         .map(|m| m.trim_start_matches([' ', '\t', ':']).trim().to_string())
         .unwrap_or_default();
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{cores} cores, {model}, kernel {}", kernel.trim()).replace('"', "'")
+    format!("{cores} cores, {model}, kernel {}", kernel.trim())
 }
 
 /// Service `i`: `ns/svc-i`, cluster IP `10.96.x.y`, port 80/TCP, node port

@@ -2,21 +2,36 @@
 //! side-by-side results (`target/proxier-report/modes.json`, written by
 //! `cargo bench -p benches --bench modes`) into `report.md` and three SVG
 //! charts in `target/proxier-report/`: sync time, latency and objects
-//! against N, one line per mode. `--publish` also copies them to
-//! `docs/bench/` for the README.
+//! against N, one line per mode (latency: the absolute p50 through a
+//! service, solid, and to a non-service address, dashed, since the
+//! latter slows with N in iptables and userspace modes too), and the
+//! dual-stack run. `--publish` also copies them to `docs/bench/` for the
+//! README.
+//!
+//! `report --iptables [N …]` prints the README's iptables table instead,
+//! from criterion's own results of `cargo bench -p benches --bench
+//! iptables` (`target/criterion/…/new/estimates.json`): medians, and each
+//! sync's ratio to the bare-restore floor measured in the same run.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::Path;
 
-const MODES: [(&str, &str); 3] = [
+const MODES: [(&str, &str); 4] = [
     ("iptables", "#1f77b4"),
+    ("nftables", "#ff7f0e"),
     ("userspace", "#2ca02c"),
     ("ipvs", "#d62728"),
 ];
 
-/// One line of a chart: its name, its colour, its `(N, value)` points.
-type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+/// One line of a chart.
+struct Series {
+    name: String,
+    color: &'static str,
+    dashed: bool,
+    /// `(N, value)`.
+    points: Vec<(f64, f64)>,
+}
 
 fn fmt_s(s: f64) -> String {
     if s >= 1.0 {
@@ -42,11 +57,11 @@ fn thousands(n: f64) -> String {
 }
 
 /// A log-log line chart, one series per mode.
-fn chart(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
+fn chart(title: &str, y_label: &str, series: &[Series]) -> String {
     let (w, h, l, r, t, b) = (640.0, 400.0, 80.0, 130.0, 40.0, 50.0);
     let pts: Vec<(f64, f64)> = series
         .iter()
-        .flat_map(|s| s.2.iter().copied())
+        .flat_map(|s| s.points.iter().copied())
         .filter(|(x, y)| *x > 0.0 && *y > 0.0)
         .collect();
     let mut svg = format!(
@@ -111,8 +126,18 @@ fn chart(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
         t + (h - t - b) / 2.0,
         t + (h - t - b) / 2.0
     );
-    for (i, (name, color, data)) in series.iter().enumerate() {
-        let data: Vec<&(f64, f64)> = data.iter().filter(|(x, y)| *x > 0.0 && *y > 0.0).collect();
+    for (i, line) in series.iter().enumerate() {
+        let (name, color) = (&line.name, line.color);
+        let dash = if line.dashed {
+            " stroke-dasharray=\"6 4\""
+        } else {
+            ""
+        };
+        let data: Vec<&(f64, f64)> = line
+            .points
+            .iter()
+            .filter(|(x, y)| *x > 0.0 && *y > 0.0)
+            .collect();
         if data.is_empty() {
             continue;
         }
@@ -122,7 +147,7 @@ fn chart(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
             .collect();
         let _ = writeln!(
             svg,
-            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\"{dash} points=\"{}\"/>",
             path.join(" ")
         );
         for (x, y) in &data {
@@ -136,7 +161,7 @@ fn chart(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
         let ly = t + 10.0 + 20.0 * i as f64;
         let _ = writeln!(
             svg,
-            "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{}\">{name}</text>",
+            "<line x1=\"{}\" y1=\"{ly}\" x2=\"{}\" y2=\"{ly}\" stroke=\"{color}\" stroke-width=\"2\"{dash}/><text x=\"{}\" y=\"{}\">{name}</text>",
             w - r + 10.0,
             w - r + 30.0,
             w - r + 35.0,
@@ -147,9 +172,66 @@ fn chart(title: &str, y_label: &str, series: &[Series<'_>]) -> String {
     svg
 }
 
+/// A criterion median, in seconds: `target/criterion/GROUP/BENCH`.
+fn criterion_median(root: &Path, group: &str, bench: &str) -> Option<f64> {
+    let p = root
+        .join("target/criterion")
+        .join(group)
+        .join(bench)
+        .join("new/estimates.json");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()?;
+    Some(v["median"]["point_estimate"].as_f64()? / 1e9)
+}
+
+/// The iptables table (what `scripts/bench-table` printed).
+fn iptables_table(root: &Path, sizes: &[usize]) -> String {
+    let f = |s: Option<f64>| s.map(fmt_s).unwrap_or_else(|| "–".into());
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+        _ => "–".into(),
+    };
+    let mut md = String::from(
+        "| N × 10 | variant | render | full sync | floor | ratio | no-op | one endpoint | floor | ratio | service added |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for &n in sizes {
+        let render = criterion_median(root, &format!("iptables_{n}x10"), "render");
+        for v in ["nft", "legacy"] {
+            let g = format!("iptables-{v}_{n}x10");
+            let m = |b: &str| criterion_median(root, &g, b);
+            let (full, floor_full) = (m("full_sync"), m("floor_full_restore"));
+            let (one, floor_one) = (m("one_endpoint"), m("floor_one_endpoint"));
+            let _ = writeln!(
+                md,
+                "| {} | {v} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                thousands(n as f64),
+                f(render),
+                f(full),
+                f(floor_full),
+                ratio(full, floor_full),
+                f(m("noop_sync")),
+                f(one),
+                f(floor_one),
+                ratio(one, floor_one),
+                f(m("service_added")),
+            );
+        }
+    }
+    md
+}
+
 fn main() {
-    let publish = std::env::args().any(|a| a == "--publish");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--iptables") {
+        let mut sizes: Vec<usize> = args[1..].iter().filter_map(|a| a.parse().ok()).collect();
+        if sizes.is_empty() {
+            sizes = vec![1000, 5000, 10000];
+        }
+        print!("{}", iptables_table(&root, &sizes));
+        return;
+    }
+    let publish = args.iter().any(|a| a == "--publish");
     let dir = root.join("target/proxier-report");
     let path = dir.join("modes.json");
     let text = match std::fs::read_to_string(&path) {
@@ -185,11 +267,11 @@ fn main() {
     }
     let get = |mode: &str, n: usize, m: &str| res.get(&(mode.into(), n, m.into())).copied();
     let mut md = format!(
-        "# proxier: the three modes side by side\n\n{} — {}.{}\n\n\
+        "# proxier: the four modes side by side\n\n{} — {}.{}\n\n\
          N ClusterIP services × 10 endpoints. Control plane: first full sync, a resync \
          (full, nothing changed), one endpoint changed, one service added (medians), and the \
-         objects the mode owns afterwards (iptables: rules; ipvs: virtual + real servers; \
-         userspace: listeners + portal rules). Data plane: connect + 1-byte echo p50 and \
+         objects the mode owns afterwards (iptables: rules; nftables: chains, rules, set and \
+         map elements; ipvs: virtual + real servers; userspace: listeners + portal rules). Data plane: connect + 1-byte echo p50 and \
          single-stream throughput from a client pod through a cluster IP, with a direct \
          connection to the same endpoint as the baseline in the same run.\n\n",
         s("date"),
@@ -233,39 +315,84 @@ fn main() {
             );
         }
     }
-    let series = |metric: &str, f: &dyn Fn(f64, &str, usize) -> f64| -> Vec<Series<'_>> {
+    // The dual-stack run: both families in one round beside IPv4 alone.
+    let dual: Vec<String> = sizes
+        .iter()
+        .flat_map(|&n| MODES.iter().map(move |(m, _)| (n, *m)))
+        .filter_map(|(n, m)| {
+            let single = get(m, n, "dual_single_v4_s")?;
+            let total = get(m, n, "dual_total_s")?;
+            let fam = |k: &str| get(m, n, k).map(fmt_s).unwrap_or_else(|| "–".into());
+            Some(format!(
+                "| {} | {m} | {} | {} | {} | {} | {} | {:.2}× |",
+                thousands(n as f64),
+                fmt_s(single),
+                fam("dual_single_v6_s"),
+                fam("dual_v4_s"),
+                fam("dual_v6_s"),
+                fmt_s(total),
+                total / single
+            ))
+        })
+        .collect();
+    if !dual.is_empty() {
+        md.push_str(
+            "\nDual stack: N dual-stack services × 10 endpoints per family, first full sync on a \
+             fresh test bed; IPv4 alone, IPv6 alone, then both families in one round of the runner (they \
+             sync at once, each timed from its own start), medians of 3. Target: round ≤ 2.1 × \
+             IPv4 alone.\n\n| N | mode | IPv4 alone | IPv6 alone | dual: IPv4 | dual: IPv6 | \
+             dual: round | round / IPv4 alone |\n|---|---|---|---|---|---|---|---|\n",
+        );
+        for row in dual {
+            let _ = writeln!(md, "{row}");
+        }
+    }
+    let label = |m: &str| {
+        if m == "ipvs" {
+            "ipvs (VM)".to_string()
+        } else {
+            m.to_string()
+        }
+    };
+    let series = |metric: &str, name: &dyn Fn(&str) -> String, dashed: bool| -> Vec<Series> {
         MODES
             .iter()
-            .map(|(m, c)| {
-                let pts = sizes
+            .map(|(m, c)| Series {
+                name: name(m),
+                color: c,
+                dashed,
+                points: sizes
                     .iter()
-                    .filter_map(|&n| get(m, n, metric).map(|y| (n as f64, f(y, m, n))))
-                    .collect();
-                let name = if *m == "ipvs" { "ipvs (VM)" } else { *m };
-                (name, *c, pts)
+                    .filter_map(|&n| get(m, n, metric).map(|y| (n as f64, y)))
+                    .collect(),
             })
             .collect()
     };
-    let id = |y: f64, _: &str, _: usize| y;
+    let mut latency = series(
+        "echo_p50_service_us",
+        &|m| format!("{} svc", label(m)),
+        false,
+    );
+    latency.extend(series(
+        "echo_p50_direct_us",
+        &|m| format!("{} direct", label(m)),
+        true,
+    ));
     let charts = [
         (
             "sync.svg",
             chart(
                 "First full sync vs N",
                 "full sync (s)",
-                &series("full_sync_s", &id),
+                &series("full_sync_s", &label, false),
             ),
         ),
         (
             "latency.svg",
             chart(
-                "Connect + 1-byte echo through a cluster IP, × direct",
-                "service p50, % of direct p50",
-                &series("echo_p50_service_us", &|y, m, n| {
-                    get(m, n, "echo_p50_direct_us")
-                        .map(|d| 100.0 * y / d)
-                        .unwrap_or(0.0)
-                }),
+                "Connect + 1-byte echo p50: through a cluster IP, and direct",
+                "p50 (µs)",
+                &latency,
             ),
         ),
         (
@@ -273,7 +400,7 @@ fn main() {
             chart(
                 "Kernel objects / rules owned vs N",
                 "rules, servers or listeners",
-                &series("objects", &id),
+                &series("objects", &label, false),
             ),
         ),
     ];
@@ -293,4 +420,37 @@ fn main() {
     }
     println!("{md}");
     eprintln!("wrote {}/report.md and 3 charts", dir.display());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_iptables_table_reads_criterion_medians_and_ratios() {
+        let root = std::env::temp_dir().join(format!("report-test-{}", std::process::id()));
+        let put = |group: &str, bench: &str, ns: f64| {
+            let d = root
+                .join("target/criterion")
+                .join(group)
+                .join(bench)
+                .join("new");
+            std::fs::create_dir_all(&d).unwrap();
+            let v = serde_json::json!({ "median": { "point_estimate": ns } });
+            std::fs::write(d.join("estimates.json"), v.to_string()).unwrap();
+        };
+        put("iptables_100x10", "render", 2.5e6);
+        put("iptables-nft_100x10", "full_sync", 3.0e9);
+        put("iptables-nft_100x10", "floor_full_restore", 1.5e9);
+        put("iptables-nft_100x10", "noop_sync", 40e3);
+        let md = iptables_table(&root, &[100]);
+        let _ = std::fs::remove_dir_all(&root);
+        let rows: Vec<&str> = md.lines().collect();
+        assert_eq!(rows.len(), 4, "{md}");
+        assert_eq!(
+            rows[2],
+            "| 100 | nft | 2.5 ms | 3.00 s | 1.50 s | 2.00 | 40 µs | – | – | – | – |"
+        );
+        assert!(rows[3].starts_with("| 100 | legacy | 2.5 ms | – |"), "{md}");
+    }
 }
