@@ -424,7 +424,16 @@ impl IpvsClient {
 
     /// `ipvsadm -Ln` in full: every service with its real servers.
     pub fn dump_all(&mut self) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
-        let svcs = self.services()?;
+        self.dump_where(|_| true)
+    }
+
+    /// [`IpvsClient::dump_all`] for the services `keep` selects (the
+    /// others' real servers are not asked for).
+    pub fn dump_where(
+        &mut self,
+        keep: impl Fn(&Service) -> bool,
+    ) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
+        let svcs: Vec<Service> = self.services()?.into_iter().filter(|s| keep(s)).collect();
         let mut out = Vec::with_capacity(svcs.len());
         for s in svcs {
             let d = match self.dests(&s) {

@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
+use proxier_core::IpFamily;
+
 use crate::client::{IpvsError, Op, Timeouts};
 use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
 use crate::desired::{VsKey, key_of};
@@ -47,14 +49,16 @@ fn kerr(op: &Op, errno: i32) -> IpvsError {
 }
 
 impl Ipvs for FakeIpvs {
-    fn dump(&mut self) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
+    fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
         let mut st = self.0.lock().expect("lock");
-        st.sent += 1 + st.services.len() as u64;
-        Ok(st
+        let mine: Vec<(Service, Vec<Dest>)> = st
             .services
             .values()
+            .filter(|(s, _)| family.matches(&s.addr))
             .map(|(s, d)| (s.clone(), d.values().cloned().collect()))
-            .collect())
+            .collect();
+        st.sent += 1 + mine.len() as u64;
+        Ok(mine)
     }
 
     fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError> {

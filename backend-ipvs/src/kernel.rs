@@ -20,13 +20,18 @@ use futures::TryStreamExt;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::{Handle, LinkDummy};
 
+use proxier_core::IpFamily;
+
 use crate::client::{IpvsClient, IpvsError, Op, Timeouts};
 use crate::codec::{Dest, Service};
 
 /// The IPVS table.
 pub trait Ipvs: Send + Sync + fmt::Debug {
-    /// `ipvsadm -Ln`: every virtual service with its real servers.
-    fn dump(&mut self) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError>;
+    /// `ipvsadm -Ln`, for one family: its virtual services with their
+    /// real servers (the kernel lists every family's services; the other
+    /// family's real servers are not fetched, so a dual-stack node's two
+    /// proxiers each read their own).
+    fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError>;
     /// `ipvsadm -Ln -t VIP:PORT`: one service's real servers.
     fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError>;
     /// Runs `ops` in order, batched; one result per op.
@@ -38,8 +43,8 @@ pub trait Ipvs: Send + Sync + fmt::Debug {
 }
 
 impl Ipvs for IpvsClient {
-    fn dump(&mut self) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
-        self.dump_all()
+    fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
+        self.dump_where(|s| family.matches(&s.addr))
     }
     fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError> {
         IpvsClient::dests(self, svc)

@@ -15,7 +15,7 @@
 //!   with batched writes; each call names its `ipvsadm` equivalent.
 //! - [`kernel`]: the seams ([`kernel::Ipvs`], [`kernel::Links`],
 //!   [`kernel::Ipset`]) and the real implementations.
-//! - [`fake`]: in-memory seams for unit tests.
+//! - `fake` (feature `testing`): in-memory seams for unit tests.
 //! - [`desired`]: what one service port asks of the kernel (pure).
 //! - [`sets`]: kube-proxy's ipsets and the `ipset restore` diff (pure).
 //! - [`rules`]: the companion iptables rules (pure), written through
@@ -38,14 +38,12 @@
 //!   per address.
 //! - ipsets go through the `ipset` tool (`ipset save`, one
 //!   `ipset restore -exist` per sync), not the `ipset` crate (0.9, libipset
-//!   over FFI). Measured with `tools/ipset-compare` (10,000 `hash:ip`
-//!   entries in a namespace, median of 9 runs, 2026-11-21): the crate adds
-//!   them in 101 ms and deletes them in 81 ms, one `ipset restore` in
-//!   112 ms and 91 ms, process start included. The crate is 10 % faster,
-//!   but needs `libipset-dev` and libclang (bindgen) at build time, ties
-//!   the build to the host's libipset, and is `unsafe` underneath; the
-//!   tool costs one process per sync and is what `ipset save` output is
-//!   compared against anyway.
+//!   over FFI). Measured with `tools/ipset-compare` (the figures are in
+//!   the README's IPVS benchmarks), the crate is about 10 % faster for
+//!   10,000 entries, but needs `libipset-dev` and libclang (bindgen) at
+//!   build time, ties the build to the host's libipset, and is `unsafe`
+//!   underneath; the tool costs one process per sync and is what
+//!   `ipset save` output is compared against anyway.
 //! - iptables, conntrack (over netlink), sysctls and the node's addresses
 //!   come from `proxier-netfilter`, which every netfilter backend shares.
 
@@ -54,7 +52,9 @@
 
 pub mod client;
 pub mod codec;
+pub mod config;
 pub mod desired;
+#[cfg(any(test, feature = "testing"))]
 pub mod fake;
 pub mod kernel;
 pub mod proxier;

@@ -17,115 +17,26 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::ops::RangeInclusive;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_trait::async_trait;
-use ipnet::IpNet;
 use proxier_core::{
     IpFamily, Proxier, ProxierError, ServicePortName, Snapshot, SyncRequest, SyncStats,
 };
 use proxier_netfilter::owned::{self, TableRules};
 use proxier_netfilter::{
-    Conntrack, ConntrackNetlink, Iptables, IptablesCmd, Masquerade, ProcSys, StaleFlows, Sysctl,
-    clean_stale,
+    Conntrack, ConntrackNetlink, Iptables, IptablesCmd, ProcSys, StaleFlows, Sysctl, clean_stale,
 };
 use tracing::{debug, info, warn};
 
-use crate::client::{IpvsClient, IpvsError, Op, Timeouts};
+use crate::client::{IpvsClient, IpvsError, Op};
 use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
-use crate::desired::{Contribution, Settings, VsKey, contribution, key_of};
+pub use crate::config::{Config, DUMMY};
+use crate::desired::{Contribution, Settings, VsKey, key_of};
 use crate::kernel::{Ipset, IpsetCmd, Ipvs, Links, Rtnl};
 use crate::rules;
 use crate::sets::{self, Entries, Set};
-
-/// The dummy interface kube-proxy binds service addresses to.
-pub const DUMMY: &str = "kube-ipvs0";
-
-/// The IPVS proxier's settings.
-#[derive(Debug, Clone)]
-pub struct Config {
-    /// The family this proxier serves.
-    pub family: IpFamily,
-    /// `--ipvs-scheduler` (`rr`, `wrr`, `lc`, `wlc`, `lblc`, `lblcr`,
-    /// `sh`, `dh`, `sed`, `nq`, `mh`).
-    pub scheduler: String,
-    /// `--ipvs-strict-arp`: `arp_ignore=1`, `arp_announce=2`.
-    pub strict_arp: bool,
-    /// The node's addresses; empty: every address of every interface but
-    /// `kube-ipvs0`, read at each full sync.
-    pub node_ips: Vec<IpAddr>,
-    /// `--nodeport-addresses` (empty: every node address).
-    pub node_port_addresses: Vec<IpNet>,
-    /// `--service-node-port-range`: a virtual server on a node address
-    /// with a port in it is taken to be ours (adopted or removed).
-    pub node_port_range: RangeInclusive<u16>,
-    /// `--ipvs-exclude-cidrs`: virtual servers there are never touched.
-    pub exclude_cidrs: Vec<IpNet>,
-    /// `--ipvs-tcp-timeout`, `--ipvs-tcpfin-timeout`,
-    /// `--ipvs-udp-timeout` (0: leave the kernel's).
-    pub timeouts: Timeouts,
-    /// The masquerade mark, `--masquerade-all` and the local-traffic
-    /// detector (the same settings the iptables backend takes).
-    pub rules: Masquerade,
-    /// How long a removed TCP real server may keep draining at weight 0.
-    pub graceful_termination_cap: Duration,
-    /// The dummy interface (`kube-ipvs0`).
-    pub dummy: String,
-}
-
-impl Config {
-    /// Defaults for `family`.
-    pub fn new(family: IpFamily) -> Config {
-        Config {
-            family,
-            scheduler: "rr".into(),
-            strict_arp: false,
-            node_ips: Vec::new(),
-            node_port_addresses: Vec::new(),
-            node_port_range: 30000..=32767,
-            exclude_cidrs: Vec::new(),
-            timeouts: Timeouts::default(),
-            rules: Masquerade::new(family),
-            graceful_termination_cap: Duration::from_secs(15 * 60),
-            dummy: DUMMY.into(),
-        }
-    }
-
-    /// Checks what reaches the kernel and the command lines.
-    pub fn validate(&self) -> Result<(), String> {
-        let s = &self.scheduler;
-        if s.is_empty() || s.len() > 15 || !s.bytes().all(|b| b.is_ascii_lowercase()) {
-            return Err(format!("--ipvs-scheduler: {s:?} is not a scheduler name"));
-        }
-        let d = &self.dummy;
-        if d.is_empty()
-            || d.len() > 15
-            || !d
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(format!("dummy interface: {d:?} is not an interface name"));
-        }
-        if self.rules.family != self.family {
-            return Err("rules.family differs from family".into());
-        }
-        self.rules.validate().map_err(|e| e.to_string())?;
-        proxier_netfilter::check_family(
-            "node_port_addresses",
-            self.family,
-            &self.node_port_addresses,
-        )
-        .map_err(|e| e.to_string())?;
-        for ip in &self.node_ips {
-            if !self.family.matches(ip) {
-                return Err(format!("node address {ip} is not {}", self.family.as_str()));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// The kernel seams.
 #[derive(Debug)]
@@ -173,6 +84,10 @@ impl Kernel {
         })
     }
 }
+
+mod full;
+mod graceful;
+mod partial;
 
 const NAME: &str = "ipvs";
 
@@ -261,7 +176,8 @@ impl IpvsProxier {
         // `--nodeport-addresses` may mix families; this proxier takes its own.
         cfg.node_port_addresses =
             proxier_netfilter::of_family(cfg.family, &cfg.node_port_addresses);
-        cfg.validate().map_err(|e| ProxierError::new(NAME, e))?;
+        cfg.validate()
+            .map_err(|e| ProxierError::with_source(NAME, "configuration", e))?;
         Ok(IpvsProxier {
             cfg,
             k: kernel,
@@ -374,126 +290,6 @@ impl IpvsProxier {
 
     fn excluded(&self, ip: &IpAddr) -> bool {
         self.cfg.exclude_cidrs.iter().any(|n| n.contains(ip))
-    }
-
-    /// The operations that turn `have` into `want` for one virtual
-    /// server, with graceful termination of removed TCP real servers.
-    fn reconcile_vs(
-        &mut self,
-        want: &(Service, Vec<Dest>),
-        have: Option<(&Service, &[Dest])>,
-        now: Instant,
-        ops: &mut Vec<Op>,
-    ) {
-        let (svc, dests) = want;
-        let key = key_of(svc);
-        let Some((hs, hd)) = have else {
-            ops.push(Op::AddService(svc.clone()));
-            ops.extend(dests.iter().map(|d| Op::AddDest(svc.clone(), d.clone())));
-            return;
-        };
-        if !same_service(svc, hs) {
-            ops.push(Op::UpdateService(svc.clone()));
-        }
-        let have: BTreeMap<DestKey, &Dest> = hd.iter().map(|d| ((d.addr, d.port), d)).collect();
-        let wanted: BTreeSet<DestKey> = dests.iter().map(|d| (d.addr, d.port)).collect();
-        for d in dests {
-            let dk = (d.addr, d.port);
-            match have.get(&dk) {
-                None => ops.push(Op::AddDest(svc.clone(), d.clone())),
-                Some(h) => {
-                    let was_draining = self.graceful.remove(&(key, dk)).is_some();
-                    // Back from draining, or reset on the first sync after
-                    // a start (kube-proxy's initialSync).
-                    if h.weight != d.weight
-                        && (was_draining || !self.first_sync_done || h.weight == 0)
-                    {
-                        ops.push(Op::UpdateDest(svc.clone(), d.clone()));
-                    }
-                }
-            }
-        }
-        let graceful_proto = svc.protocol == 6;
-        for (dk, h) in have.iter().filter(|(k, _)| !wanted.contains(k)) {
-            let conns = h.active_conns + h.inact_conns;
-            let since = *self.graceful.entry((key, *dk)).or_insert(now);
-            if !graceful_proto
-                || conns == 0
-                || now.duration_since(since) >= self.cfg.graceful_termination_cap
-            {
-                self.graceful.remove(&(key, *dk));
-                ops.push(Op::DelDest(svc.clone(), (*h).clone()));
-            } else if h.weight != 0 {
-                let mut q = (*h).clone();
-                q.weight = 0;
-                ops.push(Op::UpdateDest(svc.clone(), q));
-            }
-        }
-    }
-
-    /// Runs `ops`; failed ones become errors naming the service port that
-    /// wanted the virtual server. Updates the cache of kernel state.
-    fn run_ops(&mut self, ops: &[Op], errors: &mut Vec<String>) -> Result<(), ProxierError> {
-        self.report.ipvs_writes += ops.len();
-        if ops.is_empty() {
-            return Ok(());
-        }
-        let results = self.k.ipvs.apply(ops).map_err(|e| perr("IPVS batch", e))?;
-        let mut refused = BTreeSet::new();
-        for (op, r) in ops.iter().zip(results) {
-            let (svc, dest) = match op {
-                Op::AddService(s) | Op::UpdateService(s) | Op::DelService(s) => (s, None),
-                Op::AddDest(s, d) | Op::UpdateDest(s, d) | Op::DelDest(s, d) => (s, Some(d)),
-            };
-            let key = key_of(svc);
-            if let Err(e) = r {
-                // Its real servers failed because it did: one error.
-                if dest.is_some() && refused.contains(&key) {
-                    continue;
-                }
-                let who = self
-                    .owner
-                    .get(&key)
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "stale virtual server".into());
-                errors.push(format!("{who}: {e}"));
-                if matches!(op, Op::AddService(_)) {
-                    self.kernel.remove(&key);
-                    refused.insert(key);
-                }
-                continue;
-            }
-            match (op, dest) {
-                (Op::AddService(s) | Op::UpdateService(s), _) => {
-                    let e = self
-                        .kernel
-                        .entry(key)
-                        .or_insert_with(|| (s.clone(), BTreeMap::new()));
-                    e.0 = s.clone();
-                }
-                (Op::DelService(_), _) => {
-                    if let Some((_, d)) = self.kernel.remove(&key) {
-                        self.real_servers -= d.len();
-                    }
-                }
-                (Op::DelDest(..), Some(d)) => {
-                    if let Some(e) = self.kernel.get_mut(&key)
-                        && e.1.remove(&(d.addr, d.port)).is_some()
-                    {
-                        self.real_servers -= 1;
-                    }
-                }
-                (_, Some(d)) => {
-                    if let Some(e) = self.kernel.get_mut(&key)
-                        && e.1.insert((d.addr, d.port), d.clone()).is_none()
-                    {
-                        self.real_servers += 1;
-                    }
-                }
-                _ => {}
-            }
-        }
-        Ok(())
     }
 
     fn add_contribution(
@@ -672,252 +468,6 @@ impl IpvsProxier {
             || self.kernel.contains_key(&key_of(s))
             || (node_ips.contains(&s.addr) && self.cfg.node_port_range.contains(&s.port))
     }
-
-    async fn full_sync(
-        &mut self,
-        snap: &Snapshot,
-        errors: &mut Vec<String>,
-    ) -> Result<(), ProxierError> {
-        let settings = self.settings().await?;
-        self.contribs.clear();
-        self.owner.clear();
-        self.binds.clear();
-        self.entries.clear();
-        self.set_sizes.clear();
-        self.out_filter.clear();
-        let mut contribs = BTreeMap::new();
-        for (name, svc) in &snap.services {
-            let c = contribution(svc, snap, &settings);
-            self.add_contribution(name, &c, errors);
-            contribs.insert(name.clone(), c);
-        }
-        // One read of the kernel.
-        let dump = self.k.ipvs.dump().map_err(|e| perr("ipvsadm -Ln", e))?;
-        let bound: BTreeSet<IpAddr> = self
-            .k
-            .links
-            .addresses(&self.cfg.dummy)
-            .await
-            .map_err(|e| perr("ip addr show kube-ipvs0", e))?
-            .into_iter()
-            .filter(|ip| self.cfg.family.matches(ip))
-            .collect();
-        let have: HashMap<VsKey, (Service, Vec<Dest>)> = dump
-            .into_iter()
-            .map(|(s, d)| (key_of(&s), (s, d)))
-            .collect();
-        let now = Instant::now();
-        let mut ops = Vec::new();
-        let mut wanted_keys = BTreeSet::new();
-        for (name, c) in &contribs {
-            for want in &c.services {
-                let key = key_of(&want.0);
-                if self.owner.get(&key) != Some(name) || !wanted_keys.insert(key) {
-                    continue;
-                }
-                let h = have.get(&key).map(|(s, d)| (s, &d[..]));
-                self.reconcile_vs(want, h, now, &mut ops);
-            }
-        }
-        for (key, (s, _)) in &have {
-            if !wanted_keys.contains(key) && self.owned_vs(s, &bound, &settings.node_ips) {
-                ops.push(Op::DelService(s.clone()));
-            }
-        }
-        self.graceful.retain(|(k, _), _| wanted_keys.contains(k));
-        // The cache becomes what the kernel holds of ours.
-        self.kernel = have
-            .into_iter()
-            .filter(|(k, _)| wanted_keys.contains(k) || self.kernel.contains_key(k))
-            .map(|(k, (s, d))| {
-                (
-                    k,
-                    (s, d.into_iter().map(|d| ((d.addr, d.port), d)).collect()),
-                )
-            })
-            .collect();
-        self.run_ops(&ops, errors)?;
-        self.kernel.retain(|k, _| wanted_keys.contains(k));
-        self.real_servers = self.kernel.values().map(|(_, d)| d.len()).sum();
-        self.binds_before.clear();
-        // Addresses.
-        let want_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
-        let add: Vec<IpAddr> = want_binds.difference(&bound).copied().collect();
-        let del: Vec<IpAddr> = bound.difference(&want_binds).copied().collect();
-        self.bind(&add, &del, errors).await;
-        // ipsets: one save, one restore.
-        let saved = self
-            .k
-            .ipset
-            .save()
-            .await
-            .map_err(|e| perr("ipset save", e))?;
-        let have_sets = sets::parse_save(&saved, self.cfg.family);
-        let (input, n) = sets::diff(&have_sets, &self.wanted_entries(), self.cfg.family);
-        if !input.is_empty() {
-            self.k
-                .ipset
-                .restore(&input)
-                .await
-                .map_err(|e| perr("ipset restore", e))?;
-        }
-        self.report.ipset_changes = n;
-        self.contribs = contribs;
-        self.settings = Some(settings);
-        // Rewritten when they differ from what this instance last wrote
-        // (always on its first sync) or were removed behind its back: a
-        // no-op full sync reads them and writes nothing.
-        self.write_rules(true).await
-    }
-
-    async fn partial_sync(
-        &mut self,
-        req: &SyncRequest,
-        errors: &mut Vec<String>,
-    ) -> Result<(), ProxierError> {
-        let snap = &req.snapshot;
-        let settings = self.settings.clone().expect("after a full sync");
-        let names: BTreeSet<ServicePortName> = req
-            .changes
-            .updated_services
-            .iter()
-            .flat_map(|nn| {
-                // Keys sort by service first: a range, not a scan.
-                let first = ServicePortName {
-                    service: nn.clone(),
-                    port: Arc::from(""),
-                    protocol: proxier_core::Protocol::Tcp,
-                };
-                let old = self
-                    .contribs
-                    .range(first..)
-                    .take_while(move |(n, _)| &n.service == nn)
-                    .map(|(n, _)| n.clone())
-                    .collect::<Vec<_>>();
-                old.into_iter()
-                    .chain(snap.ports_of(nn).map(|s| s.name.clone()))
-            })
-            .collect();
-        self.binds_before.clear();
-        let mut ops = Vec::new();
-        let now = Instant::now();
-        let mut removed_entries: BTreeSet<(Set, String)> = BTreeSet::new();
-        let mut added_entries: BTreeSet<(Set, String)> = BTreeSet::new();
-        for name in &names {
-            let old = self.contribs.remove(name).unwrap_or_default();
-            self.drop_contribution(name, &old);
-            let new = snap
-                .services
-                .get(name)
-                .map(|svc| contribution(svc, snap, &settings));
-            if let Some(c) = &new {
-                self.add_contribution(name, c, errors);
-            }
-            let new_e: BTreeSet<&(Set, String)> =
-                new.iter().flat_map(|c| c.entries.iter()).collect();
-            let old_e: BTreeSet<&(Set, String)> = old.entries.iter().collect();
-            removed_entries.extend(old_e.difference(&new_e).map(|e| (*e).clone()));
-            added_entries.extend(new_e.difference(&old_e).map(|e| (*e).clone()));
-            let new_keys: BTreeSet<VsKey> = new
-                .iter()
-                .flat_map(|c| c.services.iter().map(|(s, _)| key_of(s)))
-                .collect();
-            for (s, _) in &old.services {
-                let key = key_of(s);
-                if !new_keys.contains(&key) && !self.owner.contains_key(&key) {
-                    self.graceful.retain(|(k, _), _| *k != key);
-                    if self.kernel.contains_key(&key) {
-                        ops.push(Op::DelService(s.clone()));
-                    }
-                }
-            }
-            if let Some(c) = &new {
-                for want in &c.services {
-                    let key = key_of(&want.0);
-                    if self.owner.get(&key) != Some(name) {
-                        continue;
-                    }
-                    let have = match self.kernel.get(&key) {
-                        None => None,
-                        Some((s, _)) => {
-                            // Fresh connection counts for graceful termination.
-                            let d = self
-                                .k
-                                .ipvs
-                                .dests(s)
-                                .map_err(|e| perr(&format!("{name}: ipvsadm -Ln"), e))?;
-                            Some((s.clone(), d))
-                        }
-                    };
-                    self.reconcile_vs(want, have.as_ref().map(|(s, d)| (s, &d[..])), now, &mut ops);
-                }
-                self.contribs.insert(name.clone(), c.clone());
-            }
-        }
-        // Real servers still draining elsewhere.
-        let draining: BTreeSet<VsKey> = self
-            .graceful
-            .keys()
-            .map(|(k, _)| *k)
-            .filter(|k| self.owner.get(k).is_none_or(|n| !names.contains(n)))
-            .collect();
-        for key in draining {
-            if let Some((s, _)) = self.kernel.get(&key).cloned() {
-                let d = self.k.ipvs.dests(&s).map_err(|e| perr("ipvsadm -Ln", e))?;
-                let name = self.owner.get(&key).cloned();
-                let want = name
-                    .and_then(|n| self.contribs.get(&n))
-                    .and_then(|c| c.services.iter().find(|(w, _)| key_of(w) == key))
-                    .cloned();
-                if let Some(want) = want {
-                    self.reconcile_vs(&want, Some((&s, &d)), now, &mut ops);
-                }
-            }
-        }
-        self.run_ops(&ops, errors)?;
-        // Addresses whose wantedness changed.
-        let mut add = Vec::new();
-        let mut del = Vec::new();
-        for (ip, before) in std::mem::take(&mut self.binds_before) {
-            match (before, self.binds.contains_key(&ip)) {
-                (false, true) => add.push(ip),
-                (true, false) => del.push(ip),
-                _ => {}
-            }
-        }
-        add.sort();
-        del.sort();
-        self.bind(&add, &del, errors).await;
-        // ipset entries: what changed among the touched ones.
-        let mut changes: Vec<(Set, String, bool)> = Vec::new();
-        for e in removed_entries {
-            // Still wanted by another service port: stays.
-            if !self.entries.contains_key(&e) {
-                changes.push((e.0, e.1, false));
-            }
-        }
-        for e in added_entries {
-            changes.push((e.0, e.1, true));
-        }
-        for ip in &add {
-            changes.push((Set::IpvsIps, ip.to_string(), true));
-        }
-        for ip in &del {
-            changes.push((Set::IpvsIps, ip.to_string(), false));
-        }
-        if !changes.is_empty() {
-            // `-exist` makes adding a present entry and deleting an absent
-            // one harmless.
-            let input = sets::delta(&changes, self.cfg.family);
-            self.k
-                .ipset
-                .restore(&input)
-                .await
-                .map_err(|e| perr("ipset restore", e))?;
-        }
-        self.report.ipset_changes = changes.len();
-        self.write_rules(false).await
-    }
 }
 
 #[async_trait]
@@ -1033,7 +583,7 @@ impl Proxier for IpvsProxier {
             Ok(s) => s.node_ips,
             Err(_) => Vec::new(),
         };
-        match self.k.ipvs.dump() {
+        match self.k.ipvs.dump(self.cfg.family) {
             Ok(dump) => {
                 let ops: Vec<Op> = dump
                     .into_iter()

@@ -27,12 +27,9 @@
 //! proxied, as in the original. Proxy ports are picked by the kernel
 //! (the original's default, no `--proxy-port-range`).
 //!
-//! Copy or splice, by the numbers (`benches/benches/userspace.rs`, loopback,
-//! 2 cores, same run, criterion medians): single-stream throughput 2.23
-//! GiB/s by copy and 2.61 GiB/s by splice, against HAProxy 2.6's 1.56 GiB/s
-//! and a direct connection's 4.86 GiB/s; connect + 1-byte echo 97 µs and
-//! 100 µs (HAProxy 140 µs, direct 71 µs); about 2.1 KiB per idle
-//! connection either way. Splice moves bulk data faster but holds two
+//! Copy or splice (`benches/benches/userspace.rs` measures both beside
+//! HAProxy and a direct connection; the figures are in the README's
+//! userspace benchmarks): splice moves bulk data faster but holds two
 //! pipes (four descriptors) per connection on top of the two sockets, so
 //! under a descriptor limit it serves a third as many connections. Copy is
 //! the default; `Relay::Splice` is the switch for bulk traffic.

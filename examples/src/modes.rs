@@ -49,13 +49,6 @@ pub async fn node_ips(family: IpFamily) -> Result<Vec<IpAddr>, BoxError> {
         .collect())
 }
 
-fn global(ip: &IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
-        IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
-    }
-}
-
 /// The node-port CIDRs of a family: `--nodeport-addresses`, or for
 /// `primary` the node's first global address of the family (the Node
 /// object's addresses are not consulted).
@@ -63,7 +56,7 @@ pub fn node_port_cidrs(s: &Settings, node_ips: &[IpAddr]) -> Vec<IpNet> {
     if s.nodeport_primary {
         return node_ips
             .iter()
-            .find(|ip| global(ip))
+            .find(|ip| proxier_netfilter::is_global(ip))
             .map(|ip| vec![IpNet::from(*ip)])
             .unwrap_or_default();
     }
@@ -158,7 +151,11 @@ impl Factory {
         cfg.rules.masquerade_bit = s.masquerade_bit;
         cfg.rules.masquerade_all = s.masquerade_all;
         cfg.rules.local_detector = s.detector()?;
-        cfg.validate()?;
+        // The library names its field; the command line names the flag.
+        cfg.validate().map_err(|e| match e.field {
+            "scheduler" => format!("--ipvs-scheduler: {} (got {:?})", e.reason, e.value),
+            _ => e.to_string(),
+        })?;
         let iptables = iptables_cmd(s.family, &self.cli.iptables.iptables_variant).await?;
         let kernel = backend_ipvs::Kernel::real_with(iptables)?;
         Ok(Box::new(backend_ipvs::IpvsProxier::new(cfg, kernel)?))

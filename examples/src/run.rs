@@ -150,10 +150,7 @@ pub async fn families_with(forced: Option<IpFamily>, primary: Option<IpFamily>) 
     let addrs = proxier_netfilter::node_addresses(None)
         .await
         .unwrap_or_default();
-    let global = |ip: &std::net::IpAddr| match ip {
-        std::net::IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
-        std::net::IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
-    };
+    let global = proxier_netfilter::is_global;
     let v6_only = addrs.iter().any(|ip| global(ip) && ip.is_ipv6())
         && !addrs.iter().any(|ip| global(ip) && ip.is_ipv4());
     if primary == Some(IpFamily::V6) || (primary.is_none() && v6_only) {

@@ -7,12 +7,20 @@
 //! [`Proxier`] for a backend, and drive it with [`Runner`]. On a
 //! dual-stack node, [`Runner::dual_stack`] takes a tracker per family and
 //! a [`MetaProxier`] holding a backend per family (kube-proxy's
-//! meta-proxier).
+//! meta-proxier); each round syncs the families at once
+//! ([`Proxier::sync_families`]).
 //!
 //! The pure part ([`model`], [`input`], [`validate`], [`k8s`], [`tracker`],
-//! [`topology`]) does no I/O and reads no clock. The runtime part
-//! ([`runner`], [`meta`], [`health`], [`metrics`], [`manifest`]) runs on
-//! tokio.
+//! [`topology`], the [`Proxier`] trait and [`MetaProxier`]) does no I/O
+//! and reads no clock. The runtime part (`runner`, `health`, `metrics`,
+//! `manifest`) runs on tokio and is the default feature `runtime`: a
+//! feature rather than a crate of its own because the two halves share
+//! one public list and one version, and the layering still holds (the
+//! pure modules never name the runtime ones; `cargo check -p proxier-core
+//! --no-default-features` builds without hyper, prometheus-client,
+//! serde_yaml or tokio's networking, and `scripts/test-all` checks it).
+//! Backends depend on the pure part only; an agent that brings its own
+//! loop can do the same.
 //!
 //! Dependencies, and why: `k8s-openapi` for the Kubernetes object types
 //! (the API's own schema, no client); `imbl` for the snapshot's persistent
@@ -24,7 +32,8 @@
 //! stronger DoS resistance buys little here); `hyper` for the health and metrics servers (small, no
 //! framework); `prometheus-client` (the official Rust client's successor,
 //! OpenMetrics text); `serde_yaml` + `serde_path_to_error` so a bad
-//! manifest names the failing field. The Kubernetes API client (`kube`)
+//! manifest names the failing field; `futures` for `join_all`, which runs
+//! the families' syncs of one round side by side. The Kubernetes API client (`kube`)
 //! lives in the `proxier-kube` crate, so this crate does not compile it.
 //!
 //! **Kubernetes version.** This crate does not select a k8s-openapi
@@ -39,32 +48,40 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "runtime")]
 pub mod health;
 pub mod input;
 pub mod k8s;
+#[cfg(feature = "runtime")]
 pub mod manifest;
 pub mod meta;
+#[cfg(feature = "runtime")]
 pub mod metrics;
 pub mod model;
 pub mod proxier;
+#[cfg(feature = "runtime")]
 pub mod runner;
 pub mod timestamp;
 pub mod topology;
 pub mod tracker;
 pub mod validate;
 
+#[cfg(feature = "runtime")]
 pub use health::{ProxyHealth, ServerLimits, ServiceHealthServer, serve_health, serve_metrics};
 pub use input::{EndpointSlice, Node, PortSpec, Service, ServiceType, SliceEndpoint, SlicePort};
+#[cfg(feature = "runtime")]
 pub use manifest::ManifestSource;
 pub use meta::MetaProxier;
+#[cfg(feature = "runtime")]
 pub use metrics::Metrics;
 pub use model::{
     Endpoint, IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, SessionAffinity,
     TrafficPolicy,
 };
-pub use proxier::{
-    ErrorChain, FakeProxier, Proxier, ProxierError, Refused, SyncRequest, SyncStats,
-};
+#[cfg(any(test, feature = "testing"))]
+pub use proxier::FakeProxier;
+pub use proxier::{ErrorChain, FamilySync, Proxier, ProxierError, Refused, SyncRequest, SyncStats};
+#[cfg(feature = "runtime")]
 pub use runner::{Runner, RunnerConfig, RunnerHandle};
 pub use topology::{Categorized, categorize_endpoints};
 pub use tracker::{ChangeSet, ChangeTracker, NodeInfo, Snapshot, StaleEndpoint};

@@ -6,6 +6,9 @@
 
 use std::fmt;
 
+pub(crate) mod service;
+pub(crate) mod slice;
+
 /// The kind of object an error is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
@@ -181,6 +184,25 @@ pub fn is_label_value(s: &str) -> bool {
 /// A port name as Kubernetes allows it on a Service: a DNS-1123 label.
 pub fn is_port_name(s: &str) -> bool {
     is_dns1123_label(s)
+}
+
+/// A Node's checks: its name and its zone label.
+pub(crate) fn node(node: &crate::input::Node) -> Result<(), ValidationError> {
+    use crate::input::LABEL_TOPOLOGY_ZONE;
+    let ctx = ErrCtx::new(ObjectKind::Node, "", &node.name);
+    if !is_dns1123_subdomain(&node.name) {
+        return Err(ctx.err("metadata.name", &node.name, "must be a DNS-1123 subdomain"));
+    }
+    if let Some(z) = node.labels.get(LABEL_TOPOLOGY_ZONE)
+        && !is_label_value(z)
+    {
+        return Err(ctx.err(
+            format!("metadata.labels[{LABEL_TOPOLOGY_ZONE}]"),
+            z,
+            "must be a label value",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

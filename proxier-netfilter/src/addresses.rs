@@ -18,6 +18,16 @@ fn nl(e: rtnetlink::Error) -> io::Error {
     }
 }
 
+/// Whether `ip` can be a node's address to others: not loopback, not
+/// link-local (kube-proxy's "primary" node-port address and the node's
+/// primary family are chosen among these).
+pub fn is_global(ip: &IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => !a.is_loopback() && !a.is_link_local(),
+        IpAddr::V6(a) => !a.is_loopback() && !a.is_unicast_link_local(),
+    }
+}
+
 /// Every address of every interface except those of `except` (an
 /// interface name, e.g. `kube-ipvs0`, whose addresses are service
 /// addresses, not the node's), sorted and deduplicated: what
@@ -62,4 +72,24 @@ pub async fn node_addresses(except: Option<&str>) -> io::Result<Vec<IpAddr>> {
     .await;
     task.abort();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_global;
+
+    #[test]
+    fn loopback_and_link_local_are_not_global() {
+        for (ip, global) in [
+            ("192.168.50.1", true),
+            ("127.0.0.1", false),
+            ("169.254.3.4", false),
+            ("fd00:50::1", true),
+            ("2001:db8::1", true),
+            ("::1", false),
+            ("fe80::1", false),
+        ] {
+            assert_eq!(is_global(&ip.parse().unwrap()), global, "{ip}");
+        }
+    }
 }

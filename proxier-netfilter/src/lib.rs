@@ -60,7 +60,7 @@ pub mod nfnl;
 pub mod owned;
 mod sysctl;
 
-pub use addresses::node_addresses;
+pub use addresses::{is_global, node_addresses};
 pub use conntrack::{
     CleanupReport, Conntrack, ConntrackError, ConntrackFilter, ConntrackNetlink, ConntrackTuning,
     Flow, FlowTuple, StaleFlows, TuningError, clean_stale,

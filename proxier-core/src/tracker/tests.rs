@@ -1,9 +1,10 @@
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use proptest::prelude::*;
 
 use super::*;
 use crate::input::{PortSpec, ServiceType, SliceEndpoint, SlicePort};
+use crate::model::ServicePortName;
 
 fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> Service {
     Service {

@@ -1,0 +1,119 @@
+//! The full sync: read the kernel once, issue only what makes it match
+//! the snapshot, and remove what is owned but no longer wanted (a restart
+//! adopts the previous run's objects this way).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::time::Instant;
+
+use proxier_core::ProxierError;
+
+use crate::client::Op;
+use crate::codec::{Dest, Service};
+use crate::desired::{VsKey, contribution, key_of};
+use crate::sets::{self};
+
+use super::*;
+
+impl IpvsProxier {
+    pub(super) async fn full_sync(
+        &mut self,
+        snap: &Snapshot,
+        errors: &mut Vec<String>,
+    ) -> Result<(), ProxierError> {
+        let settings = self.settings().await?;
+        self.contribs.clear();
+        self.owner.clear();
+        self.binds.clear();
+        self.entries.clear();
+        self.set_sizes.clear();
+        self.out_filter.clear();
+        let mut contribs = BTreeMap::new();
+        for (name, svc) in &snap.services {
+            let c = contribution(svc, snap, &settings);
+            self.add_contribution(name, &c, errors);
+            contribs.insert(name.clone(), c);
+        }
+        // One read of the kernel.
+        let dump = self
+            .k
+            .ipvs
+            .dump(self.cfg.family)
+            .map_err(|e| perr("ipvsadm -Ln", e))?;
+        let bound: BTreeSet<IpAddr> = self
+            .k
+            .links
+            .addresses(&self.cfg.dummy)
+            .await
+            .map_err(|e| perr("ip addr show kube-ipvs0", e))?
+            .into_iter()
+            .filter(|ip| self.cfg.family.matches(ip))
+            .collect();
+        let have: HashMap<VsKey, (Service, Vec<Dest>)> = dump
+            .into_iter()
+            .map(|(s, d)| (key_of(&s), (s, d)))
+            .collect();
+        let now = Instant::now();
+        let mut ops = Vec::new();
+        let mut wanted_keys = BTreeSet::new();
+        for (name, c) in &contribs {
+            for want in &c.services {
+                let key = key_of(&want.0);
+                if self.owner.get(&key) != Some(name) || !wanted_keys.insert(key) {
+                    continue;
+                }
+                let h = have.get(&key).map(|(s, d)| (s, &d[..]));
+                self.reconcile_vs(want, h, now, &mut ops);
+            }
+        }
+        for (key, (s, _)) in &have {
+            if !wanted_keys.contains(key) && self.owned_vs(s, &bound, &settings.node_ips) {
+                ops.push(Op::DelService(s.clone()));
+            }
+        }
+        self.graceful.retain(|(k, _), _| wanted_keys.contains(k));
+        // The cache becomes what the kernel holds of ours.
+        self.kernel = have
+            .into_iter()
+            .filter(|(k, _)| wanted_keys.contains(k) || self.kernel.contains_key(k))
+            .map(|(k, (s, d))| {
+                (
+                    k,
+                    (s, d.into_iter().map(|d| ((d.addr, d.port), d)).collect()),
+                )
+            })
+            .collect();
+        self.run_ops(&ops, errors)?;
+        self.kernel.retain(|k, _| wanted_keys.contains(k));
+        self.real_servers = self.kernel.values().map(|(_, d)| d.len()).sum();
+        self.binds_before.clear();
+        // Addresses.
+        let want_binds: BTreeSet<IpAddr> = self.binds.keys().copied().collect();
+        let add: Vec<IpAddr> = want_binds.difference(&bound).copied().collect();
+        let del: Vec<IpAddr> = bound.difference(&want_binds).copied().collect();
+        self.bind(&add, &del, errors).await;
+        // ipsets: one save, one restore.
+        let saved = self
+            .k
+            .ipset
+            .save()
+            .await
+            .map_err(|e| perr("ipset save", e))?;
+        let have_sets = sets::parse_save(&saved, self.cfg.family);
+        let (input, n) = sets::diff(&have_sets, &self.wanted_entries(), self.cfg.family);
+        if !input.is_empty() {
+            self.k
+                .ipset
+                .restore(&input)
+                .await
+                .map_err(|e| perr("ipset restore", e))?;
+        }
+        self.report.ipset_changes = n;
+        self.contribs = contribs;
+        self.settings = Some(settings);
+        // Rewritten when they differ from what this instance last wrote
+        // (always on its first sync) or were removed behind its back: a
+        // no-op full sync reads them and writes nothing.
+        self.write_rules(true).await
+    }
+}
