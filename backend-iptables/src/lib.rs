@@ -24,10 +24,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod names;
+mod names;
 mod parts;
-pub mod proxier;
-pub mod render;
+mod proxier;
+mod render;
 
-pub use proxier::{DEFAULT_PART_CHAINS, IptablesProxier};
-pub use render::{Config, Ruleset};
+pub use names::{ServiceChains, endpoint_chain, is_owned_chain, is_service_chain};
+pub use proxier::{DEFAULT_PART_CHAINS, IptablesProxier, LEGACY_FLUSH_THRESHOLD};
+pub use render::{Config, FixedChains, Fragment, RenderError, Ruleset, probability};

@@ -9,7 +9,7 @@ use proxier_core::ServicePortName;
 
 pub use proxier_netfilter::chains::{
     KUBE_EXTERNAL_SERVICES, KUBE_FIREWALL, KUBE_FORWARD, KUBE_MARK_MASQ, KUBE_NODEPORTS,
-    KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES, SERVICE_CHAIN_PREFIXES, is_service_chain,
+    KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES, is_service_chain,
 };
 
 /// Whether `chain` is one of the fixed chains this backend owns in `table`.

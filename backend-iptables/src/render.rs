@@ -21,7 +21,6 @@ mod text;
 
 pub use config::Config;
 use service::Renderer;
-pub use service::render_service;
 use text::Probabilities;
 pub use text::probability;
 
@@ -133,7 +132,7 @@ pub struct Ruleset {
 }
 
 /// Whether `snap` is in kube-proxy's large-cluster mode under `cfg`.
-pub fn is_large_cluster(cfg: &Config, snap: &Snapshot) -> bool {
+pub(crate) fn is_large_cluster(cfg: &Config, snap: &Snapshot) -> bool {
     snap.endpoint_count() > cfg.large_cluster_threshold
 }
 
@@ -387,7 +386,7 @@ fn assemble(
 
 /// The jump rules from the built-in chains into this backend's chains
 /// (kube-proxy's `iptablesJumpChains`): table, chain, rule arguments.
-pub fn jump_rules(cfg: &Config) -> Vec<(&'static str, &'static str, &'static str)> {
+pub(crate) fn jump_rules(cfg: &Config) -> Vec<(&'static str, &'static str, &'static str)> {
     let mut v = vec![
         (
             "filter",

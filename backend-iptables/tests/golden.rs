@@ -9,8 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use backend_iptables::names;
-use backend_iptables::render::{Config, Ruleset};
+use backend_iptables::{Config, Ruleset, is_service_chain};
 use proxier_core::{
     ChangeTracker, IpFamily, Protocol, Service, ServiceType, SessionAffinity, Snapshot,
     TrafficPolicy,
@@ -133,7 +132,7 @@ fn check_consistency(text: &str) {
             }
         }
         for c in &declared {
-            if names::is_service_chain(c) {
+            if is_service_chain(c) {
                 assert!(used.contains(c), "chain {c} is declared but never used");
             }
         }
@@ -269,7 +268,7 @@ fn dual_stack_ipv6_rules() {
 
 #[test]
 fn probabilities_are_kube_proxys() {
-    use backend_iptables::render::probability;
+    use backend_iptables::probability;
     assert_eq!(probability(1), "1.0000000000");
     assert_eq!(probability(2), "0.5000000000");
     assert_eq!(probability(10), "0.1000000000");

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use backend_iptables::{Config, IptablesProxier, names};
+use backend_iptables::{Config, IptablesProxier, is_owned_chain};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, SyncRequest};
 use proxier_netfilter::conntrack::{TCP, UDP};
 use proxier_netfilter::fake::{FakeConntrack, FakeIptables, FakeSysctl};
@@ -201,7 +201,7 @@ async fn full_partial_and_noop_syncs() {
     FakeIptables::check(&r.ipt.table("nat")).unwrap();
     // What the partial render holds is exactly a render from scratch.
     let partial = r.proxier.ruleset().unwrap();
-    let fresh = backend_iptables::render::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
+    let fresh = backend_iptables::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
     assert_eq!(partial.to_restore_input(), fresh.to_restore_input());
     assert_eq!(partial.rule_counts(), fresh.rule_counts());
     // The removed UDP endpoint's flow is deleted; the flow to a serving
@@ -216,7 +216,7 @@ async fn full_partial_and_noop_syncs() {
     let (_, payload, _) = r.restores().last().cloned().unwrap();
     assert!(payload.contains(":KUBE-SERVICES - [0:0]"));
     assert!(payload.contains("10.96.0.99"));
-    let fresh = backend_iptables::render::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
+    let fresh = backend_iptables::Ruleset::render(r.proxier.config(), r.tracker.snapshot());
     assert_eq!(
         r.proxier.ruleset().unwrap().to_restore_input(),
         fresh.to_restore_input()
@@ -437,7 +437,7 @@ async fn foreign_rules_survive_sync_partial_flush_mode_and_cleanup() {
             let mut v = Vec::new();
             for t in ["nat", "filter"] {
                 for (c, (_, rules)) in r.ipt.table(t) {
-                    if !names::is_owned_chain(t, &c) {
+                    if !is_owned_chain(t, &c) {
                         for rule in rules.iter().filter(|x| !x.contains("-j KUBE-")) {
                             v.push((c.clone(), rule.clone()));
                         }
@@ -510,7 +510,7 @@ async fn foreign_rules_survive_sync_partial_flush_mode_and_cleanup() {
 
 #[tokio::test]
 async fn unsafe_names_are_refused_and_the_rest_renders() {
-    use backend_iptables::render::Ruleset;
+    use backend_iptables::Ruleset;
     use proxier_core::{ServicePort, ServicePortName, SessionAffinity};
     let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
     t.update_service(&service("ns", "ok", "10.96.0.1", &P))

@@ -52,14 +52,20 @@
 
 pub mod client;
 pub mod codec;
-pub mod config;
-pub mod desired;
+mod config;
+mod desired;
+mod failure;
 #[cfg(any(test, feature = "testing"))]
 pub mod fake;
-pub mod kernel;
-pub mod proxier;
-pub mod rules;
-pub mod sets;
+mod kernel;
+mod proxier;
+mod rules;
+mod sets;
 
 pub use client::{IpvsClient, IpvsError, Op, Timeouts};
-pub use proxier::{Config, IpvsProxier, Kernel, SyncReport};
+pub use config::{Config, DUMMY};
+pub use desired::{Contribution, Settings, VsKey, contribution};
+pub use failure::{Failure, Failures};
+pub use kernel::{Ipset, IpsetCmd, Ipvs, Links, Rtnl};
+pub use proxier::{IpvsProxier, Kernel, SyncReport};
+pub use sets::Set;

@@ -32,8 +32,9 @@ use tracing::{debug, info, warn};
 
 use crate::client::{IpvsClient, IpvsError, Op};
 use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
-pub use crate::config::{Config, DUMMY};
+use crate::config::Config;
 use crate::desired::{Contribution, Settings, VsKey, key_of};
+use crate::failure::{Failure, Failures};
 use crate::kernel::{Ipset, IpsetCmd, Ipvs, Links, Rtnl};
 use crate::rules;
 use crate::sets::{self, Entries, Set};
@@ -296,15 +297,16 @@ impl IpvsProxier {
         &mut self,
         name: &ServicePortName,
         c: &Contribution,
-        errors: &mut Vec<String>,
+        errors: &mut Failures,
     ) {
         for (s, _) in &c.services {
             let key = key_of(s);
             match self.owner.get(&key) {
-                Some(other) if other != name => errors.push(format!(
-                    "{name}: virtual server {} is already {other}'s",
-                    vs_label(s)
-                )),
+                Some(other) if other != name => errors.push(Failure::Conflict {
+                    service: name.clone(),
+                    vs: vs_label(s),
+                    holder: other.clone(),
+                }),
                 _ => {
                     self.owner.insert(key, name.clone());
                 }
@@ -419,16 +421,24 @@ impl IpvsProxier {
             && matches!(owned::drift(ipt, "filter", filter).await, Ok(None))
     }
 
-    async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Vec<String>) {
+    async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Failures) {
         let dummy = self.cfg.dummy.clone();
         for ip in add {
             if let Err(e) = self.k.links.add_address(&dummy, *ip).await {
-                errors.push(format!("ip addr add {ip} dev {dummy}: {e}"));
+                errors.push(Failure::Link {
+                    command: format!("ip addr add {ip} dev {dummy}"),
+                    ip: Some(*ip),
+                    source: e,
+                });
             }
         }
         for ip in del {
             if let Err(e) = self.k.links.del_address(&dummy, *ip).await {
-                errors.push(format!("ip addr del {ip} dev {dummy}: {e}"));
+                errors.push(Failure::Link {
+                    command: format!("ip addr del {ip} dev {dummy}"),
+                    ip: Some(*ip),
+                    source: e,
+                });
             }
         }
         self.report.address_changes += add.len() + del.len();
@@ -497,7 +507,7 @@ impl Proxier for IpvsProxier {
             full,
             ..SyncReport::default()
         };
-        let mut errors = Vec::new();
+        let mut errors = Failures::default();
         if full {
             self.full_sync(&req.snapshot, &mut errors).await?;
         } else {
@@ -538,7 +548,11 @@ impl Proxier for IpvsProxier {
         debug!(report = ?self.report, took = ?t0.elapsed(), "ipvs sync");
         if !errors.is_empty() {
             // The runner retries, then runs a full sync.
-            return Err(ProxierError::new(NAME, errors.join("; ")));
+            return Err(ProxierError::with_source(
+                NAME,
+                format!("{} step(s) failed", errors.0.len()),
+                errors,
+            ));
         }
         Ok(SyncStats {
             objects: self.report.virtual_servers + self.report.real_servers,
@@ -570,7 +584,7 @@ impl Proxier for IpvsProxier {
     /// `kube-ipvs0` addresses and node ports), the companion rules, the
     /// ipsets and `kube-ipvs0`. Foreign virtual servers and sets stay.
     async fn cleanup(&mut self) -> Result<(), ProxierError> {
-        let mut errors = Vec::new();
+        let mut errors = Failures::default();
         let bound: BTreeSet<IpAddr> = self
             .k
             .links
@@ -591,14 +605,14 @@ impl Proxier for IpvsProxier {
                     .map(|(s, _)| Op::DelService(s))
                     .collect();
                 if let Err(e) = self.run_ops(&ops, &mut errors) {
-                    errors.push(e.to_string());
+                    errors.step("ipvsadm -D (every owned virtual server)", e);
                 }
             }
-            Err(e) => errors.push(format!("ipvsadm -Ln: {e}")),
+            Err(e) => errors.step("ipvsadm -Ln", e),
         }
         for t in ["nat", "filter"] {
             if let Err(e) = owned::remove(&*self.k.iptables, t, &|c| rules::owns(t, c)).await {
-                errors.push(format!("iptables {t}: {e}"));
+                errors.step(format!("iptables -t {t} (owned chains)"), e);
             }
         }
         match self.k.ipset.save().await {
@@ -608,10 +622,10 @@ impl Proxier for IpvsProxier {
                 if !input.is_empty()
                     && let Err(e) = self.k.ipset.restore(&input).await
                 {
-                    errors.push(e.to_string());
+                    errors.step("ipset restore (destroy owned sets)", e);
                 }
             }
-            Err(e) => errors.push(format!("ipset save: {e}")),
+            Err(e) => errors.step("ipset save", e),
         }
         // `kube-ipvs0` is shared by both families' proxiers on a
         // dual-stack node: while the other family still has service
@@ -628,11 +642,19 @@ impl Proxier for IpvsProxier {
                 .filter(|ip| fam.matches(ip) && service_addr(ip))
             {
                 if let Err(e) = self.k.links.del_address(&self.cfg.dummy, *ip).await {
-                    errors.push(format!("ip addr del {ip} dev {}: {e}", self.cfg.dummy));
+                    errors.push(Failure::Link {
+                        command: format!("ip addr del {ip} dev {}", self.cfg.dummy),
+                        ip: Some(*ip),
+                        source: e,
+                    });
                 }
             }
         } else if let Err(e) = self.k.links.delete(&self.cfg.dummy).await {
-            errors.push(format!("ip link del {}: {e}", self.cfg.dummy));
+            errors.push(Failure::Link {
+                command: format!("ip link del {}", self.cfg.dummy),
+                ip: None,
+                source: e,
+            });
         }
         self.kernel.clear();
         self.contribs.clear();
@@ -652,7 +674,11 @@ impl Proxier for IpvsProxier {
             info!("ipvs: cleaned up");
             Ok(())
         } else {
-            Err(ProxierError::new(NAME, errors.join("; ")))
+            Err(ProxierError::with_source(
+                NAME,
+                format!("cleanup: {} step(s) failed", errors.0.len()),
+                errors,
+            ))
         }
     }
 }

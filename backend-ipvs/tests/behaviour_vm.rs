@@ -5,8 +5,7 @@
 
 use std::collections::BTreeSet;
 
-use backend_ipvs::desired::{Settings, contribution};
-use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
+use backend_ipvs::{Config, IpvsProxier, Kernel, Op, Settings, contribution};
 use proxier_core::{Proxier, Snapshot};
 use proxier_netfilter::{IptablesCmd, Variant};
 use proxier_testbed::Topology;

@@ -151,7 +151,17 @@ async fn a_refused_virtual_server_is_named_and_the_rest_lands() {
         .unwrap()
         .fail
         .insert((6, "10.96.0.12".parse().unwrap(), 80));
-    let e = b.sync().await.unwrap_err().to_string();
+    let err = b.sync().await.unwrap_err();
+    // Typed: the failure names the service port and keeps the kernel's
+    // refusal; the log line (ErrorChain) prints both.
+    let failures = std::error::Error::source(&err)
+        .and_then(|s| s.downcast_ref::<backend_ipvs::Failures>())
+        .expect("the failures are the source");
+    assert!(matches!(
+        &failures.0[..],
+        [backend_ipvs::Failure::Ipvs { who: Some(n), .. }] if n.to_string() == "default/svc2:http"
+    ));
+    let e = proxier_core::ErrorChain(&err).to_string();
     assert!(
         e.contains(
             "default/svc2:http: ipvsadm -A -t 10.96.0.12:80 -s rr: No such file or directory"

@@ -354,7 +354,8 @@ fn netlink_errors_name_the_service_and_the_rest_syncs() {
         let sl = n.web_slice("web", &[Where::Local(0)]);
         n.apply(&[web("web", "10.96.0.30")], &[sl]);
         let (r, rep) = n.sync(true);
-        let e = r.expect_err("the kernel refuses the scheduler").to_string();
+        let err = r.expect_err("the kernel refuses the scheduler");
+        let e = proxier_core::ErrorChain(&err).to_string();
         assert!(
             e.contains(
                 "default/web:http: ipvsadm -A -t 10.96.0.30:80 -s nosuch: No such file or directory"

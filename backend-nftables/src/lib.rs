@@ -38,13 +38,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod kernel;
+mod kernel;
 pub mod layout;
 pub mod nl;
-pub mod proxier;
+mod proxier;
 
 pub use kernel::{NfTables, NfTablesNetlink, NftError};
 pub use layout::Config;
 pub use nl::expr::{Expr, Verdict};
 pub use nl::msg::{BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, Set, Transaction};
-pub use proxier::NftablesProxier;
+pub use proxier::{NftablesProxier, STALE_CHAIN_DELAY};

@@ -293,9 +293,7 @@ fn partial_syncs() {
     t.delete_endpoint_slice("ns", "s1-1");
     a.sync(step(&mut t, false)).unwrap();
     assert!(a.proxier().stale_chains() > 0);
-    std::thread::sleep(
-        backend_nftables::proxier::STALE_CHAIN_DELAY + std::time::Duration::from_millis(100),
-    );
+    std::thread::sleep(backend_nftables::STALE_CHAIN_DELAY + std::time::Duration::from_millis(100));
     a.sync(step(&mut t, false)).unwrap();
     assert_eq!(a.proxier().stale_chains(), 0);
     assert!(
@@ -310,9 +308,7 @@ fn partial_syncs() {
     // Let the chains this made stale be deleted first, so that the
     // measured sync carries the change alone (on a slow kernel a second
     // may pass between two syncs, and the deletions would ride along).
-    std::thread::sleep(
-        backend_nftables::proxier::STALE_CHAIN_DELAY + std::time::Duration::from_millis(100),
-    );
+    std::thread::sleep(backend_nftables::STALE_CHAIN_DELAY + std::time::Duration::from_millis(100));
     a.sync(step(&mut t, false)).unwrap();
     assert_eq!(a.proxier().stale_chains(), 0);
     s0_third_endpoint(&mut t, "10.0.0.8");

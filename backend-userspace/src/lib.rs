@@ -46,11 +46,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod balancer;
-pub mod portal;
-pub mod proxier;
-pub mod proxy;
-pub mod relay;
+mod balancer;
+mod portal;
+mod proxier;
+mod proxy;
+mod relay;
 
 pub use balancer::Balancer;
 pub use proxier::{Config, Direct, Mode, Portal, UserspaceProxier, raise_fd_limit};

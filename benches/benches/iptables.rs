@@ -15,8 +15,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_iptables::render::Ruleset;
-use backend_iptables::{Config, IptablesProxier};
+use backend_iptables::{Config, IptablesProxier, Ruleset};
 use benches::{endpoint_moved, filled, service_added, sizes, slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, SyncRequest, SyncStats};

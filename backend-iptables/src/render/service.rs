@@ -415,19 +415,3 @@ fn sep_of<'s>(seps: &'s Seps, ep: &Endpoint) -> (&'s str, &'s str) {
         &seps.buf[a as usize..b as usize],
     )
 }
-
-/// Renders one service port (for tests and tools).
-pub fn render_service(
-    cfg: &Config,
-    snap: &Snapshot,
-    svc: &ServicePort,
-    large_cluster: bool,
-) -> Result<Fragment, RenderError> {
-    Renderer {
-        cfg,
-        snap,
-        large: large_cluster,
-        probs: Probabilities(Vec::new()),
-    }
-    .service(svc)
-}

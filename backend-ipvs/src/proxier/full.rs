@@ -19,7 +19,7 @@ impl IpvsProxier {
     pub(super) async fn full_sync(
         &mut self,
         snap: &Snapshot,
-        errors: &mut Vec<String>,
+        errors: &mut Failures,
     ) -> Result<(), ProxierError> {
         let settings = self.settings().await?;
         self.contribs.clear();

@@ -76,7 +76,7 @@ impl IpvsProxier {
     pub(super) fn run_ops(
         &mut self,
         ops: &[Op],
-        errors: &mut Vec<String>,
+        errors: &mut Failures,
     ) -> Result<(), ProxierError> {
         self.report.ipvs_writes += ops.len();
         if ops.is_empty() {
@@ -95,12 +95,10 @@ impl IpvsProxier {
                 if dest.is_some() && refused.contains(&key) {
                     continue;
                 }
-                let who = self
-                    .owner
-                    .get(&key)
-                    .map(|n| n.to_string())
-                    .unwrap_or_else(|| "stale virtual server".into());
-                errors.push(format!("{who}: {e}"));
+                errors.push(Failure::Ipvs {
+                    who: self.owner.get(&key).cloned(),
+                    source: e,
+                });
                 if matches!(op, Op::AddService(_)) {
                     self.kernel.remove(&key);
                     refused.insert(key);

@@ -18,7 +18,7 @@ impl IpvsProxier {
     pub(super) async fn partial_sync(
         &mut self,
         req: &SyncRequest,
-        errors: &mut Vec<String>,
+        errors: &mut Failures,
     ) -> Result<(), ProxierError> {
         let snap = &req.snapshot;
         let settings = self.settings.clone().expect("after a full sync");
