@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use proxier_core::{Endpoint, ServicePort, Snapshot};
+use proxier_core::{Categorized, Endpoint, ServicePort, Snapshot};
 use proxier_netfilter::LocalDetector;
 
 use crate::names::{self, ServiceChains};
@@ -21,38 +21,45 @@ pub(super) struct Renderer<'a> {
     pub(super) probs: Probabilities,
 }
 
-impl Renderer<'_> {
-    fn local_match(&self, out: &mut String, negate: bool) {
-        self.cfg.local_match(out, negate)
-    }
+/// What kube-proxy decides about one service port before it writes a
+/// rule (`syncProxyRules`' locals): its chains, which of them it uses,
+/// and the verdict for traffic with nowhere to go.
+struct Port<'s> {
+    svc: &'s ServicePort,
+    /// `ns/name:port`, checked.
+    n: String,
+    /// `tcp`, `udp`, `sctp`.
+    p: &'static str,
+    ch: ServiceChains,
+    cat: Categorized<'s>,
+    has_endpoints: bool,
+    /// Internal traffic has an endpoint under its policy.
+    has_internal: bool,
+    /// External traffic has an endpoint under its policy.
+    has_external: bool,
+    uses_ext_chain: bool,
+    uses_fw_chain: bool,
+    /// `REJECT` (no endpoints) or `DROP` (no local endpoints).
+    verdict_target: &'static str,
+    verdict: &'static str,
+}
 
-    pub(super) fn service(&mut self, svc: &ServicePort) -> Result<Fragment, RenderError> {
+impl<'s> Port<'s> {
+    fn new(snap: &'s Snapshot, svc: &'s ServicePort) -> Result<Port<'s>, RenderError> {
         let n = check_name(&svc.name)?;
-        let p = svc.protocol().lower();
-        let ch = ServiceChains::of(&svc.name);
-        let cat = self.snap.categorize(svc);
+        let cat = snap.categorize(svc);
         let has_endpoints = cat.has_any;
-        let cluster = cat.cluster();
-        let local = cat.local();
-        let uses_cluster_chain = !cluster.is_empty() && svc.uses_cluster_endpoints();
-        let uses_local_chain = !local.is_empty() && svc.uses_local_endpoints();
-
-        let (internal_chain, has_internal) = if svc.internal_policy_local {
-            (&ch.svl, has_endpoints && !local.is_empty())
+        let has_local = has_endpoints && !cat.local().is_empty();
+        let has_internal = if svc.internal_policy_local {
+            has_local
         } else {
-            (&ch.svc, has_endpoints)
+            has_endpoints
         };
-        let (external_policy_chain, has_external) = if svc.external_policy_local {
-            (&ch.svl, has_endpoints && !local.is_empty())
+        let has_external = if svc.external_policy_local {
+            has_local
         } else {
-            (&ch.svc, has_endpoints)
+            has_endpoints
         };
-        let uses_ext_chain = has_endpoints && svc.externally_accessible();
-        let uses_fw_chain = has_endpoints
-            && !svc.load_balancer_ips.is_empty()
-            && !svc.load_balancer_source_ranges.is_empty();
-        let lb_chain = if uses_fw_chain { &ch.fw } else { &ch.ext };
-
         // The filter verdict for traffic that has nowhere to go (the same
         // for internal and external traffic, as in kube-proxy).
         let (verdict_target, verdict) = if !has_endpoints {
@@ -60,9 +67,66 @@ impl Renderer<'_> {
         } else {
             ("DROP", " has no local endpoints")
         };
-        let verdict_comment = [n.as_str(), verdict];
+        Ok(Port {
+            n,
+            p: svc.protocol().lower(),
+            ch: ServiceChains::of(&svc.name),
+            has_endpoints,
+            has_internal,
+            has_external,
+            uses_ext_chain: has_endpoints && svc.externally_accessible(),
+            uses_fw_chain: has_endpoints
+                && !svc.load_balancer_ips.is_empty()
+                && !svc.load_balancer_source_ranges.is_empty(),
+            verdict_target,
+            verdict,
+            cat,
+            svc,
+        })
+    }
 
-        let k = cat.all_reachable.len();
+    /// `KUBE-SVL-` for iTP Local, else `KUBE-SVC-`.
+    fn internal_chain(&self) -> &str {
+        if self.svc.internal_policy_local {
+            &self.ch.svl
+        } else {
+            &self.ch.svc
+        }
+    }
+
+    /// `KUBE-SVL-` for eTP Local, else `KUBE-SVC-`.
+    fn external_policy_chain(&self) -> &str {
+        if self.svc.external_policy_local {
+            &self.ch.svl
+        } else {
+            &self.ch.svc
+        }
+    }
+
+    /// Where load-balancer traffic goes first: the firewall, if any.
+    fn lb_chain(&self) -> &str {
+        if self.uses_fw_chain {
+            &self.ch.fw
+        } else {
+            &self.ch.ext
+        }
+    }
+
+    fn verdict_comment(&self) -> [&str; 2] {
+        [self.n.as_str(), self.verdict]
+    }
+}
+
+impl Renderer<'_> {
+    fn local_match(&self, out: &mut String, negate: bool) {
+        self.cfg.local_match(out, negate)
+    }
+
+    /// Every rule and chain of one service port, in kube-proxy's order.
+    pub(super) fn service(&mut self, svc: &ServicePort) -> Result<Fragment, RenderError> {
+        let snap = self.snap;
+        let port = Port::new(snap, svc)?;
+        let k = port.cat.all_reachable.len();
         let mut f = Fragment {
             nat_services: String::with_capacity(160),
             names: String::with_capacity(26 * (k + 4)),
@@ -70,262 +134,298 @@ impl Renderer<'_> {
             ends: Vec::with_capacity(k + 4),
             ..Fragment::default()
         };
+        Self::cluster_ip(&port, &mut f);
+        Self::external_ips(&port, &mut f);
+        Self::load_balancer_ips(&port, &mut f);
+        Self::node_port(&port, &mut f);
+        Self::health_check_node_port(&port, &mut f);
+        let mut masq = self.internal_masquerade(&port);
+        self.external_chain(&port, &mut f);
+        self.firewall_chain(&port, &mut f);
+        let seps = Seps::of(&port);
+        self.policy_chains(&port, &mut f, &mut masq, &seps);
+        self.endpoint_chains(&port, &mut f, &seps);
+        f.count();
+        Ok(f)
+    }
 
-        // 1. Cluster IP.
-        if has_internal {
+    /// 1. The cluster IP: to the internal policy's chain, or the filter
+    /// verdict.
+    fn cluster_ip(port: &Port<'_>, f: &mut Fragment) {
+        let (svc, n, p) = (port.svc, &port.n, port.p);
+        if port.has_internal {
             dst_rule(
                 &mut f.nat_services,
                 "KUBE-SERVICES",
-                &[&n, " cluster IP"],
+                &[n, " cluster IP"],
                 p,
                 svc.cluster_ip,
                 svc.port,
-                internal_chain,
+                port.internal_chain(),
             );
         } else {
             dst_rule(
                 &mut f.filter_services,
                 "KUBE-SERVICES",
-                &verdict_comment,
+                &port.verdict_comment(),
                 p,
                 svc.cluster_ip,
                 svc.port,
-                verdict_target,
+                port.verdict_target,
             );
         }
+    }
 
-        // 2. External IPs.
+    /// 2. External IPs: to `KUBE-EXT-`, and the verdict when external
+    /// traffic has nowhere to go.
+    fn external_ips(port: &Port<'_>, f: &mut Fragment) {
+        let (svc, n, p) = (port.svc, &port.n, port.p);
         for ip in &svc.external_ips {
-            if has_endpoints {
+            if port.has_endpoints {
                 dst_rule(
                     &mut f.nat_services,
                     "KUBE-SERVICES",
-                    &[&n, " external IP"],
+                    &[n, " external IP"],
                     p,
                     *ip,
                     svc.port,
-                    &ch.ext,
+                    &port.ch.ext,
                 );
             }
-            if !has_external {
+            if !port.has_external {
                 dst_rule(
                     &mut f.filter_external,
                     "KUBE-EXTERNAL-SERVICES",
-                    &verdict_comment,
+                    &port.verdict_comment(),
                     p,
                     *ip,
                     svc.port,
-                    verdict_target,
+                    port.verdict_target,
                 );
             }
         }
+    }
 
-        // 3. Load-balancer IPs.
+    /// 3. Load-balancer IPs: to the firewall or `KUBE-EXT-`, the
+    /// firewall's drop, and the verdict.
+    fn load_balancer_ips(port: &Port<'_>, f: &mut Fragment) {
+        let (svc, n, p) = (port.svc, &port.n, port.p);
         for ip in &svc.load_balancer_ips {
-            if has_endpoints {
+            if port.has_endpoints {
                 dst_rule(
                     &mut f.nat_services,
                     "KUBE-SERVICES",
-                    &[&n, " loadbalancer IP"],
+                    &[n, " loadbalancer IP"],
                     p,
                     *ip,
                     svc.port,
-                    lb_chain,
+                    port.lb_chain(),
                 );
             }
-            if uses_fw_chain {
+            if port.uses_fw_chain {
                 dst_rule(
                     &mut f.filter_firewall,
                     "KUBE-PROXY-FIREWALL",
-                    &[&n, " traffic not accepted by ", &ch.fw],
+                    &[n, " traffic not accepted by ", &port.ch.fw],
                     p,
                     *ip,
                     svc.port,
                     "DROP",
                 );
             }
-            if !has_external {
+            if !port.has_external {
                 dst_rule(
                     &mut f.filter_external,
                     "KUBE-EXTERNAL-SERVICES",
-                    &verdict_comment,
+                    &port.verdict_comment(),
                     p,
                     *ip,
                     svc.port,
-                    verdict_target,
+                    port.verdict_target,
                 );
             }
         }
+    }
 
-        // 4. Node port.
-        if svc.node_port != 0 {
-            if has_endpoints {
-                let o = &mut f.nat_nodeports;
-                o.push_str("-A KUBE-NODEPORTS");
-                comment(o, &n);
-                let _ = write!(o, " -m {p} -p {p} --dport {}", svc.node_port);
-                jump(o, &ch.ext);
-            }
-            if !has_external {
-                let o = &mut f.filter_external;
-                o.push_str("-A KUBE-EXTERNAL-SERVICES");
-                comment_parts(o, &verdict_comment);
-                let _ = write!(
-                    o,
-                    " -m addrtype --dst-type LOCAL -m {p} -p {p} --dport {}",
-                    svc.node_port
-                );
-                jump(o, verdict_target);
-            }
+    /// 4. The node port: `KUBE-NODEPORTS` to `KUBE-EXT-`, and the verdict
+    /// on local destinations.
+    fn node_port(port: &Port<'_>, f: &mut Fragment) {
+        let (svc, n, p) = (port.svc, &port.n, port.p);
+        if svc.node_port == 0 {
+            return;
         }
-
-        // 5. Health-check node port.
-        if svc.health_check_node_port != 0 {
-            let o = &mut f.filter_nodeports;
+        if port.has_endpoints {
+            let o = &mut f.nat_nodeports;
             o.push_str("-A KUBE-NODEPORTS");
-            comment_parts(o, &[&n, " health check node port"]);
-            let _ = write!(o, " -m tcp -p tcp --dport {}", svc.health_check_node_port);
-            jump(o, "ACCEPT");
+            comment(o, n);
+            let _ = write!(o, " -m {p} -p {p} --dport {}", svc.node_port);
+            jump(o, &port.ch.ext);
         }
+        if !port.has_external {
+            let o = &mut f.filter_external;
+            o.push_str("-A KUBE-EXTERNAL-SERVICES");
+            comment_parts(o, &port.verdict_comment());
+            let _ = write!(
+                o,
+                " -m addrtype --dst-type LOCAL -m {p} -p {p} --dport {}",
+                svc.node_port
+            );
+            jump(o, port.verdict_target);
+        }
+    }
 
-        // 7. Internal masquerade, at the head of the internal chain.
+    /// 5. The health-check node port is accepted.
+    fn health_check_node_port(port: &Port<'_>, f: &mut Fragment) {
+        let svc = port.svc;
+        if svc.health_check_node_port == 0 {
+            return;
+        }
+        let o = &mut f.filter_nodeports;
+        o.push_str("-A KUBE-NODEPORTS");
+        comment_parts(o, &[&port.n, " health check node port"]);
+        let _ = write!(o, " -m tcp -p tcp --dport {}", svc.health_check_node_port);
+        jump(o, "ACCEPT");
+    }
+
+    /// 7. The internal masquerade rule, for the head of the internal
+    /// chain (non-local sources to the cluster IP are marked).
+    fn internal_masquerade(&self, port: &Port<'_>) -> String {
         let mut masq = String::new();
-        if has_internal
+        if port.has_internal
             && (self.cfg.masquerade_all || self.cfg.local_detector != LocalDetector::None)
         {
-            let _ = write!(masq, "-A {internal_chain}");
-            comment_parts(&mut masq, &[&n, " cluster IP"]);
-            match_dst(&mut masq, p, svc.cluster_ip, svc.port);
+            let _ = write!(masq, "-A {}", port.internal_chain());
+            comment_parts(&mut masq, &[&port.n, " cluster IP"]);
+            match_dst(&mut masq, port.p, port.svc.cluster_ip, port.svc.port);
             if !self.cfg.masquerade_all {
                 self.local_match(&mut masq, true);
             }
             jump(&mut masq, names::KUBE_MARK_MASQ);
         }
+        masq
+    }
 
-        // 8. External traffic chain.
-        if uses_ext_chain {
-            let mut o = String::new();
-            let ext = &ch.ext;
-            if !svc.external_policy_local {
-                let _ = write!(o, "-A {ext}");
-                comment_parts(
-                    &mut o,
-                    &["masquerade traffic for ", &n, " external destinations"],
-                );
-                jump(&mut o, names::KUBE_MARK_MASQ);
-            } else {
-                if self.cfg.local_detector != LocalDetector::None {
-                    let _ = write!(o, "-A {ext}");
-                    comment_parts(&mut o, &["pod traffic for ", &n, " external destinations"]);
-                    self.local_match(&mut o, false);
-                    jump(&mut o, &ch.svc);
-                }
-                let _ = write!(o, "-A {ext}");
-                comment_parts(
-                    &mut o,
-                    &[
-                        "masquerade LOCAL traffic for ",
-                        &n,
-                        " external destinations",
-                    ],
-                );
-                o.push_str(" -m addrtype --src-type LOCAL");
-                jump(&mut o, names::KUBE_MARK_MASQ);
-                let _ = write!(o, "-A {ext}");
-                comment_parts(
-                    &mut o,
-                    &["route LOCAL traffic for ", &n, " external destinations"],
-                );
-                o.push_str(" -m addrtype --src-type LOCAL");
-                jump(&mut o, &ch.svc);
-            }
-            if has_external {
-                let _ = write!(o, "-A {ext}");
-                jump(&mut o, external_policy_chain);
-            }
-            f.push_chain(ext, &o);
+    /// 8. `KUBE-EXT-`: masquerade (Cluster policy), or for eTP Local pod
+    /// and node traffic to the cluster chain, the rest to `KUBE-SVL-`.
+    fn external_chain(&self, port: &Port<'_>, f: &mut Fragment) {
+        if !port.uses_ext_chain {
+            return;
         }
-
-        // 9. Firewall chain.
-        if uses_fw_chain {
-            let mut o = String::new();
-            let mut allow_from_node = false;
-            for src in &svc.load_balancer_source_ranges {
-                let _ = write!(o, "-A {}", ch.fw);
-                comment_parts(&mut o, &[&n, " loadbalancer IP"]);
-                let _ = write!(o, " -s {src}");
-                jump(&mut o, &ch.ext);
-                allow_from_node |= self.cfg.node_ips.iter().any(|ip| src.contains(ip));
-            }
-            if allow_from_node {
-                for ip in &svc.load_balancer_ips {
-                    let _ = write!(o, "-A {}", ch.fw);
-                    comment_parts(&mut o, &[&n, " loadbalancer IP"]);
-                    let _ = write!(o, " -s {ip}");
-                    jump(&mut o, &ch.ext);
-                }
-            }
-            let _ = write!(o, "-A {}", ch.fw);
+        let n = &port.n;
+        let mut o = String::new();
+        let ext = &port.ch.ext;
+        if !port.svc.external_policy_local {
+            let _ = write!(o, "-A {ext}");
             comment_parts(
                 &mut o,
-                &[
-                    "other traffic to ",
-                    &n,
-                    " will be dropped by KUBE-PROXY-FIREWALL",
-                ],
+                &["masquerade traffic for ", n, " external destinations"],
             );
-            o.push('\n');
-            f.push_chain(&ch.fw, &o);
+            jump(&mut o, names::KUBE_MARK_MASQ);
+        } else {
+            if self.cfg.local_detector != LocalDetector::None {
+                let _ = write!(o, "-A {ext}");
+                comment_parts(&mut o, &["pod traffic for ", n, " external destinations"]);
+                self.local_match(&mut o, false);
+                jump(&mut o, &port.ch.svc);
+            }
+            let _ = write!(o, "-A {ext}");
+            comment_parts(
+                &mut o,
+                &["masquerade LOCAL traffic for ", n, " external destinations"],
+            );
+            o.push_str(" -m addrtype --src-type LOCAL");
+            jump(&mut o, names::KUBE_MARK_MASQ);
+            let _ = write!(o, "-A {ext}");
+            comment_parts(
+                &mut o,
+                &["route LOCAL traffic for ", n, " external destinations"],
+            );
+            o.push_str(" -m addrtype --src-type LOCAL");
+            jump(&mut o, &port.ch.svc);
         }
+        if port.has_external {
+            let _ = write!(o, "-A {ext}");
+            jump(&mut o, port.external_policy_chain());
+        }
+        f.push_chain(ext, &o);
+    }
 
-        // 10. Policy chains, then 11. one chain per endpoint. Each
-        // endpoint's chain name and text are made once.
-        let key = {
-            let mut k = String::with_capacity(n.len() + 4);
-            k.push_str(&n);
-            k.push_str(p);
-            k
-        };
-        let mut seps = Seps {
-            buf: String::with_capacity(56 * k),
-            at: Vec::with_capacity(k),
-        };
-        for ep in &cat.all_reachable {
-            let start = seps.buf.len();
-            push_socket(&mut seps.buf, ep.addr);
-            let mid = seps.buf.len();
-            let hash = names::hash16_parts(&key, &seps.buf[start..mid]);
-            seps.buf.push_str("KUBE-SEP-");
-            seps.buf.extend(hash.iter().map(|&b| b as char));
-            seps.at
-                .push((ep.addr, start as u32, mid as u32, seps.buf.len() as u32));
+    /// 9. `KUBE-FW-`: the source ranges (and the node's own addresses
+    /// when a range holds one) to `KUBE-EXT-`; the rest falls through to
+    /// `KUBE-PROXY-FIREWALL`'s drop.
+    fn firewall_chain(&self, port: &Port<'_>, f: &mut Fragment) {
+        if !port.uses_fw_chain {
+            return;
         }
-        if uses_cluster_chain {
-            let mut o = if *internal_chain == ch.svc {
-                std::mem::take(&mut masq)
+        let (svc, n, ch) = (port.svc, &port.n, &port.ch);
+        let mut o = String::new();
+        let mut allow_from_node = false;
+        for src in &svc.load_balancer_source_ranges {
+            let _ = write!(o, "-A {}", ch.fw);
+            comment_parts(&mut o, &[n, " loadbalancer IP"]);
+            let _ = write!(o, " -s {src}");
+            jump(&mut o, &ch.ext);
+            allow_from_node |= self.cfg.node_ips.iter().any(|ip| src.contains(ip));
+        }
+        if allow_from_node {
+            for ip in &svc.load_balancer_ips {
+                let _ = write!(o, "-A {}", ch.fw);
+                comment_parts(&mut o, &[n, " loadbalancer IP"]);
+                let _ = write!(o, " -s {ip}");
+                jump(&mut o, &ch.ext);
+            }
+        }
+        let _ = write!(o, "-A {}", ch.fw);
+        comment_parts(
+            &mut o,
+            &[
+                "other traffic to ",
+                n,
+                " will be dropped by KUBE-PROXY-FIREWALL",
+            ],
+        );
+        o.push('\n');
+        f.push_chain(&ch.fw, &o);
+    }
+
+    /// 10. `KUBE-SVC-` and `KUBE-SVL-`: affinity, then random choice
+    /// among the policy's endpoints; the internal chain starts with the
+    /// masquerade rule.
+    fn policy_chains(&mut self, port: &Port<'_>, f: &mut Fragment, masq: &mut String, seps: &Seps) {
+        let ch = &port.ch;
+        let internal_is = |chain: &str| port.internal_chain() == chain;
+        if !port.cat.cluster().is_empty() && port.svc.uses_cluster_endpoints() {
+            let mut o = if internal_is(&ch.svc) {
+                std::mem::take(masq)
             } else {
                 String::new()
             };
-            self.endpoint_rules(&mut o, &n, svc, &ch.svc, cluster, &seps);
+            self.endpoint_rules(&mut o, &port.n, port.svc, &ch.svc, port.cat.cluster(), seps);
             f.push_chain(&ch.svc, &o);
         }
-        if uses_local_chain {
-            let mut o = if *internal_chain == ch.svl {
-                std::mem::take(&mut masq)
+        if !port.cat.local().is_empty() && port.svc.uses_local_endpoints() {
+            let mut o = if internal_is(&ch.svl) {
+                std::mem::take(masq)
             } else {
                 String::new()
             };
-            self.endpoint_rules(&mut o, &n, svc, &ch.svl, local, &seps);
+            self.endpoint_rules(&mut o, &port.n, port.svc, &ch.svl, port.cat.local(), seps);
             f.push_chain(&ch.svl, &o);
         }
-        for ep in &cat.all_reachable {
-            let (sep, text) = sep_of(&seps, ep);
-            // Written straight into the fragment (most of the bytes).
+    }
+
+    /// 11. One `KUBE-SEP-` chain per reachable endpoint: hairpin
+    /// masquerade, then DNAT (with `recent --set` for affinity). Written
+    /// straight into the fragment: most of the ruleset's bytes.
+    fn endpoint_chains(&self, port: &Port<'_>, f: &mut Fragment, seps: &Seps) {
+        let (n, p) = (&port.n, port.p);
+        for ep in &port.cat.all_reachable {
+            let (sep, text) = sep_of(seps, ep);
             let o = &mut f.bodies;
             o.push_str("-A ");
             o.push_str(sep);
             if !self.large {
-                comment(o, &n);
+                comment(o, n);
             }
             o.push_str(" -s ");
             push_ip(o, ep.ip());
@@ -333,9 +433,9 @@ impl Renderer<'_> {
             o.push_str("-A ");
             o.push_str(sep);
             if !self.large {
-                comment(o, &n);
+                comment(o, n);
             }
-            if svc.sticky_seconds().is_some() {
+            if port.svc.sticky_seconds().is_some() {
                 o.push_str(" -m recent --name ");
                 o.push_str(sep);
                 o.push_str(" --set");
@@ -350,8 +450,6 @@ impl Renderer<'_> {
             f.names.push_str(sep);
             f.ends.push((f.names.len() as u32, f.bodies.len() as u32));
         }
-        f.count();
-        Ok(f)
     }
 
     fn endpoint_rules(
@@ -402,6 +500,33 @@ struct Seps {
     buf: String,
     /// Address, then where its text starts, its chain name starts, ends.
     at: Vec<(SocketAddr, u32, u32, u32)>,
+}
+
+impl Seps {
+    /// The chain name and text of every reachable endpoint, each made
+    /// once.
+    fn of(port: &Port<'_>) -> Seps {
+        let (n, p) = (&port.n, port.p);
+        let k = port.cat.all_reachable.len();
+        let mut key = String::with_capacity(n.len() + 4);
+        key.push_str(n);
+        key.push_str(p);
+        let mut seps = Seps {
+            buf: String::with_capacity(56 * k),
+            at: Vec::with_capacity(k),
+        };
+        for ep in &port.cat.all_reachable {
+            let start = seps.buf.len();
+            push_socket(&mut seps.buf, ep.addr);
+            let mid = seps.buf.len();
+            let hash = names::hash16_parts(&key, &seps.buf[start..mid]);
+            seps.buf.push_str("KUBE-SEP-");
+            seps.buf.extend(hash.iter().map(|&b| b as char));
+            seps.at
+                .push((ep.addr, start as u32, mid as u32, seps.buf.len() as u32));
+        }
+        seps
+    }
 }
 
 fn sep_of<'s>(seps: &'s Seps, ep: &Endpoint) -> (&'s str, &'s str) {
