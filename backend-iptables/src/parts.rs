@@ -112,7 +112,7 @@ impl Parts {
 mod tests {
     use super::*;
     use proxier_core::{ChangeTracker, IpFamily, Protocol};
-    use proxier_testbed::objects::{ep, service, slice};
+    use proxier_testbed::{ep, service, slice};
 
     fn snap() -> Snapshot {
         let mut t = ChangeTracker::new(IpFamily::V4, "node-1");

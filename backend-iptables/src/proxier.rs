@@ -29,10 +29,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use proxier_core::{IpFamily, Proxier, ProxierError, SyncRequest, SyncStats};
 
-use proxier_netfilter::owned::{self, builtin_chains, target};
 use proxier_netfilter::{
     ConfigError, Conntrack, ExecError, Iptables, StaleFlows, Sysctl, Variant, clean_stale,
 };
+use proxier_netfilter::{builtin_chains, census_drift, rule_target as target};
 
 use crate::names;
 use crate::parts::{self, Parts};
@@ -566,7 +566,7 @@ impl IptablesProxier {
                 .filter(|(t, _, _)| *t == table)
                 .map(|(_, from, rule)| (*from, *rule))
                 .collect();
-            if let Some(found) = owned::differs(table, &census, chains.iter().copied(), &jumps) {
+            if let Some(found) = census_drift(table, &census, chains.iter().copied(), &jumps) {
                 return Ok(Some(found));
             }
         }

@@ -15,7 +15,7 @@ use proxier_core::{
     TrafficPolicy,
 };
 use proxier_netfilter::LocalDetector;
-use proxier_testbed::objects::{ep, service, slice};
+use proxier_testbed::{ep, service, slice};
 
 const TCP: Protocol = Protocol::Tcp;
 

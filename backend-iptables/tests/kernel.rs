@@ -8,8 +8,8 @@ use std::sync::Arc;
 use backend_iptables::{Config, IptablesProxier};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, SyncRequest};
 use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, Variant};
-use proxier_testbed::objects::{ep, service, slice};
 use proxier_testbed::{Netns, NsRuntime};
+use proxier_testbed::{ep, service, slice};
 
 const P: [(&str, u16, Protocol); 2] = [("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)];
 

@@ -8,10 +8,10 @@ use std::sync::Arc;
 
 use backend_iptables::{Config, IptablesProxier, is_owned_chain};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, SyncRequest};
-use proxier_netfilter::conntrack::{TCP, UDP};
-use proxier_netfilter::fake::{FakeConntrack, FakeIptables, FakeSysctl};
+use proxier_netfilter::{FakeConntrack, FakeIptables, FakeSysctl};
 use proxier_netfilter::{Flow, FlowTuple, LocalDetector, Variant};
-use proxier_testbed::objects::{ep, service, slice};
+use proxier_netfilter::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
+use proxier_testbed::{ep, service, slice};
 
 const P: [(&str, u16, Protocol); 2] = [("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)];
 
@@ -280,7 +280,7 @@ async fn drift_is_found_by_a_verifying_sync_and_repaired() {
             .into_iter()
             .find(|c| c.starts_with("KUBE-SEP-"))
             .unwrap();
-        type Tamper = Box<dyn Fn(&mut proxier_netfilter::fake::Table)>;
+        type Tamper = Box<dyn Fn(&mut proxier_netfilter::FakeTable)>;
         let cases: Vec<(&str, &str, &str, Tamper)> = vec![
             (
                 "nat",

@@ -9,7 +9,7 @@ use ipnet::IpNet;
 use proxier_core::IpFamily;
 use proxier_netfilter::{ConfigError, Masquerade};
 
-use crate::client::Timeouts;
+use ipvs_netlink::Timeouts;
 
 /// The dummy interface kube-proxy binds service addresses to.
 pub const DUMMY: &str = "kube-ipvs0";

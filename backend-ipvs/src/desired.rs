@@ -9,8 +9,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use proxier_core::{Endpoint, IpFamily, Protocol, ServicePort, Snapshot};
 
-use crate::codec::{Dest, IP_VS_SVC_F_PERSISTENT, Service};
 use crate::sets::Set;
+use ipvs_netlink::ip_vs::IP_VS_SVC_F_PERSISTENT;
+use ipvs_netlink::{Dest, Service};
 
 /// `IP_VS_SVC_F_SCHED1`, which kube-proxy sets for `mh`
 /// (`FlagSourceHash`).

@@ -4,12 +4,11 @@
 //! service port (`ipvsadm -a` failed) from a missing `kube-ipvs0`
 //! address (`ip addr add` failed) without parsing text.
 
-use std::fmt;
-use std::net::IpAddr;
-
 use proxier_core::ServicePortName;
+use std::fmt;
 
-use crate::client::IpvsError;
+use crate::kernel::{IpsetError, LinkError};
+use ipvs_netlink::IpvsError;
 
 /// One failed step.
 #[derive(Debug, thiserror::Error)]
@@ -36,16 +35,11 @@ pub enum Failure {
     },
     /// An address of the dummy interface (`ip addr add|del IP dev kube-ipvs0`)
     /// or the interface itself (`ip link del`).
-    #[error("{command}: {source}")]
-    Link {
-        /// The equivalent command.
-        command: String,
-        /// The address, when the step was about one.
-        ip: Option<IpAddr>,
-        /// What rtnetlink answered.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// `ipset save` or `ipset restore` (a cleanup's).
+    #[error(transparent)]
+    Ipset(#[from] IpsetError),
     /// Another step of a cleanup (`iptables`, `ipset`), by its command.
     #[error("{command}: {source}")]
     Step {
@@ -106,18 +100,20 @@ mod tests {
     #[test]
     fn every_failure_is_listed_with_its_cause() {
         let mut f = Failures::default();
-        f.push(Failure::Link {
-            command: "ip addr add 10.96.0.1 dev kube-ipvs0".into(),
-            ip: Some("10.96.0.1".parse().unwrap()),
-            source: std::io::Error::from_raw_os_error(17),
-        });
-        f.step("ipset save", std::io::Error::other("ipset: not found"));
+        f.push(Failure::Link(LinkError::add_address(
+            "kube-ipvs0",
+            "10.96.0.1".parse().unwrap(),
+            std::io::Error::from_raw_os_error(17),
+        )));
+        f.push(Failure::Ipset(IpsetError::save(std::io::Error::other(
+            "ipset: not found",
+        ))));
         let text = f.to_string();
         assert!(
-            text.starts_with("ip addr add 10.96.0.1 dev kube-ipvs0: File exists"),
+            text.starts_with("ip addr add 10.96.0.1/32 dev kube-ipvs0: File exists"),
             "{text}"
         );
         assert!(text.ends_with("; ipset save: ipset: not found"), "{text}");
-        assert!(matches!(f.0[0], Failure::Link { ip: Some(_), .. }));
+        assert!(matches!(&f.0[0], Failure::Link(e) if e.ip.is_some()));
     }
 }

@@ -10,10 +10,11 @@ use async_trait::async_trait;
 
 use proxier_core::IpFamily;
 
-use crate::client::{IpvsError, Op, Timeouts};
-use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
 use crate::desired::{VsKey, key_of};
-use crate::kernel::{Ipset, Ipvs, Links};
+use crate::kernel::{Ipset, IpsetError, Ipvs, LinkError, Links};
+use ipvs_netlink::ip_vs::IP_VS_SVC_F_HASHED;
+use ipvs_netlink::{Dest, Service};
+use ipvs_netlink::{IpvsError, Op, Timeouts};
 
 /// A virtual server with its real servers by `(address, port)`.
 pub type VirtualServer = (Service, BTreeMap<(IpAddr, u16), Dest>);
@@ -48,8 +49,9 @@ fn kerr(op: &Op, errno: i32) -> IpvsError {
     }
 }
 
+#[async_trait]
 impl Ipvs for FakeIpvs {
-    fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
+    async fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
         let mut st = self.0.lock().expect("lock");
         let mine: Vec<(Service, Vec<Dest>)> = st
             .services
@@ -61,7 +63,7 @@ impl Ipvs for FakeIpvs {
         Ok(mine)
     }
 
-    fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError> {
+    async fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError> {
         let mut st = self.0.lock().expect("lock");
         st.sent += 1;
         st.services
@@ -70,7 +72,7 @@ impl Ipvs for FakeIpvs {
             .ok_or_else(|| kerr(&Op::DelService(svc.clone()), 3))
     }
 
-    fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
+    async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
         let mut st = self.0.lock().expect("lock");
         st.sent += ops.len() as u64;
         let mut out = Vec::new();
@@ -133,7 +135,7 @@ impl Ipvs for FakeIpvs {
         Ok(out)
     }
 
-    fn set_timeouts(&mut self, t: Timeouts) -> Result<(), IpvsError> {
+    async fn set_timeouts(&mut self, t: Timeouts) -> Result<(), IpvsError> {
         self.0.lock().expect("lock").timeouts = Some(t);
         Ok(())
     }
@@ -152,7 +154,7 @@ pub struct FakeLinks {
 
 #[async_trait]
 impl Links for FakeLinks {
-    async fn ensure_dummy(&self, name: &str) -> io::Result<()> {
+    async fn ensure_dummy(&self, name: &str) -> Result<(), LinkError> {
         self.links
             .lock()
             .expect("lock")
@@ -160,7 +162,7 @@ impl Links for FakeLinks {
             .or_default();
         Ok(())
     }
-    async fn addresses(&self, name: &str) -> io::Result<Vec<IpAddr>> {
+    async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, LinkError> {
         Ok(self
             .links
             .lock()
@@ -169,25 +171,25 @@ impl Links for FakeLinks {
             .map(|a| a.iter().copied().collect())
             .unwrap_or_default())
     }
-    async fn add_address(&self, name: &str, ip: IpAddr) -> io::Result<()> {
+    async fn add_address(&self, name: &str, ip: IpAddr) -> Result<(), LinkError> {
         let mut l = self.links.lock().expect("lock");
-        let a = l
-            .get_mut(name)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, name.to_string()))?;
+        let a = l.get_mut(name).ok_or_else(|| {
+            LinkError::add_address(name, ip, io::Error::from_raw_os_error(19 /* ENODEV */))
+        })?;
         a.insert(ip);
         Ok(())
     }
-    async fn del_address(&self, name: &str, ip: IpAddr) -> io::Result<()> {
+    async fn del_address(&self, name: &str, ip: IpAddr) -> Result<(), LinkError> {
         if let Some(a) = self.links.lock().expect("lock").get_mut(name) {
             a.remove(&ip);
         }
         Ok(())
     }
-    async fn delete(&self, name: &str) -> io::Result<()> {
+    async fn delete(&self, name: &str) -> Result<(), LinkError> {
         self.links.lock().expect("lock").remove(name);
         Ok(())
     }
-    async fn node_addresses(&self, except: &str) -> io::Result<Vec<IpAddr>> {
+    async fn node_addresses(&self, except: &str) -> Result<Vec<IpAddr>, LinkError> {
         Ok(self
             .links
             .lock()
@@ -210,7 +212,7 @@ pub struct FakeIpset {
 
 #[async_trait]
 impl Ipset for FakeIpset {
-    async fn save(&self) -> io::Result<String> {
+    async fn save(&self) -> Result<String, IpsetError> {
         let mut out = String::new();
         for (name, (create, entries)) in self.sets.lock().expect("lock").iter() {
             out.push_str(create);
@@ -222,7 +224,7 @@ impl Ipset for FakeIpset {
         Ok(out)
     }
 
-    async fn restore(&self, input: &str) -> io::Result<()> {
+    async fn restore(&self, input: &str) -> Result<(), IpsetError> {
         self.restores.lock().expect("lock").push(input.to_string());
         let mut sets = self.sets.lock().expect("lock");
         for line in input.lines() {
@@ -233,9 +235,9 @@ impl Ipset for FakeIpset {
                         .or_insert_with(|| (line.to_string(), BTreeSet::new()));
                 }
                 ["add", name, e] | ["del", name, e] => {
-                    let set = sets
-                        .get_mut(*name)
-                        .ok_or_else(|| io::Error::other(format!("no set {name}")))?;
+                    let set = sets.get_mut(*name).ok_or_else(|| {
+                        IpsetError::restore(io::Error::other(format!("no set {name}")))
+                    })?;
                     if w[0] == "add" {
                         set.1.insert(e.to_string());
                     } else {
@@ -245,7 +247,11 @@ impl Ipset for FakeIpset {
                 ["destroy", name] => {
                     sets.remove(*name);
                 }
-                _ => return Err(io::Error::other(format!("bad line {line:?}"))),
+                _ => {
+                    return Err(IpsetError::restore(io::Error::other(format!(
+                        "bad line {line:?}"
+                    ))));
+                }
             }
         }
         Ok(())

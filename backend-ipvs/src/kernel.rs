@@ -3,7 +3,7 @@
 //!
 //! | seam | real | check by hand |
 //! |---|---|---|
-//! | [`Ipvs`] | [`IpvsClient`] (generic netlink) | `ipvsadm -Ln` |
+//! | [`Ipvs`] | [`IpvsNetlink`] ([`IpvsClient`] over generic netlink, on the blocking pool) | `ipvsadm -Ln` |
 //! | [`Links`] | [`Rtnl`] (rtnetlink) | `ip addr show kube-ipvs0` |
 //! | [`Ipset`] | [`IpsetCmd`] (`ipset restore` / `ipset save`) | `ipset list` |
 //!
@@ -22,41 +22,98 @@ use rtnetlink::{Handle, LinkDummy};
 
 use proxier_core::IpFamily;
 
-use crate::client::{IpvsClient, IpvsError, Op, Timeouts};
-use crate::codec::{Dest, Service};
+use ipvs_netlink::{Dest, Service};
+use ipvs_netlink::{IpvsClient, IpvsError, Op, Timeouts};
 
-/// The IPVS table.
+/// The IPVS table. Asynchronous: a real implementation must not block
+/// the runtime's workers while the kernel works through a batch
+/// ([`IpvsNetlink`] runs its socket on tokio's blocking pool).
+#[async_trait]
 pub trait Ipvs: Send + Sync + fmt::Debug {
     /// `ipvsadm -Ln`, for one family: its virtual services with their
     /// real servers (the kernel lists every family's services; the other
     /// family's real servers are not fetched, so a dual-stack node's two
     /// proxiers each read their own).
-    fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError>;
+    async fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError>;
     /// `ipvsadm -Ln -t VIP:PORT`: one service's real servers.
-    fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError>;
+    async fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError>;
     /// Runs `ops` in order, batched; one result per op.
-    fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError>;
+    async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError>;
     /// `ipvsadm --set`.
-    fn set_timeouts(&mut self, t: Timeouts) -> Result<(), IpvsError>;
+    async fn set_timeouts(&mut self, t: Timeouts) -> Result<(), IpvsError>;
     /// Netlink messages sent so far.
     fn messages_sent(&self) -> u64;
 }
 
-impl Ipvs for IpvsClient {
-    fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
-        self.dump_where(|s| family.matches(&s.addr))
+/// [`Ipvs`] over generic netlink: the blocking [`IpvsClient`], each call
+/// run on tokio's blocking pool (`spawn_blocking`) so that a sync of
+/// 100,000 real servers (seconds of kernel time) does not hold up the
+/// health server, the metrics or the other family's sync on the same
+/// workers. The socket keeps the network namespace it was opened in,
+/// whatever thread uses it. The client is shared with the call in
+/// flight, so a caller that gives up on a call (drops its future) loses
+/// nothing: the call finishes on the pool and the next one waits for it.
+#[derive(Debug, Clone)]
+pub struct IpvsNetlink {
+    client: Arc<std::sync::Mutex<IpvsClient>>,
+    /// Messages sent, as of the last call's end.
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl IpvsNetlink {
+    /// Connects to the IPVS generic-netlink family in the current network
+    /// namespace.
+    pub fn connect() -> Result<IpvsNetlink, IpvsError> {
+        Ok(IpvsNetlink::new(IpvsClient::connect()?))
     }
-    fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError> {
-        IpvsClient::dests(self, svc)
+
+    /// Wraps a connected client.
+    pub fn new(client: IpvsClient) -> IpvsNetlink {
+        IpvsNetlink {
+            sent: Arc::new(client.messages_sent().into()),
+            client: Arc::new(std::sync::Mutex::new(client)),
+        }
     }
-    fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
-        IpvsClient::apply(self, ops)
+
+    /// Runs `f` on the client on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut IpvsClient) -> Result<T, IpvsError> + Send + 'static,
+    ) -> Result<T, IpvsError> {
+        let (client, sent) = (self.client.clone(), self.sent.clone());
+        tokio::task::spawn_blocking(move || {
+            // A panicked call leaves the client as it was: usable.
+            let mut c = client.lock().unwrap_or_else(|p| p.into_inner());
+            let r = f(&mut c);
+            sent.store(c.messages_sent(), std::sync::atomic::Ordering::Relaxed);
+            r
+        })
+        .await
+        .map_err(|_| IpvsError::Lost)?
     }
-    fn set_timeouts(&mut self, t: Timeouts) -> Result<(), IpvsError> {
-        IpvsClient::set_timeouts(self, t)
+}
+
+#[async_trait]
+impl Ipvs for IpvsNetlink {
+    async fn dump(&mut self, family: IpFamily) -> Result<Vec<(Service, Vec<Dest>)>, IpvsError> {
+        self.blocking(move |c| c.dump_where(|s| family.matches(&s.addr)))
+            .await
+    }
+    async fn dests(&mut self, svc: &Service) -> Result<Vec<Dest>, IpvsError> {
+        let svc = svc.clone();
+        self.blocking(move |c| c.dests(&svc)).await
+    }
+    async fn apply(&mut self, ops: &[Op]) -> Result<Vec<Result<(), IpvsError>>, IpvsError> {
+        // A copy for the blocking pool: small next to the kernel's work
+        // (one allocation per op, against one netlink message per op).
+        let ops = ops.to_vec();
+        self.blocking(move |c| c.apply(&ops)).await
+    }
+    async fn set_timeouts(&mut self, t: Timeouts) -> Result<(), IpvsError> {
+        self.blocking(move |c| c.set_timeouts(t)).await
     }
     fn messages_sent(&self) -> u64 {
-        IpvsClient::messages_sent(self)
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -66,19 +123,80 @@ impl Ipvs for IpvsClient {
 pub trait Links: Send + Sync + fmt::Debug {
     /// `ip link add NAME type dummy` unless it exists; `ip link set up`
     /// is not needed (IPVS intercepts in INPUT).
-    async fn ensure_dummy(&self, name: &str) -> io::Result<()>;
+    async fn ensure_dummy(&self, name: &str) -> Result<(), LinkError>;
     /// `ip -o addr show dev NAME`: its addresses (empty when it does not
     /// exist).
-    async fn addresses(&self, name: &str) -> io::Result<Vec<IpAddr>>;
+    async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, LinkError>;
     /// `ip addr add IP/32 dev NAME` (or /128); an existing one is fine.
-    async fn add_address(&self, name: &str, ip: IpAddr) -> io::Result<()>;
-    /// `ip addr del IP dev NAME`; a missing one is fine.
-    async fn del_address(&self, name: &str, ip: IpAddr) -> io::Result<()>;
+    async fn add_address(&self, name: &str, ip: IpAddr) -> Result<(), LinkError>;
+    /// `ip addr del IP/32 dev NAME` (or /128); a missing one is fine.
+    async fn del_address(&self, name: &str, ip: IpAddr) -> Result<(), LinkError>;
     /// `ip link del NAME`; a missing one is fine.
-    async fn delete(&self, name: &str) -> io::Result<()>;
+    async fn delete(&self, name: &str) -> Result<(), LinkError>;
     /// Every address on every interface except `except` (the node's
     /// addresses, for node ports): `ip -o addr`.
-    async fn node_addresses(&self, except: &str) -> io::Result<Vec<IpAddr>>;
+    async fn node_addresses(&self, except: &str) -> Result<Vec<IpAddr>, LinkError>;
+}
+
+/// A [`Links`] step failed: the equivalent `ip` command, the address it
+/// was about, and what the kernel answered.
+#[derive(Debug, thiserror::Error)]
+#[error("{command}: {source}")]
+pub struct LinkError {
+    /// The equivalent command (`ip addr add 10.96.0.1/32 dev kube-ipvs0`).
+    pub command: String,
+    /// The address, when the step was about one.
+    pub ip: Option<IpAddr>,
+    /// What rtnetlink answered.
+    #[source]
+    pub source: io::Error,
+}
+
+impl LinkError {
+    /// `ip link add NAME type dummy` failed.
+    pub fn ensure_dummy(name: &str, source: io::Error) -> LinkError {
+        LinkError::new(format!("ip link add {name} type dummy"), None, source)
+    }
+    /// `ip -o addr show dev NAME` failed.
+    pub fn addresses(name: &str, source: io::Error) -> LinkError {
+        LinkError::new(format!("ip -o addr show dev {name}"), None, source)
+    }
+    /// `ip addr add IP/LEN dev NAME` failed.
+    pub fn add_address(name: &str, ip: IpAddr, source: io::Error) -> LinkError {
+        LinkError::new(
+            format!("ip addr add {} dev {name}", host(ip)),
+            Some(ip),
+            source,
+        )
+    }
+    /// `ip addr del IP/LEN dev NAME` failed.
+    pub fn del_address(name: &str, ip: IpAddr, source: io::Error) -> LinkError {
+        LinkError::new(
+            format!("ip addr del {} dev {name}", host(ip)),
+            Some(ip),
+            source,
+        )
+    }
+    /// `ip link del NAME` failed.
+    pub fn delete(name: &str, source: io::Error) -> LinkError {
+        LinkError::new(format!("ip link del {name}"), None, source)
+    }
+    /// `ip -o addr` (every interface but `except`) failed.
+    pub fn node_addresses(except: &str, source: io::Error) -> LinkError {
+        LinkError::new(format!("ip -o addr (except {except})"), None, source)
+    }
+    fn new(command: String, ip: Option<IpAddr>, source: io::Error) -> LinkError {
+        LinkError {
+            command,
+            ip,
+            source,
+        }
+    }
+}
+
+/// `IP/32` or `IP/128`.
+fn host(ip: IpAddr) -> String {
+    format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 })
 }
 
 /// [`Links`] over rtnetlink, in the network namespace of the thread that
@@ -159,9 +277,8 @@ impl Rtnl {
     }
 }
 
-#[async_trait]
-impl Links for Rtnl {
-    async fn ensure_dummy(&self, name: &str) -> io::Result<()> {
+impl Rtnl {
+    async fn io_ensure_dummy(&self, name: &str) -> io::Result<()> {
         *self.index_cache.lock().expect("lock") = None;
         if self.index(name).await?.is_some() {
             return Ok(());
@@ -179,7 +296,7 @@ impl Links for Rtnl {
         }
     }
 
-    async fn addresses(&self, name: &str) -> io::Result<Vec<IpAddr>> {
+    async fn io_addresses(&self, name: &str) -> io::Result<Vec<IpAddr>> {
         let Some(idx) = self.index(name).await? else {
             return Ok(Vec::new());
         };
@@ -192,7 +309,7 @@ impl Links for Rtnl {
             .collect())
     }
 
-    async fn add_address(&self, name: &str, ip: IpAddr) -> io::Result<()> {
+    async fn io_add_address(&self, name: &str, ip: IpAddr) -> io::Result<()> {
         let idx = self
             .index(name)
             .await?
@@ -205,7 +322,7 @@ impl Links for Rtnl {
         }
     }
 
-    async fn del_address(&self, name: &str, ip: IpAddr) -> io::Result<()> {
+    async fn io_del_address(&self, name: &str, ip: IpAddr) -> io::Result<()> {
         let Some(idx) = self.index(name).await? else {
             return Ok(());
         };
@@ -221,7 +338,7 @@ impl Links for Rtnl {
         Ok(())
     }
 
-    async fn delete(&self, name: &str) -> io::Result<()> {
+    async fn io_delete(&self, name: &str) -> io::Result<()> {
         *self.index_cache.lock().expect("lock") = None;
         let Some(idx) = self.lookup(name).await? else {
             return Ok(());
@@ -229,8 +346,42 @@ impl Links for Rtnl {
         self.handle.link().del(idx).execute().await.map_err(nl)
     }
 
-    async fn node_addresses(&self, except: &str) -> io::Result<Vec<IpAddr>> {
+    async fn io_node_addresses(&self, except: &str) -> io::Result<Vec<IpAddr>> {
         proxier_netfilter::node_addresses(Some(except)).await
+    }
+}
+
+#[async_trait]
+impl Links for Rtnl {
+    async fn ensure_dummy(&self, name: &str) -> Result<(), LinkError> {
+        self.io_ensure_dummy(name)
+            .await
+            .map_err(|e| LinkError::ensure_dummy(name, e))
+    }
+    async fn addresses(&self, name: &str) -> Result<Vec<IpAddr>, LinkError> {
+        self.io_addresses(name)
+            .await
+            .map_err(|e| LinkError::addresses(name, e))
+    }
+    async fn add_address(&self, name: &str, ip: IpAddr) -> Result<(), LinkError> {
+        self.io_add_address(name, ip)
+            .await
+            .map_err(|e| LinkError::add_address(name, ip, e))
+    }
+    async fn del_address(&self, name: &str, ip: IpAddr) -> Result<(), LinkError> {
+        self.io_del_address(name, ip)
+            .await
+            .map_err(|e| LinkError::del_address(name, ip, e))
+    }
+    async fn delete(&self, name: &str) -> Result<(), LinkError> {
+        self.io_delete(name)
+            .await
+            .map_err(|e| LinkError::delete(name, e))
+    }
+    async fn node_addresses(&self, except: &str) -> Result<Vec<IpAddr>, LinkError> {
+        self.io_node_addresses(except)
+            .await
+            .map_err(|e| LinkError::node_addresses(except, e))
     }
 }
 
@@ -239,10 +390,39 @@ impl Links for Rtnl {
 pub trait Ipset: Send + Sync + fmt::Debug {
     /// `ipset save`: every set's name with its `create` line and members,
     /// for the sets `owns` claims.
-    async fn save(&self) -> io::Result<String>;
-    /// `ipset restore` of `input` (`create`/`add`/`del`/`flush`/`destroy`
-    /// lines), all or nothing per line as the tool does.
-    async fn restore(&self, input: &str) -> io::Result<()>;
+    async fn save(&self) -> Result<String, IpsetError>;
+    /// `ipset restore -exist` of `input` (`create`/`add`/`del`/`flush`/
+    /// `destroy` lines), all or nothing per line as the tool does.
+    async fn restore(&self, input: &str) -> Result<(), IpsetError>;
+}
+
+/// An [`Ipset`] step failed: the command, and why (the tool could not be
+/// run, or what it wrote on stderr).
+#[derive(Debug, thiserror::Error)]
+#[error("{command}: {source}")]
+pub struct IpsetError {
+    /// `ipset save` or `ipset restore -exist`.
+    pub command: &'static str,
+    /// Why.
+    #[source]
+    pub source: io::Error,
+}
+
+impl IpsetError {
+    /// `ipset save` failed.
+    pub fn save(source: io::Error) -> IpsetError {
+        IpsetError {
+            command: "ipset save",
+            source,
+        }
+    }
+    /// `ipset restore -exist` failed.
+    pub fn restore(source: io::Error) -> IpsetError {
+        IpsetError {
+            command: "ipset restore -exist",
+            source,
+        }
+    }
 }
 
 /// The `ipset` tool.
@@ -256,21 +436,27 @@ pub struct IpsetCmd;
 
 #[async_trait]
 impl Ipset for IpsetCmd {
-    async fn save(&self) -> io::Result<String> {
+    async fn save(&self) -> Result<String, IpsetError> {
+        self.io_save().await.map_err(IpsetError::save)
+    }
+    async fn restore(&self, input: &str) -> Result<(), IpsetError> {
+        self.io_restore(input).await.map_err(IpsetError::restore)
+    }
+}
+
+impl IpsetCmd {
+    async fn io_save(&self) -> io::Result<String> {
         let out = tokio::process::Command::new("ipset")
             .arg("save")
             .output()
             .await?;
         if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "ipset save: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(io::Error::other(stderr_text(&out.stderr)));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    async fn restore(&self, input: &str) -> io::Result<()> {
+    async fn io_restore(&self, input: &str) -> io::Result<()> {
         use tokio::io::AsyncWriteExt;
         let mut child = tokio::process::Command::new("ipset")
             .args(["restore", "-exist"])
@@ -286,11 +472,13 @@ impl Ipset for IpsetCmd {
         let out = child.wait_with_output().await?;
         let _ = writer.await;
         if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "ipset restore: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            )));
+            return Err(io::Error::other(stderr_text(&out.stderr)));
         }
         Ok(())
     }
+}
+
+/// What a tool wrote on stderr, trimmed and escaped for a log line.
+fn stderr_text(stderr: &[u8]) -> String {
+    proxier_core::escape(String::from_utf8_lossy(stderr).trim())
 }

@@ -9,30 +9,31 @@
 //! kube-proxy finds what they expect with `ipvsadm -Ln`, `ipset list`,
 //! `ip addr show kube-ipvs0` and `iptables-save`.
 //!
-//! - [`codec`]: `ip_vs.h` constants, [`codec::Service`], [`codec::Dest`],
-//!   and [`codec::IpvsMessage`], which plugs into `netlink-packet-generic`.
-//! - [`client`]: [`IpvsClient`], the IPVS family on one netlink socket,
-//!   with batched writes; each call names its `ipvsadm` equivalent.
-//! - [`kernel`]: the seams ([`kernel::Ipvs`], [`kernel::Links`],
-//!   [`kernel::Ipset`]) and the real implementations.
-//! - `fake` (feature `testing`): in-memory seams for unit tests.
-//! - [`desired`]: what one service port asks of the kernel (pure).
-//! - [`sets`]: kube-proxy's ipsets and the `ipset restore` diff (pure).
-//! - [`rules`]: the companion iptables rules (pure), written through
-//!   `proxier_netfilter::owned`.
-//! - [`proxier`]: [`IpvsProxier`]: full syncs against one dump of the
-//!   kernel, partial syncs of the changed services only, graceful
-//!   termination, restart adoption, `cleanup`.
+//! - IPVS itself is spoken by the `ipvs-netlink` crate ([`IpvsClient`],
+//!   [`Service`], [`Dest`], re-exported as [`ipvs_netlink`]), which
+//!   depends on nothing else in the workspace and is usable alone.
+//! - The seams ([`Ipvs`], [`Links`], [`Ipset`]) and the real
+//!   implementations: [`IpvsNetlink`] runs the blocking client on tokio's
+//!   blocking pool, [`Rtnl`] is rtnetlink, [`IpsetCmd`] the `ipset` tool.
+//!   Each seam's error says what it was doing ([`IpvsError`],
+//!   [`LinkError`], [`IpsetError`]).
+//! - Fakes (feature `testing`): in-memory seams for unit tests
+//!   (`FakeIpvs`, `FakeLinks`, `FakeIpset`).
+//! - What one service port asks of the kernel ([`contribution`], pure).
+//! - kube-proxy's ipsets ([`Set`]) and the `ipset restore` diff (pure).
+//! - The companion iptables rules (pure), written through
+//!   `proxier_netfilter::write_owned`.
+//! - [`IpvsProxier`]: full syncs against one dump of the kernel, partial
+//!   syncs of the changed services only, graceful termination, restart
+//!   adoption, `cleanup`.
 //!
-//! [`codec`] and [`client`] depend on nothing else in the workspace: they
-//! could be published on their own.
+//! The modules are private: the `pub use` list below is the crate's
+//! whole public surface.
 //!
 //! ## Dependencies, and why
 //!
-//! - No maintained IPVS crate exists (the `ipvs` crate is a placeholder),
-//!   so the messages are ours; the framing and the socket are the
-//!   rust-netlink crates' (`netlink-packet-core`, `netlink-packet-generic`,
-//!   `netlink-sys`).
+//! - `ipvs-netlink` (ours, in this workspace) for IPVS: no maintained IPVS
+//!   crate exists (the `ipvs` crate is a placeholder); see its docs.
 //! - `rtnetlink` (with `netlink-packet-route`) for `kube-ipvs0` and its
 //!   addresses: the rust-netlink project's route client, no `ip` process
 //!   per address.
@@ -50,22 +51,23 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod client;
-pub mod codec;
 mod config;
 mod desired;
 mod failure;
 #[cfg(any(test, feature = "testing"))]
-pub mod fake;
+mod fake;
 mod kernel;
 mod proxier;
 mod rules;
 mod sets;
 
-pub use client::{IpvsClient, IpvsError, Op, Timeouts};
 pub use config::{Config, DUMMY};
 pub use desired::{Contribution, Settings, VsKey, contribution};
 pub use failure::{Failure, Failures};
-pub use kernel::{Ipset, IpsetCmd, Ipvs, Links, Rtnl};
+#[cfg(any(test, feature = "testing"))]
+pub use fake::{FakeIpset, FakeIpvs, FakeLinks, IpvsState, SetState, VirtualServer};
+pub use ipvs_netlink;
+pub use ipvs_netlink::{Dest, IpvsClient, IpvsError, Op, Service, Timeouts};
+pub use kernel::{Ipset, IpsetCmd, IpsetError, Ipvs, IpvsNetlink, LinkError, Links, Rtnl};
 pub use proxier::{IpvsProxier, Kernel, SyncReport};
 pub use sets::Set;

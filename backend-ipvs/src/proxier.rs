@@ -24,20 +24,21 @@ use async_trait::async_trait;
 use proxier_core::{
     IpFamily, Proxier, ProxierError, ServicePortName, Snapshot, SyncRequest, SyncStats,
 };
-use proxier_netfilter::owned::{self, TableRules};
 use proxier_netfilter::{
     Conntrack, ConntrackNetlink, Iptables, IptablesCmd, ProcSys, StaleFlows, Sysctl, clean_stale,
 };
+use proxier_netfilter::{TableRules, owned_drift, remove_owned, write_owned};
 use tracing::{debug, info, warn};
 
-use crate::client::{IpvsClient, IpvsError, Op};
-use crate::codec::{Dest, IP_VS_SVC_F_HASHED, Service};
 use crate::config::Config;
 use crate::desired::{Contribution, Settings, VsKey, key_of};
 use crate::failure::{Failure, Failures};
-use crate::kernel::{Ipset, IpsetCmd, Ipvs, Links, Rtnl};
+use crate::kernel::{Ipset, IpsetCmd, Ipvs, IpvsNetlink, Links, Rtnl};
 use crate::rules;
 use crate::sets::{self, Entries, Set};
+use ipvs_netlink::ip_vs::IP_VS_SVC_F_HASHED;
+use ipvs_netlink::{Dest, Service};
+use ipvs_netlink::{IpvsClient, Op};
 
 /// The kernel seams.
 #[derive(Debug)]
@@ -76,7 +77,7 @@ impl Kernel {
         let links = Rtnl::new().map_err(|e| perr("rtnetlink", e))?;
         let conntrack = ConntrackNetlink::new().map_err(|e| perr("conntrack", e))?;
         Ok(Kernel {
-            ipvs: Box::new(ipvs),
+            ipvs: Box::new(IpvsNetlink::new(ipvs)),
             links: Arc::new(links),
             ipset: Arc::new(IpsetCmd),
             iptables: Arc::new(iptables),
@@ -243,12 +244,13 @@ impl IpvsProxier {
             .links
             .ensure_dummy(&self.cfg.dummy)
             .await
-            .map_err(|e| perr(&format!("ip link add {} type dummy", self.cfg.dummy), e))?;
+            .map_err(|e| perr("creating the dummy interface", e))?;
         let t = self.cfg.timeouts;
         if t.tcp > 0 || t.tcp_fin > 0 || t.udp > 0 {
             self.k
                 .ipvs
                 .set_timeouts(t)
+                .await
                 .map_err(|e| perr("ipvsadm --set", e))?;
         }
         self.initialized = true;
@@ -262,7 +264,7 @@ impl IpvsProxier {
                 .links
                 .node_addresses(&self.cfg.dummy)
                 .await
-                .map_err(|e| perr("ip addr (node addresses)", e))?
+                .map_err(|e| perr("reading the node's addresses", e))?
         } else {
             self.cfg.node_ips.clone()
         };
@@ -398,12 +400,12 @@ impl IpvsProxier {
             warn!("iptables rules of the IPVS proxier were removed outside it; writing them again");
         }
         // nat first, then filter, as kube-proxy.
-        owned::replace(&*self.k.iptables, "nat", &nat, &|c| rules::owns("nat", c))
+        write_owned(&*self.k.iptables, "nat", &nat, &|c| rules::owns("nat", c))
             .await
             .map_err(|e| {
                 perr("iptables-restore (nat)", e).refused(proxier_core::Refused::IptablesRestore)
             })?;
-        owned::replace(&*self.k.iptables, "filter", &filter, &|c| {
+        write_owned(&*self.k.iptables, "filter", &filter, &|c| {
             rules::owns("filter", c)
         })
         .await
@@ -417,28 +419,20 @@ impl IpvsProxier {
 
     async fn rules_in_place(&self, nat: &TableRules, filter: &TableRules) -> bool {
         let ipt = &*self.k.iptables;
-        matches!(owned::drift(ipt, "nat", nat).await, Ok(None))
-            && matches!(owned::drift(ipt, "filter", filter).await, Ok(None))
+        matches!(owned_drift(ipt, "nat", nat).await, Ok(None))
+            && matches!(owned_drift(ipt, "filter", filter).await, Ok(None))
     }
 
     async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Failures) {
         let dummy = self.cfg.dummy.clone();
         for ip in add {
             if let Err(e) = self.k.links.add_address(&dummy, *ip).await {
-                errors.push(Failure::Link {
-                    command: format!("ip addr add {ip} dev {dummy}"),
-                    ip: Some(*ip),
-                    source: e,
-                });
+                errors.push(Failure::Link(e));
             }
         }
         for ip in del {
             if let Err(e) = self.k.links.del_address(&dummy, *ip).await {
-                errors.push(Failure::Link {
-                    command: format!("ip addr del {ip} dev {dummy}"),
-                    ip: Some(*ip),
-                    source: e,
-                });
+                errors.push(Failure::Link(e));
             }
         }
         self.report.address_changes += add.len() + del.len();
@@ -597,21 +591,21 @@ impl Proxier for IpvsProxier {
             Ok(s) => s.node_ips,
             Err(_) => Vec::new(),
         };
-        match self.k.ipvs.dump(self.cfg.family) {
+        match self.k.ipvs.dump(self.cfg.family).await {
             Ok(dump) => {
                 let ops: Vec<Op> = dump
                     .into_iter()
                     .filter(|(s, _)| self.owned_vs(s, &bound, &node_ips))
                     .map(|(s, _)| Op::DelService(s))
                     .collect();
-                if let Err(e) = self.run_ops(&ops, &mut errors) {
+                if let Err(e) = self.run_ops(&ops, &mut errors).await {
                     errors.step("ipvsadm -D (every owned virtual server)", e);
                 }
             }
             Err(e) => errors.step("ipvsadm -Ln", e),
         }
         for t in ["nat", "filter"] {
-            if let Err(e) = owned::remove(&*self.k.iptables, t, &|c| rules::owns(t, c)).await {
+            if let Err(e) = remove_owned(&*self.k.iptables, t, &|c| rules::owns(t, c)).await {
                 errors.step(format!("iptables -t {t} (owned chains)"), e);
             }
         }
@@ -622,10 +616,10 @@ impl Proxier for IpvsProxier {
                 if !input.is_empty()
                     && let Err(e) = self.k.ipset.restore(&input).await
                 {
-                    errors.step("ipset restore (destroy owned sets)", e);
+                    errors.push(Failure::Ipset(e));
                 }
             }
-            Err(e) => errors.step("ipset save", e),
+            Err(e) => errors.push(Failure::Ipset(e)),
         }
         // `kube-ipvs0` is shared by both families' proxiers on a
         // dual-stack node: while the other family still has service
@@ -642,19 +636,11 @@ impl Proxier for IpvsProxier {
                 .filter(|ip| fam.matches(ip) && service_addr(ip))
             {
                 if let Err(e) = self.k.links.del_address(&self.cfg.dummy, *ip).await {
-                    errors.push(Failure::Link {
-                        command: format!("ip addr del {ip} dev {}", self.cfg.dummy),
-                        ip: Some(*ip),
-                        source: e,
-                    });
+                    errors.push(Failure::Link(e));
                 }
             }
         } else if let Err(e) = self.k.links.delete(&self.cfg.dummy).await {
-            errors.push(Failure::Link {
-                command: format!("ip link del {}", self.cfg.dummy),
-                ip: None,
-                source: e,
-            });
+            errors.push(Failure::Link(e));
         }
         self.kernel.clear();
         self.contribs.clear();
@@ -680,11 +666,5 @@ impl Proxier for IpvsProxier {
                 errors,
             ))
         }
-    }
-}
-
-impl From<IpvsError> for ProxierError {
-    fn from(e: IpvsError) -> Self {
-        perr("IPVS", e)
     }
 }

@@ -1,7 +1,7 @@
 //! The iptables rules beside IPVS (kube-proxy's `writeIptablesRules`):
 //! masquerade, node ports, source-range firewall, hairpin and the VIP
 //! access filter, all driven by the ipsets. Pure: the proxier writes the
-//! result through `proxier_netfilter::owned`, the restore code every
+//! result through `proxier_netfilter::write_owned`, the restore code every
 //! netfilter backend shares.
 //!
 //! Check by hand with `iptables-save -t nat | grep KUBE-`.
@@ -16,7 +16,7 @@ use proxier_netfilter::chains::{
     KUBE_NODE_PORT, KUBE_POSTROUTING, KUBE_PROXY_FIREWALL, KUBE_SERVICES,
     KUBE_SOURCE_RANGES_FIREWALL,
 };
-use proxier_netfilter::owned::{Jump, Position, TableRules};
+use proxier_netfilter::{Jump, Position, TableRules};
 
 use crate::sets::Set;
 

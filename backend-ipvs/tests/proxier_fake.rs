@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use backend_ipvs::codec::Dest;
-use backend_ipvs::fake::{FakeIpset, FakeIpvs, FakeLinks};
+use backend_ipvs::Dest;
 use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
+use backend_ipvs::{FakeIpset, FakeIpvs, FakeLinks};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, ServiceType, SyncRequest};
 use proxier_netfilter::Variant;
-use proxier_netfilter::fake::{FakeConntrack, FakeIptables, FakeSysctl};
-use proxier_testbed::objects::{ep, service, slice};
+use proxier_netfilter::{FakeConntrack, FakeIptables, FakeSysctl};
+use proxier_testbed::{ep, service, slice};
 
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;

@@ -14,11 +14,11 @@ use proxier_core::{
     SyncRequest, SyncStats,
 };
 use proxier_netfilter::{IptablesCmd, Variant};
-use proxier_testbed::objects::{ep, service, slice};
-use proxier_testbed::topology::{NODE_IP, NODE_IP2};
-use proxier_testbed::traffic::tcp_line;
+use proxier_testbed::tcp_line;
 use proxier_testbed::vm::delegate;
+use proxier_testbed::{NODE_IP, NODE_IP2};
 use proxier_testbed::{Plan, Topology, Where};
+use proxier_testbed::{ep, service, slice};
 
 const TCP: Protocol = Protocol::Tcp;
 const UDP: Protocol = Protocol::Udp;
@@ -395,4 +395,71 @@ fn netlink_errors_name_the_service_and_the_rest_syncs() {
             .tcp(Where::ClientPod, None, "10.96.0.30:80".parse().unwrap(), T);
         assert_eq!(o.server().map(|s| s.ip()), Some(a), "{o:?}");
     });
+}
+
+/// [`IpvsNetlink`] (the proxier's seam) runs a batch on the blocking
+/// pool: on a one-thread runtime, a timer task keeps ticking while the
+/// kernel works through 2,000 virtual servers. With the blocking client
+/// called in place, the timer could not run until the batch returned.
+#[test]
+fn a_batch_does_not_block_the_runtime() {
+    delegate("a_batch_does_not_block_the_runtime", batch_beside_a_timer);
+}
+
+fn batch_beside_a_timer() {
+    use backend_ipvs::{Ipvs, IpvsNetlink, Op};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ipvs = IpvsNetlink::connect().expect("IPVS family");
+        let ops: Vec<Op> = (0..2000u32)
+            .map(|i| {
+                Op::AddService(backend_ipvs::Service {
+                    addr: IpAddr::from([10, 97, (i / 250) as u8, (i % 250 + 1) as u8]),
+                    protocol: 6,
+                    port: 80,
+                    fwmark: 0,
+                    scheduler: "rr".into(),
+                    flags: 0,
+                    timeout: 0,
+                    netmask: u32::MAX,
+                    stats: None,
+                })
+            })
+            .collect();
+        let ticks = Arc::new(AtomicU64::new(0));
+        let t = ticks.clone();
+        let ticker = tokio::spawn(async move {
+            let mut i = tokio::time::interval(Duration::from_millis(1));
+            loop {
+                i.tick().await;
+                t.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        // Let the ticker take its first (immediate) tick.
+        tokio::task::yield_now().await;
+        let before = ticks.load(Ordering::Relaxed);
+        let sent0 = ipvs.messages_sent();
+        let results = ipvs.apply(&ops).await.expect("batch");
+        let during = ticks.load(Ordering::Relaxed) - before;
+        ticker.abort();
+        assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+        assert!(ipvs.messages_sent() >= sent0 + 2000);
+        assert!(
+            during >= 2,
+            "the timer ticked {during} times during a 2,000-op batch"
+        );
+        println!("the timer ticked {during} times during a 2,000-op batch");
+        assert_eq!(
+            ipvs.dump(proxier_core::IpFamily::V4).await.unwrap().len(),
+            2000
+        );
+    });
+    let mut c = backend_ipvs::IpvsClient::connect().unwrap();
+    c.flush().unwrap();
+    assert!(c.services().unwrap().is_empty());
 }

@@ -9,9 +9,8 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use backend_nftables::layout::full;
-use backend_nftables::nl::msg::Op;
 use backend_nftables::{Config, Expr, NfTables, NfTablesNetlink, Transaction};
+use backend_nftables::{Op, render_full as full};
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, PortSpec, Protocol, Service, SliceEndpoint, SlicePort,
 };

@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 
 use async_trait::async_trait;
-use proxier_netfilter::nfnl::NfnlSocket;
+use proxier_netfilter::NfnlSocket;
 
 use crate::nl::msg::{Family, Transaction};
 
@@ -86,7 +86,7 @@ impl NfTablesNetlink {
 #[async_trait]
 impl NfTables for NfTablesNetlink {
     async fn generation(&self) -> Result<u32, NftError> {
-        proxier_netfilter::census::generation()
+        proxier_netfilter::ruleset_generation()
             .await
             .map_err(|source| NftError::Socket {
                 what: "reading the ruleset generation",
@@ -100,7 +100,7 @@ impl NfTables for NfTablesNetlink {
         table: &str,
         chains: &[&str],
     ) -> Result<std::collections::BTreeMap<String, usize>, NftError> {
-        proxier_netfilter::census::chain_rules(family.nfproto(), table, chains, &[])
+        proxier_netfilter::nft_chain_rules(family.nfproto(), table, chains, &[])
             .await
             .map(|r| r.counts)
             .map_err(|source| NftError::Socket {

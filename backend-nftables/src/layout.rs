@@ -427,12 +427,22 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
     tx.push(Op::AddTable {
         comment: Some("rules for kube-proxy".into()),
     });
+    // kube-proxy's base chains since v1.34 (kubernetes #132456): the
+    // firewall is checked before DNAT (`dstnat - 10`); the endpoint and
+    // cluster-IP checks after it (`filter`), so that pod and node traffic
+    // an external chain short-circuits to the cluster endpoints is not
+    // dropped for having no local endpoint (kubernetes #131765).
     let bases: [(&str, &'static str, Hook, i32); 8] = [
-        ("filter-prerouting", "filter", Hook::Prerouting, -110),
-        ("filter-input", "filter", Hook::Input, -110),
-        ("filter-forward", "filter", Hook::Forward, -110),
-        ("filter-output", "filter", Hook::Output, -110),
-        ("filter-output-post-dnat", "filter", Hook::Output, -90),
+        (
+            "filter-prerouting-pre-dnat",
+            "filter",
+            Hook::Prerouting,
+            -110,
+        ),
+        ("filter-output-pre-dnat", "filter", Hook::Output, -110),
+        ("filter-forward", "filter", Hook::Forward, 0),
+        ("filter-input", "filter", Hook::Input, 0),
+        ("filter-output", "filter", Hook::Output, 0),
         ("nat-prerouting", "nat", Hook::Prerouting, -100),
         ("nat-output", "nat", Hook::Output, -100),
         ("nat-postrouting", "nat", Hook::Postrouting, 100),
@@ -466,17 +476,17 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
     }));
     let new = build::ct_new();
     for (to, from, ct) in [
+        ("firewall-check", "filter-prerouting-pre-dnat", true),
+        ("firewall-check", "filter-output-pre-dnat", true),
+        ("service-endpoints-check", "filter-forward", true),
+        ("cluster-ips-check", "filter-forward", true),
         ("nodeport-endpoints-check", "filter-input", true),
         ("service-endpoints-check", "filter-input", true),
-        ("service-endpoints-check", "filter-forward", true),
         ("service-endpoints-check", "filter-output", true),
-        ("firewall-check", "filter-prerouting", true),
-        ("firewall-check", "filter-output", true),
+        ("cluster-ips-check", "filter-output", true),
         ("services", "nat-output", false),
         ("services", "nat-prerouting", false),
         ("masquerading", "nat-postrouting", false),
-        ("cluster-ips-check", "filter-forward", true),
-        ("cluster-ips-check", "filter-output-post-dnat", true),
     ] {
         let e = if ct { new.clone() } else { Vec::new() };
         tx.push(rule(from, with(e, build::jump(to))));
@@ -816,9 +826,10 @@ fn service(cfg: &Config, snap: &Snapshot, svc: &ServicePort, f: &mut Fragment) {
 
     // Internal traffic: masquerade what does not come from a pod.
     if has_internal {
-        let mut e = build::addr_eq(svc.cluster_ip, true, CmpOp::Eq);
-        e.extend(build::l4proto(proto));
-        e.extend(build::dport(svc.port));
+        // `ip daddr CIP`, without the port: the service chain is reached
+        // for the cluster IP only through `service-ips`, which matched
+        // protocol and port (kube-proxy's rule since v1.34).
+        let e = build::addr_eq(svc.cluster_ip, true, CmpOp::Eq);
         if cfg.masquerade.masquerade_all {
             f.rule(
                 internal_chain,
@@ -867,14 +878,26 @@ fn service(cfg: &Config, snap: &Snapshot, svc: &ServicePort, f: &mut Fragment) {
         if allow_from_node {
             sources.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
         }
-        for s in &sources {
+        if let [only] = sources.as_slice() {
+            // kube-proxy's `ip saddr != { CIDR } drop`, which nft lists
+            // as `ip saddr != CIDR drop`: one comparison, no set.
             let e = with(
-                net_match(s, false, CmpOp::Eq),
-                Expr::Verdict(Verdict::Return),
+                net_match(only, false, CmpOp::Neq),
+                Expr::Verdict(Verdict::Drop),
             );
             f.rule(&firewall_chain, e, None);
+        } else {
+            // Several sources: a `return` each, then `drop` (kube-proxy
+            // writes one anonymous set; the verdict is the same).
+            for s in &sources {
+                let e = with(
+                    net_match(s, false, CmpOp::Eq),
+                    Expr::Verdict(Verdict::Return),
+                );
+                f.rule(&firewall_chain, e, None);
+            }
+            f.rule(&firewall_chain, vec![Expr::Verdict(Verdict::Drop)], None);
         }
-        f.rule(&firewall_chain, vec![Expr::Verdict(Verdict::Drop)], None);
     }
     let endpoint_chain = |addr: SocketAddr| {
         endpoint_names

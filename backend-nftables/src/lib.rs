@@ -6,20 +6,25 @@
 //! [`NftablesProxier`]; check a node by hand with
 //! `nft list table ip kube-proxy`.
 //!
-//! - [`layout`]: kube-proxy's table rendered from a snapshot (pure), whole
-//!   or one service at a time ([`layout::Fragment`]).
-//! - [`proxier`]: full syncs (one atomic rebuild), partial syncs (only what
-//!   changed), delayed deletion of stale chains, conntrack cleanup.
-//! - [`nl`]: attributes, the expressions kube-proxy's layout needs
+//! - The layout: kube-proxy's table rendered from a snapshot (pure), whole
+//!   ([`render_full`]) or one service at a time ([`Fragment`]), with
+//!   kube-proxy's chain names ([`service_base`], [`endpoint_base`]).
+//! - [`NftablesProxier`]: full syncs (one atomic rebuild), partial syncs
+//!   (only what changed), delayed deletion of stale chains, conntrack
+//!   cleanup.
+//! - The encoder: attributes, the expressions kube-proxy's layout needs
 //!   (payload, meta, ct, cmp, bitwise, lookup and verdict maps, immediate,
 //!   nat, numgen, fib, masq, reject, counter, dynset), and the objects and
 //!   operations of a [`Transaction`] (tables, base and regular chains,
 //!   sets and verdict maps with concatenated keys, anonymous maps,
 //!   elements, rules, flushes and deletes), encoded as one
 //!   `NFNL_MSG_BATCH_BEGIN` … `END` batch.
-//! - [`kernel`]: the seam ([`NfTables`]) and [`NfTablesNetlink`], which
-//!   applies a transaction atomically and names the operation the kernel
-//!   refused.
+//!   The rule builders this layout uses are [`exprs`].
+//! - The seam ([`NfTables`]) and [`NfTablesNetlink`], which applies a
+//!   transaction atomically and names the operation the kernel refused.
+//!
+//! The modules are private: the `pub use` list below is the crate's whole
+//! public surface ([`exprs`] is a namespace of rule builders).
 //!
 //! ## Dependencies, and why
 //!
@@ -32,19 +37,30 @@
 //!   as kube-proxy's knftables does, spawns a process and re-parses the
 //!   whole transaction on every sync (the cost this backend exists to
 //!   avoid; the benches measure it as the baseline).
-//! - The socket is `proxier_netfilter::nfnl::NfnlSocket`, shared with
+//! - The socket is `proxier_netfilter::NfnlSocket`, shared with
 //!   conntrack.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod kernel;
-pub mod layout;
-pub mod nl;
+mod layout;
+mod nl;
 mod proxier;
 
 pub use kernel::{NfTables, NfTablesNetlink, NftError};
-pub use layout::Config;
-pub use nl::expr::{Expr, Verdict};
-pub use nl::msg::{BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, Set, Transaction};
+pub use layout::{
+    Config, Fragment, Fragments, RenderError, TABLE, endpoint_base, full as render_full,
+    hash_and_truncate, service_base,
+};
+/// Expression builders for the rules kube-proxy's layout writes
+/// (`ip daddr . meta l4proto . th dport vmap @map`, `numgen random mod N
+/// vmap`, `dnat to`, `ct state new`, ...), each returning the expressions
+/// of one match or statement.
+pub use nl::build as exprs;
+pub use nl::expr::{CmpOp, Expr, Verdict};
+pub use nl::msg::{
+    BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, SET_ANONYMOUS, SET_CONCAT,
+    SET_CONSTANT, SET_EVAL, SET_INTERVAL, SET_MAP, SET_TIMEOUT, Set, Transaction,
+};
 pub use proxier::{NftablesProxier, STALE_CHAIN_DELAY};

@@ -10,14 +10,12 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use backend_nftables::nl::build;
-use backend_nftables::nl::expr::CmpOp;
-use backend_nftables::nl::msg::SET_ANONYMOUS;
-use backend_nftables::nl::msg::SET_CONSTANT;
+use backend_nftables::exprs as build;
 use backend_nftables::{
     BaseHook, Chain, Element, Family, Hook, KeyType, NfTables, NfTablesNetlink, Op, Rule, Set,
     Transaction, Verdict,
 };
+use backend_nftables::{CmpOp, SET_ANONYMOUS, SET_CONSTANT};
 use proxier_testbed::{Netns, NsRuntime};
 
 const TABLE: &str = "kube-proxy";

@@ -7,15 +7,14 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 
-use backend_nftables::layout::{self, Config, endpoint_base, service_base};
-use backend_nftables::nl::msg::Op;
+use backend_nftables::{Config, Op, endpoint_base, render_full, service_base};
 use backend_nftables::{Expr, Verdict};
 use proxier_core::{
     ChangeTracker, IpFamily, NamespacedName, Protocol, ServicePortName, ServiceType,
     SessionAffinity, TrafficPolicy,
 };
 use proxier_netfilter::LocalDetector;
-use proxier_testbed::objects::{ep, service, slice};
+use proxier_testbed::{ep, service, slice};
 
 fn spn(ns: &str, name: &str, port: &str) -> ServicePortName {
     ServicePortName {
@@ -106,7 +105,7 @@ fn every_reference_resolves_and_every_chain_is_used() {
     let mut cfg = Config::new(IpFamily::V4);
     cfg.masquerade.local_detector =
         LocalDetector::ClusterCidr(vec!["10.0.0.0/16".parse().unwrap()]);
-    let (tx, fragments, errors) = layout::full(&cfg, &snap);
+    let (tx, fragments, errors) = render_full(&cfg, &snap);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(fragments.len(), 30);
     let mut made = Vec::new();

@@ -19,8 +19,8 @@ use proxier_core::{
     TrafficPolicy,
 };
 use proxier_netfilter::{ConntrackNetlink, LocalDetector};
-use proxier_testbed::objects::{ep, service, slice};
 use proxier_testbed::{Netns, NsRuntime};
+use proxier_testbed::{ep, service, slice};
 
 const P: [(&str, u16, Protocol); 2] = [("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)];
 

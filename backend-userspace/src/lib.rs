@@ -10,7 +10,7 @@
 //! - [`proxy`]: the data path of one service port (TCP accept loop, UDP
 //!   flow table with idle timeout and a bound).
 //! - [`portal`]: the iptables rules that redirect service traffic to the
-//!   proxy ports, written through `proxier_netfilter::owned`.
+//!   proxy ports, written through `proxier_netfilter::write_owned`.
 //! - [`proxier`]: [`UserspaceProxier`], in [`Mode::Portal`] (like the
 //!   original) or [`Mode::Direct`] (bind the service addresses, no
 //!   iptables at all).

@@ -1,7 +1,7 @@
 //! Portal rules: the iptables rules that send service traffic to the
 //! proxy's own ports (kube-proxy's userspace `iptables` portals, §6.5 of
 //! the reference), rendered here and written through
-//! `proxier_netfilter::owned`. Check by hand with
+//! `proxier_netfilter::write_owned`. Check by hand with
 //! `iptables-save -t nat | grep -e PORTALS -e NODEPORT`.
 //!
 //! | chain | table, hooked from | what |
@@ -30,8 +30,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use proxier_core::{Protocol, ServicePort};
-use proxier_netfilter::owned::{Jump, Position, TableRules};
 use proxier_netfilter::safe_service_port_name;
+use proxier_netfilter::{Jump, Position, TableRules};
 
 pub use proxier_netfilter::chains::{
     KUBE_NODEPORT_CONTAINER as NODEPORT_CONTAINER, KUBE_NODEPORT_HOST as NODEPORT_HOST,
@@ -61,6 +61,10 @@ pub struct PortalPort<'a> {
     pub proxy_port: u16,
     /// Whether it has endpoints (else its addresses are refused).
     pub has_endpoints: bool,
+    /// Without endpoints because none is on this node under
+    /// `internalTrafficPolicy: Local`: its addresses drop instead
+    /// (iptables mode's "has no local endpoints").
+    pub no_local_endpoints: bool,
 }
 
 /// A service port whose name cannot go into a rule comment.
@@ -215,6 +219,11 @@ fn port_rules(p: &PortalPort<'_>, np_cidrs: &[IpNet], [pc, ph, nc, nh, nl, pf]: 
         return; // Not proxied in user space (as the original).
     }
     let redirect = format!(" -j REDIRECT --to-ports {}\n", p.proxy_port);
+    let no_endpoints = if p.no_local_endpoints {
+        " -j DROP\n"
+    } else {
+        " -j REJECT\n"
+    };
     // Service addresses: the cluster IP, external IPs, LB IPs (the LB IPs
     // only from the allowed ranges, when there are ranges).
     let mut addrs: Vec<(IpAddr, bool)> = vec![(svc.cluster_ip, false)];
@@ -223,7 +232,7 @@ fn port_rules(p: &PortalPort<'_>, np_cidrs: &[IpNet], [pc, ph, nc, nh, nl, pf]: 
     for (ip, is_lb) in addrs {
         if !p.has_endpoints {
             head(pf, PORTALS_FILTER, None, Some(ip), proto, &name, svc.port);
-            pf.push_str(" -j REJECT\n");
+            pf.push_str(no_endpoints);
             continue;
         }
         let ranges: Vec<Option<&IpNet>> = if is_lb && !svc.load_balancer_source_ranges.is_empty() {
@@ -264,9 +273,9 @@ fn port_rules(p: &PortalPort<'_>, np_cidrs: &[IpNet], [pc, ph, nc, nh, nl, pf]: 
                 let _ = writeln!(nc, "-A {NODEPORT_CONTAINER}{rule}{}", redirect.trim_end());
                 let _ = writeln!(nh, "-A {NODEPORT_HOST}{rule}{}", redirect.trim_end());
             } else {
-                let _ = writeln!(
+                let _ = write!(
                     pf,
-                    "-A {PORTALS_FILTER} -m addrtype --dst-type LOCAL{rule} -j REJECT"
+                    "-A {PORTALS_FILTER} -m addrtype --dst-type LOCAL{rule}{no_endpoints}"
                 );
             }
         }
@@ -320,6 +329,7 @@ mod tests {
                 svc: &s,
                 proxy_port: 40000,
                 has_endpoints: true,
+                no_local_endpoints: false,
             }],
             &[],
         );
@@ -343,7 +353,7 @@ mod tests {
         assert!(
             nat.jumps
                 .iter()
-                .all(|j| is_portal_chain(proxier_netfilter::owned::target(&j.rule).unwrap()))
+                .all(|j| is_portal_chain(proxier_netfilter::rule_target(&j.rule).unwrap()))
         );
     }
 
@@ -360,11 +370,13 @@ mod tests {
                     svc: &empty,
                     proxy_port: 1,
                     has_endpoints: false,
+                    no_local_endpoints: false,
                 },
                 PortalPort {
                     svc: &lb,
                     proxy_port: 2,
                     has_endpoints: true,
+                    no_local_endpoints: false,
                 },
             ],
             &["192.168.50.0/24".parse().unwrap()],
@@ -379,6 +391,30 @@ mod tests {
     }
 
     #[test]
+    fn no_local_endpoint_drops() {
+        let mut itp = svc("itp", Protocol::Tcp);
+        itp.internal_policy_local = true;
+        itp.node_port = 30090;
+        let (_, filter, _) = render(
+            &[PortalPort {
+                svc: &itp,
+                proxy_port: 1,
+                has_endpoints: false,
+                no_local_endpoints: true,
+            }],
+            &[],
+        );
+        let f = lines(&filter);
+        assert_eq!(
+            f,
+            vec![
+                "-A KUBE-PORTALS-FILTER -d 10.96.0.10/32 -p tcp -m comment --comment ns/itp:p -m tcp --dport 80 -j DROP",
+                "-A KUBE-PORTALS-FILTER -m addrtype --dst-type LOCAL -p tcp -m comment --comment ns/itp:p -m tcp --dport 30090 -j DROP",
+            ]
+        );
+    }
+
+    #[test]
     fn unsafe_names_are_skipped() {
         let mut bad = svc("web", Protocol::Tcp);
         bad.name.port = "p --dport 1 -j ACCEPT".into();
@@ -389,11 +425,13 @@ mod tests {
                     svc: &bad,
                     proxy_port: 1,
                     has_endpoints: true,
+                    no_local_endpoints: false,
                 },
                 PortalPort {
                     svc: &good,
                     proxy_port: 2,
                     has_endpoints: true,
+                    no_local_endpoints: false,
                 },
             ],
             &[],

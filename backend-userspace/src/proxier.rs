@@ -14,8 +14,8 @@ use ipnet::IpNet;
 use proxier_core::{
     IpFamily, Protocol, Proxier, ProxierError, ServicePort, ServicePortName, SyncRequest, SyncStats,
 };
-use proxier_netfilter::owned::{self, TableRules};
 use proxier_netfilter::{Conntrack, ConntrackFilter, Iptables, StaleFlows, clean_stale};
+use proxier_netfilter::{TableRules, owned_drift, remove_owned, write_owned};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -86,6 +86,16 @@ struct Entry {
     /// Cancels the listeners only (connections drain on their own).
     listening: Option<(CancellationToken, Vec<SocketAddr>)>,
     has_endpoints: bool,
+    /// [`PortalPort::no_local_endpoints`].
+    no_local_endpoints: bool,
+}
+
+/// What one service port should be after a sync.
+struct Wanted<'a> {
+    svc: &'a Arc<ServicePort>,
+    eps: Vec<SocketAddr>,
+    /// [`PortalPort::no_local_endpoints`].
+    no_local: bool,
 }
 
 /// kube-proxy's userspace mode. See the crate docs.
@@ -228,6 +238,7 @@ impl UserspaceProxier {
         &mut self,
         svc: &Arc<ServicePort>,
         eps: Vec<SocketAddr>,
+        no_local_endpoints: bool,
         errors: &mut Vec<(ServicePortName, String)>,
     ) -> usize {
         let affinity = svc
@@ -258,9 +269,11 @@ impl UserspaceProxier {
                 binds: Vec::new(),
                 listening: None,
                 has_endpoints: false,
+                no_local_endpoints: false,
             });
         e.svc = svc.clone();
         e.has_endpoints = has_endpoints;
+        e.no_local_endpoints = no_local_endpoints;
         {
             let mut lb = e.shared.lb.lock().expect("balancer lock");
             if e.affinity != affinity {
@@ -342,6 +355,7 @@ impl UserspaceProxier {
                     svc: &e.svc,
                     proxy_port: addrs.first()?.port(),
                     has_endpoints: e.has_endpoints,
+                    no_local_endpoints: e.no_local_endpoints,
                 })
             })
             .collect();
@@ -355,7 +369,7 @@ impl UserspaceProxier {
         let ipt = p.iptables.clone();
         // Filter first: refusals are in place before redirects move.
         for (table, rules) in [("filter", &filter), ("nat", &nat)] {
-            owned::replace(ipt.as_ref(), table, rules, &portal::is_portal_chain)
+            write_owned(ipt.as_ref(), table, rules, &portal::is_portal_chain)
                 .await
                 .map_err(|e| {
                     self.written = None;
@@ -370,14 +384,14 @@ impl UserspaceProxier {
 
     /// What another program changed in the portal rules last written
     /// (a flushed chain, a deleted jump, a wipe), if anything: one
-    /// [`owned::drift`] per table. Check by hand with
+    /// [`proxier_netfilter::owned_drift`] per table. Check by hand with
     /// `iptables -t nat -S KUBE-PORTALS-CONTAINER`.
     async fn portal_drift(&self) -> Result<Option<String>, ProxierError> {
         let (Mode::Portal(p), Some((nat, filter))) = (&self.cfg.mode, &self.written) else {
             return Ok(None);
         };
         for (table, rules) in [("filter", filter), ("nat", nat)] {
-            let found = owned::drift(p.iptables.as_ref(), table, rules)
+            let found = owned_drift(p.iptables.as_ref(), table, rules)
                 .await
                 .map_err(|e| {
                     ProxierError::with_source(NAME, format!("reading portal rules ({table})"), e)
@@ -441,8 +455,7 @@ impl Proxier for UserspaceProxier {
                 .flat_map(|nn| snap.ports_of(nn))
                 .collect()
         };
-        let mut desired: HashMap<&ServicePortName, (&Arc<ServicePort>, Vec<SocketAddr>)> =
-            HashMap::new();
+        let mut desired: HashMap<&ServicePortName, Wanted<'_>> = HashMap::new();
         for svc in svcs {
             if svc.protocol() == Protocol::Sctp || !self.cfg.family.matches(&svc.cluster_ip) {
                 continue;
@@ -453,7 +466,15 @@ impl Proxier for UserspaceProxier {
             } else {
                 cat.cluster()
             };
-            desired.insert(&svc.name, (svc, eps.iter().map(|e| e.addr).collect()));
+            let no_local = svc.internal_policy_local && eps.is_empty() && cat.has_any;
+            desired.insert(
+                &svc.name,
+                Wanted {
+                    svc,
+                    eps: eps.iter().map(|e| e.addr).collect(),
+                    no_local,
+                },
+            );
         }
         let mut ops = 0;
         let gone: Vec<ServicePortName> = self
@@ -471,9 +492,9 @@ impl Proxier for UserspaceProxier {
         let mut errors = Vec::new();
         let touched: std::collections::HashSet<ServicePortName> =
             desired.keys().map(|n| (*n).clone()).collect();
-        for (svc, eps) in desired.into_values() {
-            let svc = svc.clone();
-            ops += self.reconcile(&svc, eps, &mut errors);
+        for w in desired.into_values() {
+            let svc = w.svc.clone();
+            ops += self.reconcile(&svc, w.eps, w.no_local, &mut errors);
         }
         // A port that could not listen before is tried again on every
         // sync (the runner asks for one, with backoff, while any is left).
@@ -548,7 +569,7 @@ impl Proxier for UserspaceProxier {
         }
         if let Mode::Portal(p) = &self.cfg.mode {
             for table in ["nat", "filter"] {
-                owned::remove(p.iptables.as_ref(), table, &portal::is_portal_chain)
+                remove_owned(p.iptables.as_ref(), table, &portal::is_portal_chain)
                     .await
                     .map_err(|e| {
                         ProxierError::with_source(

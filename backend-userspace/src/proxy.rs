@@ -15,7 +15,7 @@ use nix::sys::socket::{
     ControlMessage, ControlMessageOwned, MsgFlags, SockaddrStorage, recvmsg, sendmsg,
 };
 use proxier_core::ServicePortName;
-use proxier_core::metrics::{Counter, Metrics};
+use proxier_core::{Counter, Metrics};
 use tokio::io::Interest;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use backend_userspace::{DataPath, Relay};
 use common::*;
 use proxier_core::{ServiceType, SessionAffinity};
-use proxier_testbed::objects::{ep, service, slice};
+use proxier_testbed::{ep, service, slice};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 fn sa(s: &str) -> SocketAddr {

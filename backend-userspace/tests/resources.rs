@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use backend_userspace::{DataPath, raise_fd_limit};
 use common::*;
 use proxier_core::ServiceType;
-use proxier_testbed::objects::{ep, service, slice};
+use proxier_testbed::{ep, service, slice};
 
 fn lb_service(
     n: u8,

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use benches::{service, sizes, slice};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Snapshot};
-use proxier_netfilter::conntrack::{DumpFilter, TCP, UDP};
 use proxier_netfilter::{Conntrack, ConntrackNetlink, Flow, FlowTuple, StaleFlows, clean_stale};
+use proxier_netfilter::{DumpFilter, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 use proxier_testbed::{Netns, NsRuntime};
 
 fn counts() -> (usize, usize) {

@@ -124,7 +124,7 @@ impl Kernel {
 }
 
 fn bench(c: &mut Criterion) {
-    proxier_testbed::netns::remove_stale();
+    proxier_testbed::remove_stale();
     for n in sizes() {
         let mut t = filled(n, EPS);
         let snap = t.snapshot().clone();

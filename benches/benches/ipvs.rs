@@ -18,8 +18,8 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backend_ipvs::codec::{Dest, Service};
 use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op, SyncReport};
+use backend_ipvs::{Dest, Service};
 use benches::{endpoint_moved, filled, service_added, sizes};
 use criterion::{Criterion, SamplingMode};
 use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, Snapshot, SyncRequest};
@@ -161,7 +161,7 @@ fn servers(snap: &Snapshot) -> (String, Vec<Op>) {
 fn in_vm_main() {
     let quick = std::env::args().any(|a| a == "--test");
     let mut c = Criterion::default().configure_from_args();
-    proxier_testbed::netns::remove_stale();
+    proxier_testbed::remove_stale();
     for n in sizes() {
         let mut t: ChangeTracker = filled(n, EPS);
         let snap = t.snapshot().clone();

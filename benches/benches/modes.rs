@@ -26,22 +26,19 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use backend_iptables::IptablesProxier;
-use backend_userspace::{DataPath, Mode, Portal, UserspaceProxier};
 use benches::wire::{Bulk, CHUNK, echo_once, serve_forever};
 use benches::{endpoint_moved, service, service_added, slice};
 use criterion::{Criterion, SamplingMode, Throughput};
+use examples::modes::{Factory, Node};
 use proxier_core::{
     ChangeSet, ChangeTracker, FamilySync, IpFamily, MetaProxier, PortSpec, Protocol, Proxier,
     Service, ServiceType, SliceEndpoint, SlicePort, SyncRequest, SyncStats,
 };
-use proxier_netfilter::{ConntrackNetlink, IptablesCmd, LocalDetector, Variant};
-use proxier_testbed::topology::{
-    CLUSTER_CIDR, CLUSTER_CIDR6, NODE_IP, NODE_IP2, NODE_IP2_6, NODE_IP6,
-};
+use proxier_netfilter::Variant;
+use proxier_testbed::{CLUSTER_CIDR, CLUSTER_CIDR6, NODE_IP, NODE_IP2, NODE_IP2_6, NODE_IP6};
 use proxier_testbed::{Plan, Topology, Where, vm};
 
 const EPS: usize = 10;
@@ -63,69 +60,42 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-/// One family's backend of `mode`, configured as the binaries configure
-/// it on the test bed's node (its addresses, its cluster CIDR).
+/// One family's backend of `mode`, built by the binaries' factory
+/// (`examples::modes::Factory`) from kube-proxy's flags for the test
+/// bed's node: its cluster CIDRs and addresses, iptables-nft.
 fn make(mode: &str, family: IpFamily) -> Box<dyn Proxier> {
-    let nft = || Arc::new(IptablesCmd::new(family, Variant::Nft));
-    let (node_ips, cluster_cidr): (Vec<IpAddr>, &str) = match family {
-        IpFamily::V4 => (vec![NODE_IP.into(), NODE_IP2.into()], CLUSTER_CIDR),
-        IpFamily::V6 => (vec![NODE_IP6.into(), NODE_IP2_6.into()], CLUSTER_CIDR6),
+    let cidrs = format!("{CLUSTER_CIDR},{CLUSTER_CIDR6}");
+    let (factory, settings) = Factory::from_flags(&[
+        "--proxy-mode",
+        mode,
+        "--cluster-cidr",
+        &cidrs,
+        "--hostname-override",
+        "node-1",
+        "--iptables-variant",
+        "nft",
+    ])
+    .expect("flags");
+    // Every mode's first sync is one write, side by side.
+    let factory = factory.iptables_part_chains(usize::MAX);
+    let ips: Vec<IpAddr> = match family {
+        IpFamily::V4 => vec![NODE_IP.into(), NODE_IP2.into()],
+        IpFamily::V6 => vec![NODE_IP6.into(), NODE_IP2_6.into()],
     };
-    let detector = LocalDetector::ClusterCidr(vec![cluster_cidr.parse().expect("cidr")]);
-    match mode {
-        "iptables" => Box::new(
-            IptablesProxier::new(
-                backend_iptables::Config {
-                    family,
-                    local_detector: detector,
-                    node_ips,
-                    ..Default::default()
-                },
-                nft(),
-                Arc::new(ConntrackNetlink::new().unwrap()),
-                Arc::new(proxier_netfilter::ProcSys),
-            )
-            .expect("config")
-            // Every mode's resync is one write, side by side.
-            .with_part_size(usize::MAX),
-        ),
-        "nftables" => {
-            let mut cfg = backend_nftables::Config::new(family);
-            cfg.masquerade.local_detector = detector;
-            cfg.node_ips = node_ips;
-            Box::new(
-                backend_nftables::NftablesProxier::new(
-                    cfg,
-                    Arc::new(backend_nftables::NfTablesNetlink::new().expect("nf_tables")),
-                    Arc::new(ConntrackNetlink::new().unwrap()),
-                )
-                .expect("config"),
-            )
-        }
-        "userspace" => {
-            // Two families at 10,000 services: 20,000 listeners, and the
-            // previous test bed's until it is gone.
-            let _ = backend_userspace::raise_fd_limit(262_144);
-            Box::new(UserspaceProxier::new(backend_userspace::Config {
-                family,
-                mode: Mode::Portal(Portal {
-                    iptables: nft(),
-                    conntrack: Arc::new(ConntrackNetlink::new().unwrap()),
-                    node_port_addresses: Vec::new(),
-                }),
-                data: DataPath::default(),
-            }))
-        }
-        "ipvs" => {
-            let kernel = backend_ipvs::Kernel::real_with(IptablesCmd::new(family, Variant::Nft))
-                .expect("kernel");
-            let mut cfg = backend_ipvs::Config::new(family);
-            cfg.node_ips = node_ips;
-            cfg.rules.local_detector = detector;
-            Box::new(backend_ipvs::IpvsProxier::new(cfg, kernel).expect("config"))
-        }
-        m => panic!("unknown mode {m}"),
+    if mode == "userspace" {
+        // Two families at 10,000 services: 20,000 listeners, and the
+        // previous test bed's until it is gone.
+        let _ = backend_userspace::raise_fd_limit(262_144);
     }
+    factory
+        .build_on(
+            &settings.for_family(family),
+            &Node {
+                ips,
+                variant: Variant::Nft,
+            },
+        )
+        .expect("backend")
 }
 
 /// Service 0: the one traffic goes through, with one real endpoint.
@@ -315,7 +285,7 @@ fn dual_stack(mode: &str, n: usize, quick: bool) {
 }
 
 fn one_mode(c: &mut Criterion, mode: &str, quick: bool) {
-    proxier_testbed::netns::remove_stale();
+    proxier_testbed::remove_stale();
     let sizes = benches::sizes_or(&[100, 1000, 5000, 10000]);
     // The dual-stack run: at 10,000 services (the size), or at
     // the largest size asked for below that.

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_nftables::{Config, NfTablesNetlink, NftablesProxier, layout};
+use backend_nftables::{Config, NfTablesNetlink, NftablesProxier, render_full};
 use benches::{endpoint_moved, filled, service_added, sizes};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, IpFamily, Proxier, SyncRequest, SyncStats};
@@ -105,7 +105,7 @@ fn rss_kib(field: &str) -> u64 {
 }
 
 fn bench(c: &mut Criterion) {
-    proxier_testbed::netns::remove_stale();
+    proxier_testbed::remove_stale();
     for n in sizes() {
         let mut t = filled(n, EPS);
         let snap = t.snapshot().clone();
@@ -118,7 +118,7 @@ fn bench(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("nftables/{n}x{EPS}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(1));
         g.bench_function("render", |b| {
-            b.iter_with_large_drop(|| layout::full(&config(), &snap))
+            b.iter_with_large_drop(|| render_full(&config(), &snap))
         });
         g.bench_function("full_sync", |b| {
             b.iter_custom(|iters| {

@@ -22,7 +22,7 @@ use backend_userspace::{Config, DataPath, Direct, Mode, Relay, UserspaceProxier}
 use benches::wire::{Bulk, CHUNK, echo_once, serve_forever};
 use criterion::{Criterion, Throughput};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, ServiceType, SyncRequest};
-use proxier_testbed::objects::{ep, service, slice};
+use proxier_testbed::{ep, service, slice};
 
 const ECHO: &str = "127.0.0.1:0";
 

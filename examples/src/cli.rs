@@ -579,7 +579,7 @@ impl Cli {
                 .map(|h| h.trim().to_lowercase())
                 .unwrap_or_else(host_name),
         };
-        if !proxier_core::validate::is_dns1123_subdomain(&node_name) {
+        if !proxier_core::is_dns1123_subdomain(&node_name) {
             return Err(format!(
                 "--hostname-override: {:?} is not a valid node name",
                 proxier_core::escape(&node_name)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use backend_userspace::{DataPath, Direct, Portal, Relay, UserspaceProxier};
 use ipnet::IpNet;
 use proxier_core::{IpFamily, Proxier};
-use proxier_netfilter::{ConntrackNetlink, IptablesCmd, ProcSys, Variant};
+use proxier_netfilter::{ConntrackNetlink, Iptables, IptablesCmd, ProcSys, Variant};
 
 use crate::cli::{Cli, Mode, Settings};
 
@@ -23,6 +23,8 @@ pub struct Factory {
     /// The userspace data path, one for both families so their counters
     /// add up.
     data: DataPath,
+    /// [`Factory::iptables_part_chains`].
+    iptables_part_chains: Option<usize>,
 }
 
 /// What was being done when `source` failed, with the source kept.
@@ -71,11 +73,15 @@ fn iptables_cmd_sync(family: IpFamily, variant: &str) -> Option<IptablesCmd> {
     }
 }
 
-async fn iptables_cmd(family: IpFamily, variant: &str) -> Result<IptablesCmd, BoxError> {
-    match iptables_cmd_sync(family, variant) {
-        Some(c) => Ok(c),
-        None => Ok(IptablesCmd::detect(family).await?),
-    }
+/// What the factory reads of the node before it builds a family's
+/// backend ([`Factory::node`]); a test bed or a bench gives its own.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The node's addresses of the family (`ip -o addr`).
+    pub ips: Vec<IpAddr>,
+    /// The iptables variant: `--iptables-variant`, else what
+    /// `iptables --version` reports.
+    pub variant: Variant,
 }
 
 impl Factory {
@@ -96,7 +102,30 @@ impl Factory {
                 max_udp_flows: u.max_udp_flows,
                 ..DataPath::default()
             },
+            iptables_part_chains: None,
         })
+    }
+
+    /// The factory and merged settings of `proxier ARGS…` (kube-proxy's
+    /// flags, `--config` included), as the binary would build them: how
+    /// the behaviour suite and the modes bench get each mode's backend.
+    pub fn from_flags(args: &[&str]) -> Result<(Factory, Settings), BoxError> {
+        let cli = Cli::parse_from_args(
+            "proxier",
+            "",
+            std::iter::once("proxier").chain(args.iter().copied()),
+        )?;
+        let settings = cli.settings(None)?;
+        Ok((Factory::new(&cli)?, settings))
+    }
+
+    /// iptables mode's first full sync into a kernel holding fewer
+    /// chains is written in parts of this many chains
+    /// (`IptablesProxier::with_part_size`); `usize::MAX` is one restore.
+    /// Not a kube-proxy flag: for benches that compare one write per mode.
+    pub fn iptables_part_chains(mut self, chains: usize) -> Factory {
+        self.iptables_part_chains = Some(chains);
+        self
     }
 
     /// Adds the mode's own metrics to `/metrics` (once, however many
@@ -107,44 +136,66 @@ impl Factory {
         }
     }
 
-    /// One family's backend of `s.mode`.
+    /// Reads what a backend of `family` needs of the node: its addresses
+    /// (rtnetlink) and the iptables variant.
+    pub async fn node(&self, family: IpFamily) -> Result<Node, BoxError> {
+        let variant = match iptables_cmd_sync(family, &self.cli.iptables.iptables_variant) {
+            Some(c) => c.variant(),
+            None => IptablesCmd::detect(family).await?.variant(),
+        };
+        Ok(Node {
+            ips: node_ips(family).await?,
+            variant,
+        })
+    }
+
+    /// One family's backend of `s.mode`, on this node.
     pub async fn build(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
+        let node = self.node(s.family).await?;
+        self.build_on(s, &node)
+    }
+
+    /// One family's backend of `s.mode` on a node already read (a test
+    /// bed's): the one place a backend is configured from settings. Opens
+    /// its sockets in the current network namespace; must run inside a
+    /// tokio runtime.
+    pub fn build_on(&self, s: &Settings, node: &Node) -> Result<Box<dyn Proxier>, BoxError> {
         match s.mode {
-            Mode::Iptables => self.iptables(s).await,
-            Mode::Ipvs => self.ipvs(s).await,
-            Mode::Nftables => self.nftables(s).await,
-            Mode::Userspace => self.userspace(s).await,
+            Mode::Iptables => self.iptables(s, node),
+            Mode::Ipvs => self.ipvs(s, node),
+            Mode::Nftables => self.nftables(s, node),
+            Mode::Userspace => self.userspace(s, node),
         }
     }
 
-    async fn iptables(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
-        let node_ips = node_ips(s.family).await?;
+    fn iptables(&self, s: &Settings, node: &Node) -> Result<Box<dyn Proxier>, BoxError> {
         let cfg = backend_iptables::Config {
             family: s.family,
             masquerade_bit: s.masquerade_bit,
             masquerade_all: s.masquerade_all,
             local_detector: s.detector()?,
-            node_port_addresses: node_port_cidrs(s, &node_ips),
-            node_ips,
+            node_port_addresses: node_port_cidrs(s, &node.ips),
+            node_ips: node.ips.clone(),
             localhost_node_ports: s.localhost_node_ports,
             ..backend_iptables::Config::default()
         };
-        let cmd = iptables_cmd(s.family, &self.cli.iptables.iptables_variant).await?;
-        let p = backend_iptables::IptablesProxier::new(
+        let mut p = backend_iptables::IptablesProxier::new(
             cfg,
-            Arc::new(cmd),
+            Arc::new(IptablesCmd::new(s.family, node.variant)),
             Arc::new(ConntrackNetlink::new()?),
             Arc::new(ProcSys),
         )?;
+        if let Some(chains) = self.iptables_part_chains {
+            p = p.with_part_size(chains);
+        }
         Ok(Box::new(p))
     }
 
-    async fn ipvs(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
-        let node_ips = node_ips(s.family).await?;
+    fn ipvs(&self, s: &Settings, node: &Node) -> Result<Box<dyn Proxier>, BoxError> {
         let mut cfg = backend_ipvs::Config::new(s.family);
         cfg.scheduler = s.ipvs.scheduler.clone();
         cfg.strict_arp = s.ipvs.strict_arp;
-        cfg.node_port_addresses = node_port_cidrs(s, &node_ips);
+        cfg.node_port_addresses = node_port_cidrs(s, &node.ips);
         cfg.exclude_cidrs = s.ipvs.exclude_cidrs.clone();
         let (tcp, tcp_fin, udp) = s.ipvs.timeouts;
         cfg.timeouts = backend_ipvs::Timeouts { tcp, tcp_fin, udp };
@@ -156,18 +207,16 @@ impl Factory {
             "scheduler" => format!("--ipvs-scheduler: {} (got {:?})", e.reason, e.value),
             _ => e.to_string(),
         })?;
-        let iptables = iptables_cmd(s.family, &self.cli.iptables.iptables_variant).await?;
-        let kernel = backend_ipvs::Kernel::real_with(iptables)?;
+        let kernel = backend_ipvs::Kernel::real_with(IptablesCmd::new(s.family, node.variant))?;
         Ok(Box::new(backend_ipvs::IpvsProxier::new(cfg, kernel)?))
     }
 
-    async fn nftables(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
-        let node_ips = node_ips(s.family).await?;
+    fn nftables(&self, s: &Settings, node: &Node) -> Result<Box<dyn Proxier>, BoxError> {
         let mut cfg = backend_nftables::Config::new(s.family);
         cfg.masquerade.masquerade_bit = s.masquerade_bit;
         cfg.masquerade.masquerade_all = s.masquerade_all;
         cfg.masquerade.local_detector = s.detector()?;
-        cfg.node_port_addresses = node_port_cidrs(s, &node_ips);
+        cfg.node_port_addresses = node_port_cidrs(s, &node.ips);
         cfg.service_cidrs = self
             .cli
             .nftables
@@ -176,7 +225,7 @@ impl Factory {
             .copied()
             .filter(|n| s.family.matches(&n.addr()))
             .collect();
-        cfg.node_ips = node_ips;
+        cfg.node_ips = node.ips.clone();
         let nft = backend_nftables::NfTablesNetlink::new()?;
         let ct = ConntrackNetlink::new()?;
         Ok(Box::new(backend_nftables::NftablesProxier::new(
@@ -186,12 +235,12 @@ impl Factory {
         )?))
     }
 
-    async fn userspace(&self, s: &Settings) -> Result<Box<dyn Proxier>, BoxError> {
+    fn userspace(&self, s: &Settings, node: &Node) -> Result<Box<dyn Proxier>, BoxError> {
         let u = &self.cli.userspace;
         let mode = if u.direct {
             // Node ports on the --nodeport-addresses host addresses, or on
             // every address.
-            let cidrs = node_port_cidrs(s, &node_ips(s.family).await.unwrap_or_default());
+            let cidrs = node_port_cidrs(s, &node.ips);
             let mut node_addresses: Vec<IpAddr> = cidrs
                 .iter()
                 .filter(|n| n.prefix_len() == n.max_prefix_len())
@@ -211,9 +260,8 @@ impl Factory {
                 freebind: true,
             })
         } else {
-            let ipt = iptables_cmd(s.family, &self.cli.iptables.iptables_variant).await?;
             backend_userspace::Mode::Portal(Portal {
-                iptables: Arc::new(ipt),
+                iptables: Arc::new(IptablesCmd::new(s.family, node.variant)),
                 conntrack: Arc::new(ConntrackNetlink::new()?),
                 node_port_addresses: s.nodeport_addresses.clone(),
             })
@@ -238,7 +286,7 @@ async fn flush_every_mode(ipt: &IptablesCmd) -> Result<(), BoxError> {
     use proxier_netfilter::Iptables;
     for table in ["nat", "filter"] {
         let listing = ipt
-            .list_table(table, proxier_netfilter::owned::builtin_chains(table), true)
+            .list_table(table, proxier_netfilter::builtin_chains(table), true)
             .await?;
         let ours: Vec<String> = listing
             .chains

@@ -116,7 +116,7 @@ fn run_dual_stack(
         "--hostname-override",
         "node-1",
         "--cluster-cidr",
-        "10.0.0.0/16,fd00:10::/48",
+        "10.0.0.0/16,fd00:10::/32",
         "--nodeport-addresses",
         "192.168.50.0/24,fd00:50::/64",
     ];

@@ -10,6 +10,10 @@ fn embed_ipvs_backend() {
     let manifests = format!("{}/manifests/cluster/echo.yaml", env!("CARGO_MANIFEST_DIR"));
     let m = manifests.clone();
     delegate_with("embed_ipvs_backend", &[&m], move || {
+        // A failed sync says why on stderr.
+        let _ = tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .try_init();
         let ns = Netns::new("embedipvs").unwrap();
         let rt = NsRuntime::start(&ns).unwrap();
         let synced = rt.block_on(async move {

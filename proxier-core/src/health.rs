@@ -159,7 +159,7 @@ where
     serve_within(listener, handler, ServerLimits::default()).await
 }
 
-/// [`serve`] within `limits`.
+/// Serves `handler` over HTTP/1 on `listener` within `limits`.
 pub async fn serve_within<F>(listener: TcpListener, handler: F, limits: ServerLimits)
 where
     F: Fn(&str) -> Reply + Send + Sync + 'static,

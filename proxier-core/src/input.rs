@@ -1,9 +1,10 @@
 //! Plain input types, for agents that have no Kubernetes at all. Their
-//! checks, and the ports a Service yields in the [`model`](crate::model),
-//! are [`validate`](crate::validate)'s, in one place.
+//! checks (`Service::to_port_map`, `EndpointSlice::validate`,
+//! `Node::validate`), and the ports a Service yields in the model, are
+//! written in `validate/`, in one place; this file names no check.
 //!
-//! The Kubernetes conversions in [`k8s`](crate::k8s) produce these same
-//! types, so every object goes through one validation path.
+//! The Kubernetes conversions (`k8s.rs`) produce these same types, so
+//! every object goes through one validation path.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,7 +14,6 @@ use crate::model::{
     IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, SessionAffinity,
     TrafficPolicy,
 };
-use crate::validate::ValidationError;
 
 /// `spec.type` of a Service (ExternalName services never reach here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,30 +77,6 @@ pub struct Service {
 /// The ports of one service, for one family, keyed by port name.
 pub type ServicePortMap = BTreeMap<ServicePortName, Arc<ServicePort>>;
 
-impl Service {
-    /// Validates the service and returns its ports for `family`.
-    ///
-    /// A headless service, or one without a cluster IP of this family,
-    /// yields no ports (as kube-proxy skips it); an invalid one yields an
-    /// error that names the field.
-    pub fn to_port_map(&self, family: IpFamily) -> Result<ServicePortMap, ValidationError> {
-        crate::validate::service::port_map(self, family, |ns| {
-            NamespacedName::new(ns, self.name.as_str())
-        })
-    }
-
-    /// [`Service::to_port_map`], with the namespace of the keys given by
-    /// `intern` once it is known to be valid (the tracker shares one
-    /// `Arc` per namespace).
-    pub(crate) fn port_map_interned(
-        &self,
-        family: IpFamily,
-        intern: impl FnOnce(&str) -> NamespacedName,
-    ) -> Result<ServicePortMap, ValidationError> {
-        crate::validate::service::port_map(self, family, intern)
-    }
-}
-
 /// One entry of an EndpointSlice's `ports`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SlicePort {
@@ -159,17 +135,6 @@ impl EndpointSlice {
     pub fn service(&self) -> NamespacedName {
         NamespacedName::new(self.namespace.as_str(), self.service_name.as_str())
     }
-
-    /// Checks every field that can reach a rule.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        self.validate_allowing(false)
-    }
-
-    /// [`EndpointSlice::validate`], accepting loopback endpoint addresses
-    /// when `loopback` is set (local testing; the API server refuses them).
-    pub fn validate_allowing(&self, loopback: bool) -> Result<(), ValidationError> {
-        crate::validate::slice::check(self, loopback)
-    }
 }
 
 /// The zone label kube-proxy reads from its Node.
@@ -191,11 +156,6 @@ pub struct Node {
 }
 
 impl Node {
-    /// Checks the name and the zone label.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        crate::validate::node(self)
-    }
-
     /// The node's zone, if labelled.
     pub fn zone(&self) -> Option<&str> {
         self.labels

@@ -10,9 +10,13 @@
 //! meta-proxier); each round syncs the families at once
 //! ([`Proxier::sync_families`]).
 //!
-//! The pure part ([`model`], [`input`], [`validate`], [`k8s`], [`tracker`],
-//! [`topology`], the [`Proxier`] trait and [`MetaProxier`]) does no I/O
-//! and reads no clock. The runtime part (`runner`, `health`, `metrics`,
+//! The pure part (the model, [`ServicePort`] and [`Endpoint`]; the input
+//! objects, [`Service`] and [`EndpointSlice`]; their validation,
+//! [`ValidationError`]; the conversion from k8s-openapi,
+//! [`service_from_k8s`]; the [`ChangeTracker`]; endpoint selection,
+//! [`categorize_endpoints`]; the [`Proxier`] trait and [`MetaProxier`])
+//! does no I/O and reads no clock. The modules are private: the list of
+//! `pub use` below is the crate's whole public surface. The runtime part (`runner`, `health`, `metrics`,
 //! `manifest`) runs on tokio and is the default feature `runtime`: a
 //! feature rather than a crate of its own because the two halves share
 //! one public list and one version, and the layering still holds (the
@@ -49,40 +53,67 @@
 #![warn(missing_docs)]
 
 #[cfg(feature = "runtime")]
-pub mod health;
-pub mod input;
-pub mod k8s;
+mod health;
+mod input;
+mod k8s;
 #[cfg(feature = "runtime")]
-pub mod manifest;
-pub mod meta;
+mod manifest;
+mod meta;
 #[cfg(feature = "runtime")]
-pub mod metrics;
-pub mod model;
-pub mod proxier;
+mod metrics;
+mod model;
+mod proxier;
 #[cfg(feature = "runtime")]
-pub mod runner;
-pub mod timestamp;
-pub mod topology;
-pub mod tracker;
-pub mod validate;
+mod runner;
+mod timestamp;
+mod topology;
+mod tracker;
+mod validate;
 
-#[cfg(feature = "runtime")]
-pub use health::{ProxyHealth, ServerLimits, ServiceHealthServer, serve_health, serve_metrics};
-pub use input::{EndpointSlice, Node, PortSpec, Service, ServiceType, SliceEndpoint, SlicePort};
-#[cfg(feature = "runtime")]
-pub use manifest::ManifestSource;
-pub use meta::MetaProxier;
-#[cfg(feature = "runtime")]
-pub use metrics::Metrics;
-pub use model::{
-    Endpoint, IpFamily, NamespacedName, Protocol, ServicePort, ServicePortName, SessionAffinity,
-    TrafficPolicy,
+// The crate's public surface, written once.
+
+// The objects a proxier is fed: Services, EndpointSlices, the Node.
+pub use input::{
+    EndpointSlice, LABEL_TOPOLOGY_ZONE, Node, PortSpec, Service, ServicePortMap, ServiceType,
+    SliceEndpoint, SlicePort, TAINT_TO_BE_DELETED,
 };
-#[cfg(any(test, feature = "testing"))]
-pub use proxier::FakeProxier;
-pub use proxier::{ErrorChain, FamilySync, Proxier, ProxierError, Refused, SyncRequest, SyncStats};
-#[cfg(feature = "runtime")]
-pub use runner::{Runner, RunnerConfig, RunnerHandle};
+// Their conversion from the Kubernetes API (k8s-openapi types).
+pub use k8s::{
+    ANNOTATION_TOPOLOGY_AWARE_HINTS, ANNOTATION_TOPOLOGY_MODE, ANNOTATION_TRIGGER_TIME,
+    LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, PROXY_LABEL_SELECTOR,
+    endpoint_slice_from_k8s, node_from_k8s, service_from_k8s,
+};
+// The model a backend renders.
+pub use model::{
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, Endpoint, Hints, IpFamily, MAX_AFFINITY_TIMEOUT_SECONDS,
+    NamespacedName, Protocol, ServicePort, ServicePortName, SessionAffinity, TrafficPolicy,
+};
+pub use timestamp::parse_rfc3339;
 pub use topology::{Categorized, categorize_endpoints};
-pub use tracker::{ChangeSet, ChangeTracker, NodeInfo, Snapshot, StaleEndpoint};
-pub use validate::{Escaped, ObjectKind, ValidationError, escape};
+pub use tracker::{ChangeSet, ChangeTracker, NodeInfo, Snapshot, StaleEndpoint, TrackerCounters};
+// Validation and escaping of everything that comes from an API object.
+pub use validate::{
+    Escaped, ObjectKind, ValidationError, escape, is_dns1035_label, is_dns1123_label,
+    is_dns1123_subdomain, is_label_value, is_port_name,
+};
+// The seam a backend implements.
+pub use meta::MetaProxier;
+pub use proxier::{ErrorChain, FamilySync, Proxier, ProxierError, Refused, SyncRequest, SyncStats};
+#[cfg(any(test, feature = "testing"))]
+pub use proxier::{FakeLog, FakeProxier};
+// The runtime (feature `runtime`): the sync loop, health and metrics
+// servers, the manifest source.
+#[cfg(feature = "runtime")]
+pub use health::{
+    HealthStatus, ProxyHealth, ServerLimits, ServiceHealthServer, rfc3339, serve_health,
+    serve_metrics, serve_within,
+};
+#[cfg(feature = "runtime")]
+pub use manifest::{ManifestError, ManifestSource};
+#[cfg(feature = "runtime")]
+pub use metrics::{
+    CodeLabel, Counter, FamilyHistogram, FamilyLabel, Metrics, PolicyLabel, TableLabel,
+    unix_seconds,
+};
+#[cfg(feature = "runtime")]
+pub use runner::{Runner, RunnerConfig, RunnerHandle, SyncOutcome};

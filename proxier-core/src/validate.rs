@@ -186,6 +186,13 @@ pub fn is_port_name(s: &str) -> bool {
     is_dns1123_label(s)
 }
 
+impl crate::input::Node {
+    /// Checks the name and the zone label.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        node(self)
+    }
+}
+
 /// A Node's checks: its name and its zone label.
 pub(crate) fn node(node: &crate::input::Node) -> Result<(), ValidationError> {
     use crate::input::LABEL_TOPOLOGY_ZONE;

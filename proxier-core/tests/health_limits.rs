@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hyper::StatusCode;
 use proxier_core::ServerLimits;
-use proxier_core::health::serve_within;
+use proxier_core::serve_within;
 
 fn closed_by_server(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();

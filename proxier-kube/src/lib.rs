@@ -22,9 +22,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client, ResourceExt};
-use proxier_core::RunnerHandle;
-use proxier_core::k8s::{
-    PROXY_LABEL_SELECTOR, endpoint_slice_from_k8s, node_from_k8s, service_from_k8s,
+use proxier_core::{
+    PROXY_LABEL_SELECTOR, RunnerHandle, endpoint_slice_from_k8s, node_from_k8s, service_from_k8s,
 };
 
 pub use kube;

@@ -18,9 +18,9 @@ async fn main() -> std::io::Result<()> {
         }
     };
     let t0 = Instant::now();
-    let generation = proxier_netfilter::census::generation().await?;
+    let generation = proxier_netfilter::ruleset_generation().await?;
     let t1 = Instant::now();
-    let r = proxier_netfilter::census::rules(family, &table, &["OUTPUT", "PREROUTING"]).await?;
+    let r = proxier_netfilter::nft_rules(family, &table, &["OUTPUT", "PREROUTING"]).await?;
     let t2 = Instant::now();
     let rules: usize = r.counts.values().sum();
     println!(
@@ -32,7 +32,7 @@ async fn main() -> std::io::Result<()> {
     let names: Vec<&str> = r.counts.keys().map(String::as_str).collect();
     let t3 = Instant::now();
     let by_chain =
-        proxier_netfilter::census::chain_rules(family, &table, &names, &["OUTPUT", "PREROUTING"])
+        proxier_netfilter::nft_chain_rules(family, &table, &names, &["OUTPUT", "PREROUTING"])
             .await?;
     println!(
         "one dump per chain: {} chains with {} rules ({:?}), same: {}",

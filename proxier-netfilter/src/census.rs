@@ -8,8 +8,8 @@
 //!   committed nf_tables transaction of the namespace (`nft monitor`
 //!   prints `# new generation N by process …`). Unchanged since a check
 //!   means nothing in any table changed.
-//! - [`chain_rules`] is one `NFT_MSG_GETRULE` dump per chain asked for
-//!   ([`rules`] one of the whole table); only each rule's chain name is
+//! - [`nft_chain_rules`] is one `NFT_MSG_GETRULE` dump per chain asked for
+//!   ([`nft_rules`] one of the whole table); only each rule's chain name is
 //!   read, and for the chains asked for, where its verdict jumps (`nft
 //!   list chain ip nat KUBE-SERVICES`, counted; `iptables -t nat -S
 //!   OUTPUT`).
@@ -182,7 +182,7 @@ async fn exchange(
 }
 
 /// The namespace's nf_tables generation (`NFT_MSG_GETGEN`).
-pub async fn generation() -> io::Result<u32> {
+pub async fn ruleset_generation() -> io::Result<u32> {
     let mut sock = NfnlSocket::open()?;
     let req = request(NFT_MSG_GETGEN, 0, 0, 1, &[]);
     let mut id = None;
@@ -200,7 +200,7 @@ pub async fn generation() -> io::Result<u32> {
 
 /// What one dump of a table's rules found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rules {
+pub struct NftRules {
     /// Rules per chain (chains without rules absent).
     pub counts: BTreeMap<String, usize>,
     /// For each chain asked for, the chain each of its rules jumps or
@@ -256,8 +256,8 @@ fn jump_target(exprs: &[u8]) -> Option<String> {
 /// jumps (everything empty when the table does not exist). A dump that a
 /// concurrent change interrupted is read again (up to three times). The
 /// kernel's cost grows with the square of the table's rules: for big
-/// tables, [`chain_rules`].
-pub async fn rules(family: u8, table: &str, targets_of: &[&str]) -> io::Result<Rules> {
+/// tables, [`nft_chain_rules`].
+pub async fn nft_rules(family: u8, table: &str, targets_of: &[&str]) -> io::Result<NftRules> {
     let mut sock = NfnlSocket::open()?;
     let mut name = table.as_bytes().to_vec();
     name.push(0);
@@ -304,7 +304,7 @@ pub async fn rules(family: u8, table: &str, targets_of: &[&str]) -> io::Result<R
         })
         .await?;
         if !interrupted || seq == 3 {
-            return Ok(Rules {
+            return Ok(NftRules {
                 counts: counts
                     .into_iter()
                     .map(|(c, n)| (String::from_utf8_lossy(&c).into_owned(), n))
@@ -329,14 +329,14 @@ const EBUSY: i32 = 16;
 /// rule it already sent): at 33,000 chains and 93,000 rules, 0.5 s
 /// against 2.3 s (kernel 6.18; the `census` example measures both). A
 /// chain that does not exist counts as empty. Jump targets as in
-/// [`rules`]. (Several dumps in one `sendmsg` do not help: a socket runs
+/// [`nft_rules`]. (Several dumps in one `sendmsg` do not help: a socket runs
 /// one dump at a time and refuses the next with `EBUSY`.)
-pub async fn chain_rules(
+pub async fn nft_chain_rules(
     family: u8,
     table: &str,
     chains: &[&str],
     targets_of: &[&str],
-) -> io::Result<Rules> {
+) -> io::Result<NftRules> {
     // Blocking sockets on blocking threads: each answer is ready when
     // `send` returns (the kernel fills it in the sender's context), and a
     // reactor round trip per chain would double the cost. The sockets are
@@ -358,7 +358,7 @@ pub async fn chain_rules(
             chain_rules_blocking(&sock, family, &table, &part, &targets_of)
         }));
     }
-    let mut out = Rules::default();
+    let mut out = NftRules::default();
     for t in tasks {
         let r = t.await.map_err(io::Error::other)??;
         out.counts.extend(r.counts);
@@ -381,10 +381,10 @@ fn chain_rules_blocking(
     table: &str,
     chains: &[String],
     targets_of: &[String],
-) -> io::Result<Rules> {
+) -> io::Result<NftRules> {
     let mut tname = table.as_bytes().to_vec();
     tname.push(0);
-    let mut out = Rules::default();
+    let mut out = NftRules::default();
     let mut buf: Vec<u8> = Vec::with_capacity(RECV_BUF);
     let mut retries = 0usize;
     let mut seq = 0u32;

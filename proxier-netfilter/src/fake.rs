@@ -14,7 +14,7 @@ use proxier_core::IpFamily;
 
 use crate::conntrack::{Conntrack, ConntrackError, DumpFilter, Flow};
 use crate::iptables::{ExecError, Iptables, Variant};
-use crate::owned::{builtin_chains as builtins, target};
+use crate::owned::{builtin_chains as builtins, rule_target as target};
 use crate::sysctl::{Sysctl, SysctlError};
 
 const BUILTIN_TARGETS: [&str; 9] = [

@@ -117,7 +117,7 @@ pub trait Iptables: Send + Sync + fmt::Debug {
     }
 
     /// A number that changes whenever any nf_tables table of the network
-    /// namespace changes ([`crate::census::generation`]), or `None` where
+    /// namespace changes ([`crate::ruleset_generation`]), or `None` where
     /// there is none (iptables-legacy): a drift check that finds it
     /// unchanged since it last looked need not read the table.
     async fn generation(&self) -> Result<Option<u32>, ExecError> {
@@ -488,21 +488,16 @@ impl Iptables for IptablesCmd {
         // the table): the jumps are read from the rules' verdicts.
         let mut wanted: Vec<&str> = chains.to_vec();
         wanted.extend(builtins.iter().filter(|b| !chains.contains(b)));
-        let r = crate::census::chain_rules(
-            crate::census::nfproto(self.family),
-            table,
-            &wanted,
-            builtins,
-        )
-        .await
-        .map_err(|source| ExecError {
-            command: format!(
-                "nf_tables rule dump of table {} {table}",
-                self.family_table()
-            ),
-            status: None,
-            detail: source.to_string(),
-        })?;
+        let r = crate::nft_chain_rules(crate::nfproto(self.family), table, &wanted, builtins)
+            .await
+            .map_err(|source| ExecError {
+                command: format!(
+                    "nf_tables rule dump of table {} {table}",
+                    self.family_table()
+                ),
+                status: None,
+                detail: source.to_string(),
+            })?;
         let builtin = builtins
             .iter()
             .map(|c| {
@@ -529,7 +524,7 @@ impl Iptables for IptablesCmd {
         if self.variant == Variant::Legacy {
             return Ok(None);
         }
-        crate::census::generation()
+        crate::ruleset_generation()
             .await
             .map(Some)
             .map_err(|source| ExecError {

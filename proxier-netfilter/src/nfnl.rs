@@ -8,7 +8,7 @@ use netlink_sys::{Socket, SocketAddr, protocols};
 use tokio::io::unix::AsyncFd;
 
 /// The socket, registered with the tokio reactor on first use (so that
-/// [`ConntrackNetlink::new`] needs no runtime, and the socket still
+/// [`crate::ConntrackNetlink::new`] needs no runtime, and the socket still
 /// belongs to the namespace of the thread that created it).
 pub struct NfnlSocket(Sock);
 

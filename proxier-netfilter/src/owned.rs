@@ -20,7 +20,7 @@ pub fn builtin_chains(table: &str) -> &'static [&'static str] {
 }
 
 /// The target of a rule (`-j TARGET`).
-pub fn target(rule: &str) -> Option<&str> {
+pub fn rule_target(rule: &str) -> Option<&str> {
     let mut words = rule.split_whitespace();
     while let Some(w) = words.next() {
         if w == "-j" {
@@ -83,7 +83,7 @@ async fn read_owned(
         .builtin
         .iter()
         .flat_map(|(_, rules)| rules)
-        .filter(|r| target(r).is_some_and(owns))
+        .filter(|r| rule_target(r).is_some_and(owns))
         .map(|r| format!("-D{}", &r[2..]))
         .collect();
     let existing = listing
@@ -102,7 +102,7 @@ async fn read_owned(
 /// iptables rewrites it as it stores it. `None` when everything is in
 /// place. A chain written empty and since deleted is not seen (nothing
 /// could jump to it without a jump being seen).
-pub fn differs<'a>(
+pub fn census_drift<'a>(
     table: &str,
     census: &TableCensus,
     chains: impl IntoIterator<Item = (&'a str, &'a str)>,
@@ -118,17 +118,19 @@ pub fn differs<'a>(
         }
     }
     for (from, rule) in jumps {
-        let Some(to) = target(rule) else { continue };
+        let Some(to) = rule_target(rule) else {
+            continue;
+        };
         let want = jumps
             .iter()
-            .filter(|(f, r)| f == from && target(r) == Some(to))
+            .filter(|(f, r)| f == from && rule_target(r) == Some(to))
             .count();
         let have = census
             .builtin
             .iter()
             .filter(|(c, _)| c == from)
             .flat_map(|(_, rules)| rules)
-            .filter(|r| target(r) == Some(to))
+            .filter(|r| rule_target(r) == Some(to))
             .count();
         if want != have {
             return Some(format!(
@@ -139,11 +141,11 @@ pub fn differs<'a>(
     None
 }
 
-/// What differs between `table` and `want` ([`differs`] on one
+/// What differs between `table` and `want` ([`census_drift`] on one
 /// [`Iptables::census`]): what a verifying sync checks, so that a
 /// firewall reload or a hand-run `iptables -F` is repaired within a sync
 /// period. Check by hand with `iptables -t TABLE -S CHAIN`.
-pub async fn drift(
+pub async fn owned_drift(
     ipt: &dyn Iptables,
     table: &str,
     want: &TableRules,
@@ -155,7 +157,7 @@ pub async fn drift(
         .iter()
         .map(|j| (j.from, j.rule.as_str()))
         .collect();
-    Ok(differs(
+    Ok(census_drift(
         table,
         &census,
         want.chains.iter().map(|(c, b)| (c.as_str(), b.as_str())),
@@ -168,7 +170,7 @@ pub async fn drift(
 /// chain, moves the jumps (old ones deleted, new ones placed), and
 /// deletes owned chains no longer wanted. Other rules are untouched.
 /// Returns the payload written.
-pub async fn replace(
+pub async fn write_owned(
     ipt: &dyn Iptables,
     table: &str,
     want: &TableRules,
@@ -214,7 +216,7 @@ pub async fn replace(
 
 /// Removes every chain `owns` claims from `table`, and the jumps to
 /// them, in one restore. Does nothing when there is nothing to remove.
-pub async fn remove(
+pub async fn remove_owned(
     ipt: &dyn Iptables,
     table: &str,
     owns: &(dyn Fn(&str) -> bool + Sync),
@@ -276,9 +278,9 @@ mod tests {
                 },
             ],
         };
-        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        write_owned(&ipt, "nat", &want, &ours).await.unwrap();
         // Twice: the jumps are not duplicated.
-        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        write_owned(&ipt, "nat", &want, &ours).await.unwrap();
         let pre = ipt.list_rules("nat", "PREROUTING").await.unwrap().unwrap();
         assert_eq!(
             pre,
@@ -290,9 +292,9 @@ mod tests {
         );
         want.chains.pop();
         want.jumps.pop();
-        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        write_owned(&ipt, "nat", &want, &ours).await.unwrap();
         assert!(ipt.list_rules("nat", "TEST-B").await.unwrap().is_none());
-        remove(&ipt, "nat", &ours).await.unwrap();
+        remove_owned(&ipt, "nat", &ours).await.unwrap();
         let chains = ipt.list_chains("nat").await.unwrap();
         assert!(!chains.iter().any(|c| ours(c)), "{chains:?}");
         assert_eq!(
@@ -324,27 +326,27 @@ mod tests {
             ],
         };
         assert!(
-            drift(&ipt, "nat", &want).await.unwrap().is_some(),
+            owned_drift(&ipt, "nat", &want).await.unwrap().is_some(),
             "nothing written yet"
         );
-        replace(&ipt, "nat", &want, &ours).await.unwrap();
-        assert_eq!(drift(&ipt, "nat", &want).await.unwrap(), None);
+        write_owned(&ipt, "nat", &want, &ours).await.unwrap();
+        assert_eq!(owned_drift(&ipt, "nat", &want).await.unwrap(), None);
         ipt.tamper("nat", |t| t.get_mut("TEST-A").unwrap().1.clear());
         assert_eq!(
-            drift(&ipt, "nat", &want).await.unwrap().as_deref(),
+            owned_drift(&ipt, "nat", &want).await.unwrap().as_deref(),
             Some("chain TEST-A of table nat holds 0 rules, 1 written"),
             "a flushed chain"
         );
-        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        write_owned(&ipt, "nat", &want, &ours).await.unwrap();
         ipt.restore("nat", "*nat\n-D OUTPUT -j TEST-A\nCOMMIT\n", true)
             .await
             .unwrap();
         assert_eq!(
-            drift(&ipt, "nat", &want).await.unwrap().as_deref(),
+            owned_drift(&ipt, "nat", &want).await.unwrap().as_deref(),
             Some("OUTPUT of table nat holds 0 jumps to TEST-A, 1 written"),
             "a jump deleted"
         );
-        replace(&ipt, "nat", &want, &ours).await.unwrap();
+        write_owned(&ipt, "nat", &want, &ours).await.unwrap();
         ipt.restore(
             "nat",
             "*nat\n:TEST-A - [0:0]\n-D PREROUTING -j TEST-A\n-D OUTPUT -j TEST-A\n-X TEST-A\nCOMMIT\n",
@@ -353,7 +355,7 @@ mod tests {
         .await
         .unwrap();
         assert!(
-            drift(&ipt, "nat", &want).await.unwrap().is_some(),
+            owned_drift(&ipt, "nat", &want).await.unwrap().is_some(),
             "the chain deleted"
         );
     }

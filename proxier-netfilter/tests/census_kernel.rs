@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use proxier_core::IpFamily;
-use proxier_netfilter::iptables::parse_save;
-use proxier_netfilter::owned::{builtin_chains, target};
+use proxier_netfilter::parse_save;
 use proxier_netfilter::{Iptables, IptablesCmd, Variant};
+use proxier_netfilter::{builtin_chains, rule_target as target};
 use proxier_testbed::{Netns, NsRuntime};
 
 /// The chains the census is asked about (one never made).

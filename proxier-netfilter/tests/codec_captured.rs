@@ -16,7 +16,7 @@ use netlink_packet_netfilter::conntrack::{
 use netlink_packet_netfilter::{NetfilterMessage, NetfilterMessageInner};
 use proxier_core::IpFamily;
 use proxier_netfilter::Flow;
-use proxier_netfilter::conntrack::codec::{self, Reply};
+use proxier_netfilter::ctnetlink::{self as codec, Reply};
 
 struct Section {
     name: String,

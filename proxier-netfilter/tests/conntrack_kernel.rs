@@ -11,8 +11,8 @@ use proxier_core::{
     ChangeTracker, IpFamily, PortSpec, Protocol, Service, ServiceType, SyncRequest,
 };
 use proxier_core::{EndpointSlice, SliceEndpoint, SlicePort};
-use proxier_netfilter::conntrack::{TCP, UDP};
 use proxier_netfilter::{Conntrack, ConntrackNetlink, Flow, FlowTuple, StaleFlows, clean_stale};
+use proxier_netfilter::{IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
 use proxier_testbed::{Netns, NsRuntime};
 
 const VIP: &str = "10.96.0.10";
@@ -203,7 +203,7 @@ fn udp_flow_follows_its_endpoint_after_cleanup() {
         let (dnated, _) = ct
             .dump(
                 IpFamily::V4,
-                proxier_netfilter::conntrack::DumpFilter {
+                proxier_netfilter::DumpFilter {
                     protocol: Some(UDP),
                     dnat_only: true,
                 },

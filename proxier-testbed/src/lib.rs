@@ -2,33 +2,44 @@
 //!
 //! The bench every backend proves itself on: real kernels, real packets.
 //!
-//! - [`objects`]: short builders for Services and EndpointSlices;
-//! - [`netns`]: network namespaces made and removed by the tests;
-//! - [`runtime`]: a tokio runtime on a thread inside a namespace, so a
+//! - Objects ([`service`], [`slice()`], [`ep`], [`terminating`]): short
+//!   builders for Services and EndpointSlices;
+//! - [`Netns`]: network namespaces made and removed by the tests
+//!   ([`remove_stale`] clears what a killed run left);
+//! - [`NsRuntime`]: a tokio runtime on a thread inside a namespace, so a
 //!   proxier (and every socket and process it creates) lives there;
-//! - [`topology`]: node, client pod, endpoint pods, external clients and a
+//! - [`Topology`]: node, client pod, endpoint pods, external clients and a
 //!   remote node, joined by veths, never touching the root namespace;
-//! - [`traffic`]: identity servers and clients that tell a reply from a
-//!   refusal from a timeout;
+//! - Traffic ([`Outcome`], [`tcp_line`], [`udp_exchange`]): identity
+//!   servers and clients that tell a reply from a refusal from a timeout;
 //! - [`suite`]: the behaviour suite every backend runs, and its feature
 //!   table;
 //! - [`vm`]: a Debian cloud kernel under qemu, for what the host kernel
 //!   lacks (IPVS, dummy links).
 //!
+//! The modules are private and the list below is the crate's public
+//! surface, except two namespaces that are tools of their own and read
+//! with their prefix: [`suite`] (`suite::Backend`, `suite::run`) and
+//! [`vm`] (`vm::delegate`, `vm::run`).
+//!
 //! Needs root. Not published.
 
-pub mod netns;
-pub mod objects;
-pub mod runtime;
+mod netns;
+mod objects;
+mod runtime;
 pub mod suite;
-pub mod topology;
-pub mod traffic;
+mod topology;
+mod traffic;
 pub mod vm;
 
-pub use netns::Netns;
+pub use netns::{Netns, PREFIX as NETNS_PREFIX, remove_stale};
+pub use objects::{ep, service, slice, terminating};
 /// The family type the suite macro names (so test crates need not name
 /// `proxier-core`).
 pub use proxier_core::IpFamily;
 pub use runtime::NsRuntime;
-pub use topology::{Plan, Topology, Where};
-pub use traffic::Outcome;
+pub use topology::{
+    CLUSTER_CIDR, CLUSTER_CIDR6, NODE_IP, NODE_IP2, NODE_IP2_6, NODE_IP6, Plan, Pod,
+    REMOTE_NODE_IP, REMOTE_NODE_IP6, REMOTE_NODE_NAME, Topology, Where,
+};
+pub use traffic::{Outcome, drain, tcp_connect, tcp_line, tcp_request, udp_exchange, udp_request};

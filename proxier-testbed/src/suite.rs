@@ -54,6 +54,15 @@ pub enum Feature {
     ExternalTrafficPolicyLocal,
     /// `internalTrafficPolicy: Local`.
     InternalTrafficPolicyLocal,
+    /// A pod or the node reaching an `externalTrafficPolicy: Local`
+    /// service's node port, external IP or LoadBalancer IP is internal
+    /// traffic: every endpoint, with or without a local one (iptables
+    /// mode's `KUBE-EXT-` short-circuits).
+    ExternalLocalFromInside,
+    /// `internalTrafficPolicy: Local` without a local endpoint drops
+    /// (a timeout), from a pod and from the node; a service without any
+    /// endpoint still refuses.
+    InternalLocalDrops,
     /// Fallback to serving-but-terminating endpoints.
     TerminatingFallback,
     /// An endpoint reaching its own service.
@@ -71,7 +80,7 @@ pub enum Feature {
 
 impl Feature {
     /// Every feature, in table order.
-    pub const ALL: [Feature; 17] = [
+    pub const ALL: [Feature; 19] = [
         Feature::ClusterIpTcp,
         Feature::ClusterIpUdp,
         Feature::MultiPort,
@@ -83,6 +92,8 @@ impl Feature {
         Feature::SessionAffinity,
         Feature::ExternalTrafficPolicyLocal,
         Feature::InternalTrafficPolicyLocal,
+        Feature::ExternalLocalFromInside,
+        Feature::InternalLocalDrops,
         Feature::TerminatingFallback,
         Feature::Hairpin,
         Feature::MasqueradeExternal,
@@ -105,6 +116,12 @@ impl Feature {
             Feature::SessionAffinity => "sessionAffinity: ClientIP",
             Feature::ExternalTrafficPolicyLocal => "externalTrafficPolicy: Local (source kept)",
             Feature::InternalTrafficPolicyLocal => "internalTrafficPolicy: Local",
+            Feature::ExternalLocalFromInside => {
+                "eTP: Local node port, external and LB IP from a pod or the node: every endpoint"
+            }
+            Feature::InternalLocalDrops => {
+                "iTP: Local without a local endpoint drops (pod and node), not refuses"
+            }
             Feature::TerminatingFallback => "terminating-endpoint fallback",
             Feature::Hairpin => "hairpin (endpoint → own service)",
             Feature::MasqueradeExternal => "masquerade of external traffic",
@@ -558,6 +575,8 @@ fn scenario(feature: Feature, ctx: &mut Ctx) {
         Feature::SessionAffinity => scenarios::session_affinity(ctx),
         Feature::ExternalTrafficPolicyLocal => scenarios::external_traffic_policy_local(ctx),
         Feature::InternalTrafficPolicyLocal => scenarios::internal_traffic_policy_local(ctx),
+        Feature::ExternalLocalFromInside => scenarios::external_local_from_inside(ctx),
+        Feature::InternalLocalDrops => scenarios::internal_local_drops(ctx),
         Feature::TerminatingFallback => scenarios::terminating_fallback(ctx),
         Feature::Hairpin => scenarios::hairpin(ctx),
         Feature::MasqueradeExternal => scenarios::masquerade_external(ctx),
@@ -583,6 +602,8 @@ macro_rules! behaviour_suite {
             load_balancer_source_ranges LoadBalancerSourceRanges, session_affinity SessionAffinity,
             external_traffic_policy_local ExternalTrafficPolicyLocal,
             internal_traffic_policy_local InternalTrafficPolicyLocal,
+            external_local_from_inside ExternalLocalFromInside,
+            internal_local_drops InternalLocalDrops,
             terminating_fallback TerminatingFallback, hairpin Hairpin,
             masquerade_external MasqueradeExternal, endpoint_churn EndpointChurn,
             service_deleted ServiceDeleted, cleanup Cleanup);

@@ -21,7 +21,7 @@
 //!
 //! Pods are routed point to point (/30 and /126 per pod), so hairpin
 //! traffic leaves and re-enters the node, as with most CNIs. The cluster
-//! CIDRs are 10.0.0.0/16 and fd00:10::/48. Nothing is created in, or routed through, the root
+//! CIDRs are 10.0.0.0/16 and fd00:10::/32. Nothing is created in, or routed through, the root
 //! namespace; dropping the [`Topology`] deletes every namespace (and with
 //! them every veth), even when a test panics.
 
@@ -77,7 +77,7 @@ pub const NODE_IP2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 1);
 /// The remote node's IPv6 address.
 pub const REMOTE_NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 2);
 /// The IPv6 cluster (pod) CIDR.
-pub const CLUSTER_CIDR6: &str = "fd00:10::/48";
+pub const CLUSTER_CIDR6: &str = "fd00:10::/32";
 /// The name of the remote node.
 pub const REMOTE_NODE_NAME: &str = "node-2";
 
@@ -236,7 +236,7 @@ impl Topology {
             format!("route add 10.0.0.0/16 via {NODE_IP2}"),
             format!("route add 192.168.50.0/24 via {NODE_IP2}"),
             format!("addr add {REMOTE_NODE_IP6}/64 dev eth0 nodad"),
-            format!("route add fd00:10::/48 via {NODE_IP2_6}"),
+            format!("route add fd00:10::/32 via {NODE_IP2_6}"),
             format!("route add fd00:50::/64 via {NODE_IP2_6}"),
         ];
         for i in 0..plan.remote_pods {

@@ -108,10 +108,7 @@ fn tcp_and_udp_reach_the_right_server() {
     // A persistent connection carries several requests to the same server.
     let mut c = topo.tcp_open(Where::Ext, l0, t).unwrap();
     for _ in 0..3 {
-        assert_eq!(
-            proxier_testbed::traffic::tcp_line(&mut c, "x").server(),
-            Some(l0)
-        );
+        assert_eq!(proxier_testbed::tcp_line(&mut c, "x").server(), Some(l0));
     }
 }
 

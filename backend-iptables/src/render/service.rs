@@ -4,7 +4,7 @@
 //! `KUBE-SVL-` chains, and a `KUBE-SEP-` chain per endpoint.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use proxier_core::{Categorized, Endpoint, ServicePort, Snapshot};
 use proxier_netfilter::LocalDetector;
@@ -149,7 +149,7 @@ impl Renderer<'_> {
         Ok(f)
     }
 
-    /// 1. The cluster IP: to the internal policy's chain, or the filter
+    /// Section 1: The cluster IP: to the internal policy's chain, or the filter
     /// verdict.
     fn cluster_ip(port: &Port<'_>, f: &mut Fragment) {
         let (svc, n, p) = (port.svc, &port.n, port.p);
@@ -176,52 +176,20 @@ impl Renderer<'_> {
         }
     }
 
-    /// 2. External IPs: to `KUBE-EXT-`, and the verdict when external
+    /// Section 2: External IPs: to `KUBE-EXT-`, and the verdict when external
     /// traffic has nowhere to go.
     fn external_ips(port: &Port<'_>, f: &mut Fragment) {
-        let (svc, n, p) = (port.svc, &port.n, port.p);
-        for ip in &svc.external_ips {
-            if port.has_endpoints {
-                dst_rule(
-                    &mut f.nat_services,
-                    "KUBE-SERVICES",
-                    &[n, " external IP"],
-                    p,
-                    *ip,
-                    svc.port,
-                    &port.ch.ext,
-                );
-            }
-            if !port.has_external {
-                dst_rule(
-                    &mut f.filter_external,
-                    "KUBE-EXTERNAL-SERVICES",
-                    &port.verdict_comment(),
-                    p,
-                    *ip,
-                    svc.port,
-                    port.verdict_target,
-                );
-            }
+        for ip in &port.svc.external_ips {
+            Self::external_address(port, f, *ip, " external IP", &port.ch.ext);
         }
     }
 
-    /// 3. Load-balancer IPs: to the firewall or `KUBE-EXT-`, the
+    /// Section 3: Load-balancer IPs: to the firewall or `KUBE-EXT-`, the
     /// firewall's drop, and the verdict.
     fn load_balancer_ips(port: &Port<'_>, f: &mut Fragment) {
         let (svc, n, p) = (port.svc, &port.n, port.p);
         for ip in &svc.load_balancer_ips {
-            if port.has_endpoints {
-                dst_rule(
-                    &mut f.nat_services,
-                    "KUBE-SERVICES",
-                    &[n, " loadbalancer IP"],
-                    p,
-                    *ip,
-                    svc.port,
-                    port.lb_chain(),
-                );
-            }
+            Self::external_address(port, f, *ip, " loadbalancer IP", port.lb_chain());
             if port.uses_fw_chain {
                 dst_rule(
                     &mut f.filter_firewall,
@@ -233,21 +201,40 @@ impl Renderer<'_> {
                     "DROP",
                 );
             }
-            if !port.has_external {
-                dst_rule(
-                    &mut f.filter_external,
-                    "KUBE-EXTERNAL-SERVICES",
-                    &port.verdict_comment(),
-                    p,
-                    *ip,
-                    svc.port,
-                    port.verdict_target,
-                );
-            }
         }
     }
 
-    /// 4. The node port: `KUBE-NODEPORTS` to `KUBE-EXT-`, and the verdict
+    /// One external address (`what`: its comment): nat `KUBE-SERVICES`
+    /// to `target` when there are endpoints, and filter
+    /// `KUBE-EXTERNAL-SERVICES`' verdict when external traffic has
+    /// nowhere to go. The nat rule is written first, as kube-proxy does.
+    fn external_address(port: &Port<'_>, f: &mut Fragment, ip: IpAddr, what: &str, target: &str) {
+        let (svc, n, p) = (port.svc, &port.n, port.p);
+        if port.has_endpoints {
+            dst_rule(
+                &mut f.nat_services,
+                "KUBE-SERVICES",
+                &[n, what],
+                p,
+                ip,
+                svc.port,
+                target,
+            );
+        }
+        if !port.has_external {
+            dst_rule(
+                &mut f.filter_external,
+                "KUBE-EXTERNAL-SERVICES",
+                &port.verdict_comment(),
+                p,
+                ip,
+                svc.port,
+                port.verdict_target,
+            );
+        }
+    }
+
+    /// Section 4: The node port: `KUBE-NODEPORTS` to `KUBE-EXT-`, and the verdict
     /// on local destinations.
     fn node_port(port: &Port<'_>, f: &mut Fragment) {
         let (svc, n, p) = (port.svc, &port.n, port.p);
@@ -274,7 +261,7 @@ impl Renderer<'_> {
         }
     }
 
-    /// 5. The health-check node port is accepted.
+    /// Section 5: The health-check node port is accepted.
     fn health_check_node_port(port: &Port<'_>, f: &mut Fragment) {
         let svc = port.svc;
         if svc.health_check_node_port == 0 {
@@ -287,7 +274,7 @@ impl Renderer<'_> {
         jump(o, "ACCEPT");
     }
 
-    /// 7. The internal masquerade rule, for the head of the internal
+    /// Section 7: The internal masquerade rule, for the head of the internal
     /// chain (non-local sources to the cluster IP are marked).
     fn internal_masquerade(&self, port: &Port<'_>) -> String {
         let mut masq = String::new();
@@ -305,7 +292,7 @@ impl Renderer<'_> {
         masq
     }
 
-    /// 8. `KUBE-EXT-`: masquerade (Cluster policy), or for eTP Local pod
+    /// Section 8: `KUBE-EXT-`: masquerade (Cluster policy), or for eTP Local pod
     /// and node traffic to the cluster chain, the rest to `KUBE-SVL-`.
     fn external_chain(&self, port: &Port<'_>, f: &mut Fragment) {
         if !port.uses_ext_chain {
@@ -350,7 +337,7 @@ impl Renderer<'_> {
         f.push_chain(ext, &o);
     }
 
-    /// 9. `KUBE-FW-`: the source ranges (and the node's own addresses
+    /// Section 9: `KUBE-FW-`: the source ranges (and the node's own addresses
     /// when a range holds one) to `KUBE-EXT-`; the rest falls through to
     /// `KUBE-PROXY-FIREWALL`'s drop.
     fn firewall_chain(&self, port: &Port<'_>, f: &mut Fragment) {
@@ -388,7 +375,7 @@ impl Renderer<'_> {
         f.push_chain(&ch.fw, &o);
     }
 
-    /// 10. `KUBE-SVC-` and `KUBE-SVL-`: affinity, then random choice
+    /// Section 10: `KUBE-SVC-` and `KUBE-SVL-`: affinity, then random choice
     /// among the policy's endpoints; the internal chain starts with the
     /// masquerade rule.
     fn policy_chains(&mut self, port: &Port<'_>, f: &mut Fragment, masq: &mut String, seps: &Seps) {
@@ -414,7 +401,7 @@ impl Renderer<'_> {
         }
     }
 
-    /// 11. One `KUBE-SEP-` chain per reachable endpoint: hairpin
+    /// Section 11: One `KUBE-SEP-` chain per reachable endpoint: hairpin
     /// masquerade, then DNAT (with `recent --set` for affinity). Written
     /// straight into the fragment: most of the ruleset's bytes.
     fn endpoint_chains(&self, port: &Port<'_>, f: &mut Fragment, seps: &Seps) {

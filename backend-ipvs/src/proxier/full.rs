@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use proxier_core::ProxierError;
 
-use crate::client::Op;
-use crate::codec::{Dest, Service};
 use crate::desired::{VsKey, contribution, key_of};
 use crate::sets::{self};
+use ipvs_netlink::Op;
+use ipvs_netlink::{Dest, Service};
 
 use super::*;
 
@@ -39,13 +39,14 @@ impl IpvsProxier {
             .k
             .ipvs
             .dump(self.cfg.family)
+            .await
             .map_err(|e| perr("ipvsadm -Ln", e))?;
         let bound: BTreeSet<IpAddr> = self
             .k
             .links
             .addresses(&self.cfg.dummy)
             .await
-            .map_err(|e| perr("ip addr show kube-ipvs0", e))?
+            .map_err(|e| perr("reading the dummy interface's addresses", e))?
             .into_iter()
             .filter(|ip| self.cfg.family.matches(ip))
             .collect();
@@ -83,7 +84,7 @@ impl IpvsProxier {
                 )
             })
             .collect();
-        self.run_ops(&ops, errors)?;
+        self.run_ops(&ops, errors).await?;
         self.kernel.retain(|k, _| wanted_keys.contains(k));
         self.real_servers = self.kernel.values().map(|(_, d)| d.len()).sum();
         self.binds_before.clear();
@@ -98,7 +99,7 @@ impl IpvsProxier {
             .ipset
             .save()
             .await
-            .map_err(|e| perr("ipset save", e))?;
+            .map_err(|e| perr("reading the ipsets", e))?;
         let have_sets = sets::parse_save(&saved, self.cfg.family);
         let (input, n) = sets::diff(&have_sets, &self.wanted_entries(), self.cfg.family);
         if !input.is_empty() {
@@ -106,7 +107,7 @@ impl IpvsProxier {
                 .ipset
                 .restore(&input)
                 .await
-                .map_err(|e| perr("ipset restore", e))?;
+                .map_err(|e| perr("writing the ipsets", e))?;
         }
         self.report.ipset_changes = n;
         self.contribs = contribs;

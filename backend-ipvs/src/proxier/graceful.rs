@@ -9,9 +9,9 @@ use std::time::Instant;
 
 use proxier_core::ProxierError;
 
-use crate::client::Op;
-use crate::codec::{Dest, Service};
 use crate::desired::key_of;
+use ipvs_netlink::Op;
+use ipvs_netlink::{Dest, Service};
 
 use super::*;
 
@@ -73,7 +73,7 @@ impl IpvsProxier {
 
     /// Runs `ops`; failed ones become errors naming the service port that
     /// wanted the virtual server. Updates the cache of kernel state.
-    pub(super) fn run_ops(
+    pub(super) async fn run_ops(
         &mut self,
         ops: &[Op],
         errors: &mut Failures,
@@ -82,7 +82,12 @@ impl IpvsProxier {
         if ops.is_empty() {
             return Ok(());
         }
-        let results = self.k.ipvs.apply(ops).map_err(|e| perr("IPVS batch", e))?;
+        let results = self
+            .k
+            .ipvs
+            .apply(ops)
+            .await
+            .map_err(|e| perr("IPVS batch", e))?;
         let mut refused = BTreeSet::new();
         for (op, r) in ops.iter().zip(results) {
             let (svc, dest) = match op {

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use proxier_core::{ProxierError, ServicePortName, SyncRequest};
 
-use crate::client::Op;
 use crate::desired::{VsKey, contribution, key_of};
 use crate::sets::{self, Set};
+use ipvs_netlink::Op;
 
 use super::*;
 
@@ -90,6 +90,7 @@ impl IpvsProxier {
                                 .k
                                 .ipvs
                                 .dests(s)
+                                .await
                                 .map_err(|e| perr(&format!("{name}: ipvsadm -Ln"), e))?;
                             Some((s.clone(), d))
                         }
@@ -108,7 +109,12 @@ impl IpvsProxier {
             .collect();
         for key in draining {
             if let Some((s, _)) = self.kernel.get(&key).cloned() {
-                let d = self.k.ipvs.dests(&s).map_err(|e| perr("ipvsadm -Ln", e))?;
+                let d = self
+                    .k
+                    .ipvs
+                    .dests(&s)
+                    .await
+                    .map_err(|e| perr("ipvsadm -Ln", e))?;
                 let name = self.owner.get(&key).cloned();
                 let want = name
                     .and_then(|n| self.contribs.get(&n))
@@ -119,7 +125,7 @@ impl IpvsProxier {
                 }
             }
         }
-        self.run_ops(&ops, errors)?;
+        self.run_ops(&ops, errors).await?;
         // Addresses whose wantedness changed.
         let mut add = Vec::new();
         let mut del = Vec::new();
@@ -158,7 +164,7 @@ impl IpvsProxier {
                 .ipset
                 .restore(&input)
                 .await
-                .map_err(|e| perr("ipset restore", e))?;
+                .map_err(|e| perr("writing the ipsets", e))?;
         }
         self.report.ipset_changes = changes.len();
         self.write_rules(false).await

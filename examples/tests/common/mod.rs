@@ -125,3 +125,20 @@ pub fn http_get_in(ns: &Netns, addr: &'static str, path: &'static str) -> String
     .flatten()
     .unwrap_or_default()
 }
+
+/// Runs `backend` under a runner fed from `manifests` as node `node-1`
+/// until its first sync; whether that sync succeeded.
+pub async fn first_sync(backend: Box<dyn proxier_core::Proxier>, manifests: String) -> bool {
+    use proxier_core::{ChangeTracker, IpFamily, ManifestSource, Runner, RunnerConfig};
+    let tracker = ChangeTracker::new(IpFamily::V4, "node-1");
+    let (runner, handle) = Runner::new(tracker, backend, RunnerConfig::default());
+    tokio::spawn(ManifestSource::new(manifests, "node-1").run(handle.clone()));
+    let mut ok = false;
+    runner
+        .run_with(std::future::pending::<()>(), |sync| {
+            ok = sync.ok;
+            false
+        })
+        .await;
+    ok
+}

@@ -19,6 +19,30 @@ use super::{
     is_port_name,
 };
 
+impl Service {
+    /// Validates the service and returns its ports for `family`.
+    ///
+    /// A headless service, or one without a cluster IP of this family,
+    /// yields no ports (as kube-proxy skips it); an invalid one yields an
+    /// error that names the field.
+    pub fn to_port_map(&self, family: IpFamily) -> Result<ServicePortMap, ValidationError> {
+        port_map(self, family, |ns| {
+            NamespacedName::new(ns, self.name.as_str())
+        })
+    }
+
+    /// [`Service::to_port_map`], with the namespace of the keys given by
+    /// `intern` once it is known to be valid (the tracker shares one
+    /// `Arc` per namespace).
+    pub(crate) fn port_map_interned(
+        &self,
+        family: IpFamily,
+        intern: impl FnOnce(&str) -> NamespacedName,
+    ) -> Result<ServicePortMap, ValidationError> {
+        port_map(self, family, intern)
+    }
+}
+
 /// Validates `svc` and returns its ports for `family`, keyed by the name
 /// `key` gives for its namespace (called once the namespace is valid).
 ///

@@ -12,6 +12,19 @@ use super::{
     is_label_value, is_port_name,
 };
 
+impl EndpointSlice {
+    /// Checks every field that can reach a rule.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        self.validate_allowing(false)
+    }
+
+    /// [`EndpointSlice::validate`], accepting loopback endpoint addresses
+    /// when `loopback` is set (local testing; the API server refuses them).
+    pub fn validate_allowing(&self, loopback: bool) -> Result<(), ValidationError> {
+        check(self, loopback)
+    }
+}
+
 /// Checks every field of `slice` that can reach a rule; loopback endpoint
 /// addresses pass when `loopback` is set (local testing; the API server
 /// refuses them).

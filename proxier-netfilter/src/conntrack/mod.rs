@@ -28,16 +28,16 @@ use async_trait::async_trait;
 use proxier_core::IpFamily;
 
 pub use codec::DumpFilter;
-pub use netlink::ConntrackNetlink;
+pub use netlink::{Capture, ConntrackNetlink};
 pub use stale::{CleanupReport, ConntrackFilter, StaleFlows, clean_stale};
 pub use tuning::{ConntrackTuning, TuningError};
 
 /// `IPPROTO_TCP`.
-pub const TCP: u8 = 6;
+pub const IPPROTO_TCP: u8 = 6;
 /// `IPPROTO_UDP`.
-pub const UDP: u8 = 17;
+pub const IPPROTO_UDP: u8 = 17;
 /// `IPPROTO_SCTP`.
-pub const SCTP: u8 = 132;
+pub const IPPROTO_SCTP: u8 = 132;
 
 /// One direction of a flow: addresses and ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,7 +55,7 @@ pub struct FlowTuple {
 /// One conntrack entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Flow {
-    /// The layer-4 protocol (`IPPROTO_*`: [`UDP`], [`SCTP`], [`TCP`]).
+    /// The layer-4 protocol ([`IPPROTO_UDP`], [`IPPROTO_SCTP`], [`IPPROTO_TCP`]).
     pub protocol: u8,
     /// The original direction (what the client sent).
     pub orig: FlowTuple,
@@ -73,9 +73,9 @@ pub struct Flow {
 
 fn proto_name(p: u8) -> String {
     match p {
-        TCP => "tcp".into(),
-        UDP => "udp".into(),
-        SCTP => "sctp".into(),
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        IPPROTO_SCTP => "sctp".into(),
         n => n.to_string(),
     }
 }

@@ -23,7 +23,9 @@ use std::net::IpAddr;
 
 use proxier_core::{IpFamily, Protocol, Snapshot, SyncRequest};
 
-use super::{Conntrack, ConntrackError, DumpFilter, Flow, SCTP, UDP};
+use super::{
+    Conntrack, ConntrackError, DumpFilter, Flow, IPPROTO_SCTP as SCTP, IPPROTO_UDP as UDP,
+};
 
 /// One set of UDP flows to delete, as `conntrack -D -p udp` filters them
 /// (kube-proxy's `ClearEntriesFor*`).

@@ -263,6 +263,113 @@ pub(super) fn internal_traffic_policy_local(ctx: &mut Ctx) {
     );
 }
 
+/// [`Feature::ExternalLocalFromInside`]: iptables mode's `KUBE-EXT-`
+/// chain sends pod traffic ("pod traffic for … external destinations")
+/// and the node's own ("route LOCAL traffic") to the cluster-wide chain,
+/// so from inside the cluster every endpoint answers on the external
+/// addresses of an eTP: Local service, whether this node has a local
+/// endpoint or not. (From outside, the local endpoints only: see
+/// [`external_traffic_policy_local`].)
+pub(super) fn external_local_from_inside(ctx: &mut Ctx) {
+    ctx.serve(&ALL_EPS, TARGET);
+    let node_ip = ctx.topo.node_ip();
+    let mut s = node_port(web(ctx, "etpin", CIP2), 30085);
+    s.service_type = ServiceType::LoadBalancer;
+    s.external_traffic_policy = TrafficPolicy::Local;
+    s.health_check_node_port = 30185;
+    s.external_ips = ctx.both(EXT_IP);
+    s.load_balancer_ips = ctx.both(LB_IP);
+    let remote = ctx.ip_of(Where::Remote(0));
+    let local = ctx.ip_of(Where::Local(0));
+    let tcp_dsts = [
+        ("node port", sa(node_ip, 30085)),
+        ("external IP", sa(ctx.at(EXT_IP), PORT)),
+        ("LoadBalancer IP", sa(ctx.at(LB_IP), PORT)),
+    ];
+    for (eps, case) in [
+        (
+            &[Where::Local(0), Where::Remote(0)][..],
+            "with a local endpoint",
+        ),
+        (&[Where::Remote(0)][..], "without a local endpoint"),
+    ] {
+        let sl = web_slice("etpin", ctx, eps);
+        ctx.apply(std::slice::from_ref(&s), &[sl]);
+        for from in [Where::ClientPod, Where::Node] {
+            for (what, dst) in tcp_dsts {
+                let out = ctx.replies(from, TCP, None, dst, 16);
+                let servers = Ctx::servers(&out);
+                assert!(
+                    servers.contains(&remote),
+                    "{case}: {from:?} → {what} {dst} must reach the remote endpoint too: {out:?}"
+                );
+                if eps.contains(&Where::Local(0)) {
+                    assert!(
+                        servers.contains(&local),
+                        "{case}: {from:?} → {what}: {out:?}"
+                    );
+                }
+            }
+            // UDP through the external IP.
+            let out = ctx.replies(from, UDP, None, sa(ctx.at(EXT_IP), 53), 16);
+            assert!(
+                Ctx::servers(&out).contains(&remote),
+                "{case}: {from:?} → external IP over UDP: {out:?}"
+            );
+        }
+    }
+}
+
+/// Whether `o` is a drop: no answer, or, from the node itself, the
+/// `EPERM` a local socket gets when its packet is dropped in `OUTPUT`.
+fn dropped(from: Where, o: &Outcome) -> bool {
+    match o {
+        Outcome::Timeout => true,
+        Outcome::Error(e) => from == Where::Node && e.contains("os error 1)"),
+        _ => false,
+    }
+}
+
+/// [`Feature::InternalLocalDrops`]: kube-proxy's iptables and nftables
+/// modes drop ("has no local endpoints") traffic to an iTP: Local
+/// service with no endpoint on this node, from pods and from the node,
+/// over TCP and UDP; a service with no endpoint anywhere is refused.
+pub(super) fn internal_local_drops(ctx: &mut Ctx) {
+    ctx.serve(&ALL_EPS, TARGET);
+    let cip = ctx.at(CIP2);
+    let mut s = web(ctx, "itpdrop", CIP2);
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    let sl = web_slice("itpdrop", ctx, &[Where::Remote(0), Where::Remote(1)]);
+    ctx.apply(&[s], &[sl]);
+    // Long enough for a refusal to show: over IPv6, TCP takes an ICMPv6
+    // port-unreachable only for the retransmitted SYN, a second later.
+    let tcp_wait = Duration::from_millis(2500);
+    for from in [Where::ClientPod, Where::Node] {
+        let o = ctx.topo.tcp(from, None, sa(cip, PORT), tcp_wait);
+        assert!(
+            dropped(from, &o),
+            "{from:?} → {cip}:{PORT} (TCP): no local endpoint must drop, not answer or refuse: {o:?}"
+        );
+        let o = ctx.topo.requests(from, UDP, None, sa(cip, 53), 1, T);
+        assert!(
+            o.iter().all(|o| dropped(from, o)),
+            "{from:?} → {cip}:53 (UDP): no local endpoint must drop, not answer or refuse: {o:?}"
+        );
+    }
+    // No endpoint anywhere: refused, as without the policy. (An empty
+    // slice names its family itself: it has no address to tell.)
+    let mut sl = web_slice("itpdrop", ctx, &[]);
+    sl.address_type = ctx.family();
+    ctx.apply(&[], &[sl]);
+    for from in [Where::ClientPod, Where::Node] {
+        let o = ctx.topo.tcp(from, None, sa(cip, PORT), tcp_wait);
+        assert!(
+            matches!(o, Outcome::Refused),
+            "{from:?} → {cip}:{PORT}: no endpoint at all must refuse: {o:?}"
+        );
+    }
+}
+
 /// [`Feature::TerminatingFallback`].
 pub(super) fn terminating_fallback(ctx: &mut Ctx) {
     let cip = ctx.at(CIP);

@@ -25,7 +25,7 @@ fn main() {
         }),
         ..Default::default()
     };
-    let converted = proxier_core::k8s::service_from_k8s(&svc)
+    let converted = proxier_core::service_from_k8s(&svc)
         .expect("valid")
         .expect("proxied");
     assert_eq!(converted.name, "echo");

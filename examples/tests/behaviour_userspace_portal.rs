@@ -1,40 +1,21 @@
 //! The behaviour suite on the userspace proxier in portal mode: iptables
 //! (nft) portals redirect real traffic in namespaces to the proxy.
 
-use std::sync::Arc;
+mod suite;
+
+use proxier_core::Proxier;
+use proxier_netfilter::Variant;
+use proxier_testbed::suite::{Backend, Env};
 use std::time::Duration;
 
-use backend_userspace::{Config, DataPath, Mode, Portal, UserspaceProxier};
-use proxier_core::{IpFamily, Protocol, Proxier};
-use proxier_netfilter::{ConntrackNetlink, IptablesCmd, Variant};
-use proxier_testbed::objects::{ep, service, slice};
-use proxier_testbed::suite::{Backend, Ctx, Env, Feature};
-use proxier_testbed::traffic::tcp_line;
+use proxier_core::{IpFamily, Protocol};
+use proxier_testbed::suite::{Ctx, Feature};
+use proxier_testbed::tcp_line;
 use proxier_testbed::{Topology, Where};
+use proxier_testbed::{ep, service, slice};
 
 fn make(env: &Env) -> Box<dyn Proxier> {
-    Box::new(UserspaceProxier::new(Config {
-        family: env.family,
-        mode: Mode::Portal(Portal {
-            iptables: Arc::new(IptablesCmd::new(env.family, Variant::Nft)),
-            conntrack: Arc::new(ConntrackNetlink::new().unwrap()),
-            node_port_addresses: env.node_port_addresses.clone(),
-        }),
-        data: DataPath::default(),
-    }))
-}
-
-/// Portal rules in both tables, and the proxy's sockets, in the node
-/// namespace.
-fn leftovers(topo: &Topology) -> Vec<String> {
-    let mut left = topo.kube_iptables_lines("nft");
-    left.extend(
-        topo.node_exec("ss", &["-Hltun"])
-            .expect("ss")
-            .lines()
-            .map(|l| format!("socket: {l}")),
-    );
-    left
+    suite::make("userspace", Variant::Nft, env)
 }
 
 static BACKEND: Backend = Backend {
@@ -45,12 +26,11 @@ static BACKEND: Backend = Backend {
         "a proxy opens its own connection to the endpoint: the client's source address cannot be kept",
     )],
     no_ipv6: None,
-    leftovers,
+    leftovers: suite::userspace_leftovers,
     verify: None,
 };
 
 proxier_testbed::behaviour_suite!(&BACKEND);
-
 /// The packets of `chain`'s jump from `builtin` (filter table) since the
 /// counters were zeroed: `iptables -L <builtin> -v -x -n`.
 fn jumped(topo: &Topology, builtin: &str, chain: &str) -> u64 {

@@ -8,9 +8,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
-use backend_ipvs::client::{ENOENT, ESRCH};
-use backend_ipvs::codec::*;
-use backend_ipvs::{IpvsClient, Op, Timeouts};
+use ipvs_netlink::ip_vs::*;
+use ipvs_netlink::{Dest, ENOENT, ESRCH, IpvsClient, Op, Service, Timeouts};
 use proxier_core::Protocol;
 use proxier_testbed::vm::delegate;
 use proxier_testbed::{Plan, Topology, Where};

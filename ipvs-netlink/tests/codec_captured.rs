@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
-use backend_ipvs::client::{Reply, parse_replies};
-use backend_ipvs::codec::*;
+use ipvs_netlink::ip_vs::*;
+use ipvs_netlink::{IpvsAttr, IpvsMessage, Reply, Service, parse_replies};
 use netlink_packet_core::NetlinkMessage;
 use netlink_packet_generic::GenlMessage;
 

@@ -19,6 +19,7 @@ use netlink_packet_generic::ctrl::{GenlCtrl, GenlCtrlCmd};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_GENERIC};
 
 use crate::codec::*;
+use crate::ip_vs::*;
 
 /// Bytes of requests packed into one `sendmsg`.
 pub const BATCH_BYTES: usize = 32 * 1024;
@@ -53,6 +54,13 @@ pub enum IpvsError {
         /// Why.
         reason: String,
     },
+    /// A call run on another thread (as `backend_ipvs::IpvsNetlink` runs
+    /// it on tokio's blocking pool) did not return: it panicked, or the
+    /// runtime is shutting down.
+    #[error(
+        "an IPVS call on the blocking pool did not return (it panicked, or the runtime is shutting down)"
+    )]
+    Lost,
 }
 
 impl IpvsError {

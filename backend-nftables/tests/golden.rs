@@ -1,0 +1,286 @@
+//! Golden test: kube-proxy's own `TestOverallNFTablesRules`. Its six
+//! services and slices are rebuilt here, rendered, and written to a real
+//! kernel over netlink in one namespace; kube-proxy's expected ruleset
+//! (`tests/golden/kube-proxy-overall.nft`) is loaded with `nft -f` into
+//! another. Both are read back with `nft list table ip kube-proxy`, so
+//! nft's own printer normalises them, and compared block by block and
+//! line for line: rules in order, set and map elements as sets.
+//!
+//! One difference is ours by design and rewritten before comparing
+//! ([`as_our_numgen`]): kube-proxy picks an endpoint with one
+//! `numgen random mod N vmap { 0 : goto e0, … }` rule (an anonymous map
+//! per service, which made large loads quadratic in the kernel: see the
+//! README's nftables benchmarks); this backend writes one
+//! `numgen random mod (N-i) 0 goto e_i` rule per endpoint, the last one
+//! plain `goto`, so each is still chosen with probability 1/N.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use backend_nftables::{Config, NfTables, NfTablesNetlink, render_full};
+use proxier_core::{
+    ChangeTracker, IpFamily, Protocol, Service, ServiceType, SessionAffinity, Snapshot,
+    TrafficPolicy,
+};
+use proxier_netfilter::LocalDetector;
+use proxier_testbed::{Netns, NsRuntime, ep, service, slice};
+
+const NODE: &str = "test-node";
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+fn lb(mut s: Service, node_port: u16, vip: &str) -> Service {
+    s.service_type = ServiceType::LoadBalancer;
+    s.ports[0].node_port = node_port;
+    s.load_balancer_ips = vec![ip(vip)];
+    s
+}
+
+/// The services and slices of `TestOverallNFTablesRules`. An endpoint
+/// without a node name there is another node's here.
+fn overall() -> Snapshot {
+    let mut t = ChangeTracker::new(IpFamily::V4, NODE);
+    let p80 = [("p80", 80, Protocol::Tcp)];
+    let other = "other-node";
+    let mut add = |s: Service, eps: Vec<(&str, &str)>| {
+        let (ns, name) = (s.namespace.clone(), s.name.clone());
+        t.update_service(&s).unwrap();
+        if !eps.is_empty() {
+            let eps = eps.into_iter().map(|(a, n)| ep(ip(a), n)).collect();
+            t.update_endpoint_slice(&slice(&ns, &name, &p80, eps))
+                .unwrap();
+        }
+    };
+    // ClusterIP.
+    add(
+        service("ns1", "svc1", "172.30.0.41", &p80),
+        vec![("10.180.0.1", other)],
+    );
+    // LoadBalancer, externalTrafficPolicy Local, an external IP; its
+    // one endpoint is not on this node.
+    let mut s2 = lb(service("ns2", "svc2", "172.30.0.42", &p80), 3001, "1.2.3.4");
+    s2.external_traffic_policy = TrafficPolicy::Local;
+    s2.external_ips = vec![ip("192.168.99.22")];
+    s2.health_check_node_port = 30000;
+    add(s2, vec![("10.180.0.2", other)]);
+    // NodePort.
+    let mut s3 = service("ns3", "svc3", "172.30.0.43", &p80);
+    s3.service_type = ServiceType::NodePort;
+    s3.ports[0].node_port = 3003;
+    add(s3, vec![("10.180.0.3", other)]);
+    // An external IP.
+    let mut s4 = service("ns4", "svc4", "172.30.0.44", &p80);
+    s4.service_type = ServiceType::NodePort;
+    s4.external_ips = vec![ip("192.168.99.33")];
+    add(s4, vec![("10.180.0.4", other), ("10.180.0.5", NODE)]);
+    // LoadBalancer, Cluster policy, source ranges, ClientIP affinity.
+    let mut s5 = lb(service("ns5", "svc5", "172.30.0.45", &p80), 3002, "5.6.7.8");
+    s5.health_check_node_port = 30000;
+    s5.load_balancer_source_ranges = vec![" 203.0.113.0/25".into()];
+    s5.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 10800,
+    };
+    add(s5, vec![("10.180.0.3", other)]);
+    // No endpoints.
+    add(service("ns6", "svc6", "172.30.0.46", &p80), vec![]);
+    t.apply().0
+}
+
+/// `NewFakeProxier(v1.IPv4Protocol)`'s settings.
+fn config() -> Config {
+    let mut cfg = Config::new(IpFamily::V4);
+    cfg.masquerade.local_detector = LocalDetector::ClusterCidr(vec!["10.0.0.0/8".parse().unwrap()]);
+    cfg.node_port_addresses = vec!["192.168.0.2/32".parse().unwrap()];
+    cfg.node_ips = ["192.168.0.2", "192.168.1.2", "192.168.99.11"]
+        .into_iter()
+        .map(ip)
+        .collect();
+    cfg.service_cidrs = vec!["172.30.0.0/16".parse().unwrap()];
+    cfg
+}
+
+fn nft(ns: &Netns, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "nft"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "nft {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// kube-proxy's expected commands in an order `nft -f` accepts (a chain
+/// is made before a rule names it): the table, sets and maps, chains,
+/// then rules and elements in their order.
+fn loadable(expected: &str) -> String {
+    let lines: Vec<&str> = expected
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let rank = |l: &str| match l.split_whitespace().nth(1) {
+        Some("table") => 0,
+        Some("set" | "map") => 1,
+        Some("chain") => 2,
+        _ => 3,
+    };
+    let mut sorted = lines.clone();
+    sorted.sort_by_key(|l| rank(l));
+    sorted.join("\n") + "\n"
+}
+
+/// `nft list table` as blocks (`table …`, `set NAME`, `map NAME`,
+/// `chain NAME`), each with its lines: a chain's in order, a set's or
+/// map's elements sorted (the kernel's order is its hash's).
+fn blocks(listing: &str) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut current = String::new();
+    let mut elements: Option<String> = None;
+    for line in listing.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(acc) = elements.as_mut() {
+            acc.push(' ');
+            acc.push_str(line);
+            if line.ends_with('}') {
+                let items = element_items(&elements.take().unwrap());
+                out.entry(current.clone()).or_default().extend(items);
+            }
+            continue;
+        }
+        if line.starts_with("elements = {") {
+            if line.ends_with('}') {
+                out.entry(current.clone())
+                    .or_default()
+                    .extend(element_items(line));
+            } else {
+                elements = Some(line.to_string());
+            }
+            continue;
+        }
+        if let Some(head) = line.strip_suffix(" {") {
+            current = head.to_string();
+            out.entry(current.clone()).or_default();
+            continue;
+        }
+        if line == "}" {
+            continue;
+        }
+        out.entry(current.clone())
+            .or_default()
+            .push(line.to_string());
+    }
+    out
+}
+
+/// `elements = { a, b, … }` as sorted `element a` lines.
+fn element_items(all: &str) -> Vec<String> {
+    let inner = all.trim_start_matches("elements = {").trim_end_matches('}');
+    let mut items: Vec<String> = inner
+        .split(',')
+        .map(|e| e.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|e| !e.is_empty())
+        .map(|e| format!("element {e}"))
+        .collect();
+    items.sort();
+    items
+}
+
+/// kube-proxy's `numgen random mod N vmap { 0 : goto e0, 1 : goto e1, … }`
+/// as the rules this backend writes for it, in `nft list`'s words:
+/// `numgen random mod N 0 goto e0`, `numgen random mod N-1 0 goto e1`, …,
+/// `goto e(N-1)`. Any other line is kept.
+fn as_our_numgen(line: &str) -> Vec<String> {
+    let Some(rest) = line.strip_prefix("numgen random mod ") else {
+        return vec![line.to_string()];
+    };
+    let Some((n, map)) = rest.split_once(" vmap { ") else {
+        return vec![line.to_string()];
+    };
+    let n: usize = n.parse().expect("numgen modulus");
+    let targets: Vec<&str> = map
+        .trim_end_matches(" }")
+        .split(", ")
+        .map(|e| e.split_once(" : goto ").expect("i : goto chain").1)
+        .collect();
+    assert_eq!(targets.len(), n, "{line}");
+    targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            if i + 1 == n {
+                format!("goto {t}")
+            } else {
+                format!("numgen random mod {} 0 goto {t}", n - i)
+            }
+        })
+        .collect()
+}
+
+/// Every difference between two block maps, one line each.
+fn differences(
+    ours: &BTreeMap<String, Vec<String>>,
+    theirs: &BTreeMap<String, Vec<String>>,
+) -> Vec<String> {
+    let mut d = Vec::new();
+    for (name, want) in theirs {
+        match ours.get(name) {
+            None => d.push(format!("missing {name}")),
+            Some(have) if have != want => d.push(format!(
+                "{name} differs:\n  kube-proxy: {want:#?}\n  ours:       {have:#?}"
+            )),
+            _ => {}
+        }
+    }
+    for name in ours.keys().filter(|n| !theirs.contains_key(*n)) {
+        d.push(format!("extra {name}"));
+    }
+    d
+}
+
+#[test]
+fn overall_matches_kube_proxy() {
+    let expected = include_str!("golden/kube-proxy-overall.nft");
+    let (tx, _, errors) = render_full(&config(), &overall());
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let ours_ns = Netns::new("goldnft").unwrap();
+    let rt = NsRuntime::start(&ours_ns).unwrap();
+    rt.block_on(async move {
+        let nft = Arc::new(NfTablesNetlink::new().unwrap());
+        nft.apply(&tx).await.unwrap();
+    });
+    let ours = nft(&ours_ns, &["list", "table", "ip", "kube-proxy"], None);
+
+    let theirs_ns = Netns::new("goldkp").unwrap();
+    nft(&theirs_ns, &["-f", "-"], Some(&loadable(expected)));
+    let theirs = nft(&theirs_ns, &["list", "table", "ip", "kube-proxy"], None);
+
+    let mut theirs_blocks = blocks(&theirs);
+    for lines in theirs_blocks.values_mut() {
+        *lines = lines.iter().flat_map(|l| as_our_numgen(l)).collect();
+    }
+    let d = differences(&blocks(&ours), &theirs_blocks);
+    assert!(
+        d.is_empty(),
+        "{} difference(s) from kube-proxy's TestOverallNFTablesRules:\n{}\n--- ours ---\n{ours}",
+        d.len(),
+        d.join("\n")
+    );
+}
