@@ -44,6 +44,13 @@ pub struct Config {
     pub graceful_termination_cap: Duration,
     /// The dummy interface (`kube-ipvs0`).
     pub dummy: String,
+    /// The packet-mark bits of the firewall-mark virtual servers that send
+    /// traffic from pods and from the node to an `externalTrafficPolicy:
+    /// Local` service's external addresses to every endpoint, as iptables
+    /// mode does (a contiguous run of bits, apart from the masquerade bit;
+    /// default `0xffff0000`: 65,535 such service ports). A firewall-mark
+    /// virtual server outside it is never touched.
+    pub external_local_mark_mask: u32,
 }
 
 impl Config {
@@ -61,6 +68,7 @@ impl Config {
             rules: Masquerade::new(family),
             graceful_termination_cap: Duration::from_secs(15 * 60),
             dummy: DUMMY.into(),
+            external_local_mark_mask: 0xffff_0000,
         }
     }
 
@@ -105,6 +113,16 @@ impl Config {
         if let Some(ip) = self.node_ips.iter().find(|ip| !self.family.matches(ip)) {
             return Err(ConfigError::new("node_ips", ip, "wrong IP family"));
         }
+        let m = self.external_local_mark_mask;
+        let run = m.checked_shr(m.trailing_zeros()).unwrap_or(0);
+        let contiguous = m != 0 && run & run.wrapping_add(1) == 0;
+        if !contiguous || m & self.rules.mark() != 0 {
+            return Err(ConfigError::new(
+                "external_local_mark_mask",
+                format!("{m:#x}"),
+                "not a contiguous run of mark bits apart from the masquerade bit",
+            ));
+        }
         Ok(())
     }
 }
@@ -132,6 +150,15 @@ mod config_tests {
         let mut c = Config::new(IpFamily::V6);
         c.rules = Masquerade::new(IpFamily::V4);
         assert_eq!(field(c), "rules.family");
+        let mut c = Config::new(IpFamily::V4);
+        c.external_local_mark_mask = 0xffff_4000;
+        assert_eq!(field(c), "external_local_mark_mask");
+        let mut c = Config::new(IpFamily::V4);
+        c.external_local_mark_mask = 0x0f0f_0000;
+        assert_eq!(field(c), "external_local_mark_mask");
+        let mut c = Config::new(IpFamily::V4);
+        c.external_local_mark_mask = 0x8000_0000;
+        c.validate().unwrap();
         Config::new(IpFamily::V6).validate().unwrap();
     }
 }

@@ -29,14 +29,34 @@ pub struct Settings {
     /// The node's addresses (source ranges that contain one let the node
     /// reach the LB IP).
     pub node_ips: Vec<IpAddr>,
+    /// The bits of the packet mark that select an
+    /// `externalTrafficPolicy: Local` service port's firewall-mark virtual
+    /// server ([`Config::external_local_mark_mask`](crate::Config)).
+    pub mark_mask: u32,
 }
 
-/// The identity of a virtual server: `(protocol, address, port)`.
-pub type VsKey = (u16, IpAddr, u16);
+/// The identity of a virtual server: `(protocol, address, port, fwmark)`
+/// (a firewall-mark one has protocol 0, the unspecified address and port
+/// 0, as the kernel reports it).
+pub type VsKey = (u16, IpAddr, u16, u32);
 
 /// The key of a codec service.
 pub fn key_of(s: &Service) -> VsKey {
-    (s.protocol, s.addr, s.port)
+    (s.protocol, s.addr, s.port, s.fwmark)
+}
+
+/// Whether `svc` gets a firewall-mark virtual server for traffic from
+/// inside the node to its external destinations: `externalTrafficPolicy:
+/// Local` with an external IP, a load-balancer IP or a node port. Pods
+/// and the node then reach every endpoint the internal policy allows, as
+/// iptables mode's `KUBE-EXT-` chain sends them ("pod traffic for …
+/// external destinations", "masquerade LOCAL traffic for … LB IP"), while
+/// traffic from outside keeps to the local endpoints with its source.
+pub fn wants_mark(svc: &ServicePort, s: &Settings) -> bool {
+    svc.external_policy_local
+        && (!svc.external_ips.is_empty()
+            || !svc.load_balancer_ips.is_empty()
+            || (svc.node_port != 0 && !s.node_port_ips.is_empty()))
 }
 
 /// A service port's share of the kernel state.
@@ -52,12 +72,39 @@ pub struct Contribution {
     pub out_filter: Vec<String>,
 }
 
+/// The external destinations of `svc` (external IPs, LB IPs, node
+/// address × node port) as `ipset save` prints them (`ip,proto:port`).
+pub fn external_destinations(svc: &ServicePort, s: &Settings) -> Vec<String> {
+    let p = svc.protocol();
+    let mut out: Vec<String> = svc
+        .external_ips
+        .iter()
+        .chain(&svc.load_balancer_ips)
+        .map(|ip| ip_port(*ip, p, svc.port))
+        .collect();
+    if svc.node_port != 0 {
+        out.extend(
+            s.node_port_ips
+                .iter()
+                .map(|ip| ip_port(*ip, p, svc.node_port)),
+        );
+    }
+    out
+}
+
 /// The IP protocol number.
 pub fn ipproto(p: Protocol) -> u16 {
     match p {
         Protocol::Tcp => 6,
         Protocol::Udp => 17,
         Protocol::Sctp => 132,
+    }
+}
+
+fn unspecified(family: IpFamily) -> IpAddr {
+    match family {
+        IpFamily::V4 => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        IpFamily::V6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -84,8 +131,14 @@ fn net(n: &IpNet) -> String {
     }
 }
 
-/// The contribution of `svc` under `snap`.
-pub fn contribution(svc: &ServicePort, snap: &Snapshot, s: &Settings) -> Contribution {
+/// The contribution of `svc` under `snap`; `mark` is the firewall mark of
+/// its virtual server for traffic from inside (given when [`wants_mark`]).
+pub fn contribution(
+    svc: &ServicePort,
+    snap: &Snapshot,
+    s: &Settings,
+    mark: Option<u32>,
+) -> Contribution {
     let mut c = Contribution::default();
     let proto = svc.protocol();
     let pn = ipproto(proto);
@@ -129,10 +182,40 @@ pub fn contribution(svc: &ServicePort, snap: &Snapshot, s: &Settings) -> Contrib
     };
     let port = svc.port;
     // Cluster IP.
-    c.services.push((vs(svc.cluster_ip, port), internal));
+    c.services
+        .push((vs(svc.cluster_ip, port), internal.clone()));
     c.binds.push(svc.cluster_ip);
     c.entries
         .push((Set::ClusterIp, ip_port(svc.cluster_ip, proto, port)));
+    // iTP Local with endpoints elsewhere only: dropped, as iptables mode's
+    // "has no local endpoints" (a virtual server without real servers
+    // would be answered with a reset).
+    if svc.internal_policy_local && cat.has_any && cat.local().is_empty() {
+        c.entries
+            .push((Set::NoLocalEndpoints, ip_port(svc.cluster_ip, proto, port)));
+    }
+    // Traffic from inside to the external destinations of an eTP Local
+    // service: one firewall-mark virtual server with the internal
+    // policy's endpoints, selected by the mark that `KUBE-EXTERNAL-LOCAL-MARK`
+    // maps each destination to.
+    let marked = |c: &mut Contribution, ip: IpAddr, p: u16| {
+        if let Some(m) = mark {
+            c.entries.push((
+                Set::ExternalLocalMark,
+                format!(
+                    "{} skbmark {m:#x}/{:#x}",
+                    ip_port(ip, proto, p),
+                    s.mark_mask
+                ),
+            ));
+        }
+    };
+    if let Some(m) = mark {
+        let mut fw = vs(unspecified(s.family), 0);
+        fw.protocol = 0;
+        fw.fwmark = m;
+        c.services.push((fw, internal));
+    }
     // External IPs.
     for ip in &svc.external_ips {
         c.services.push((vs(*ip, port), external.clone()));
@@ -145,6 +228,7 @@ pub fn contribution(svc: &ServicePort, snap: &Snapshot, s: &Settings) -> Contrib
             Set::ExternalIp
         };
         c.entries.push((set, ip_port(*ip, proto, port)));
+        marked(&mut c, *ip, port);
     }
     // Load-balancer IPs.
     for ip in &svc.load_balancer_ips {
@@ -153,6 +237,7 @@ pub fn contribution(svc: &ServicePort, snap: &Snapshot, s: &Settings) -> Contrib
             c.binds.push(*ip);
         }
         let e = ip_port(*ip, proto, port);
+        marked(&mut c, *ip, port);
         c.entries.push((Set::LoadBalancer, e.clone()));
         if svc.external_policy_local {
             c.entries.push((Set::LoadBalancerLocal, e.clone()));
@@ -181,6 +266,7 @@ pub fn contribution(svc: &ServicePort, snap: &Snapshot, s: &Settings) -> Contrib
         let np = svc.node_port;
         for ip in &s.node_port_ips {
             c.services.push((vs(*ip, np), external.clone()));
+            marked(&mut c, *ip, np);
         }
         let local = svc.external_policy_local;
         match proto {

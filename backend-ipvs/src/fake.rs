@@ -234,14 +234,16 @@ impl Ipset for FakeIpset {
                     sets.entry(name.to_string())
                         .or_insert_with(|| (line.to_string(), BTreeSet::new()));
                 }
-                ["add", name, e] | ["del", name, e] => {
+                // `add` takes extensions (`skbmark 0x10000/0xffff0000`) and,
+                // as under `-exist`, replaces the element's; `del` takes
+                // the element alone, as `ipset` does.
+                ["add", name, e, ..] | ["del", name, e] => {
                     let set = sets.get_mut(*name).ok_or_else(|| {
                         IpsetError::restore(io::Error::other(format!("no set {name}")))
                     })?;
+                    set.1.retain(|have| have.split(' ').next() != Some(*e));
                     if w[0] == "add" {
-                        set.1.insert(e.to_string());
-                    } else {
-                        set.1.remove(*e);
+                        set.1.insert(w[2..].join(" "));
                     }
                 }
                 ["destroy", name] => {

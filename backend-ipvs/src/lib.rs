@@ -57,12 +57,13 @@ mod failure;
 #[cfg(any(test, feature = "testing"))]
 mod fake;
 mod kernel;
+mod marks;
 mod proxier;
 mod rules;
 mod sets;
 
 pub use config::{Config, DUMMY};
-pub use desired::{Contribution, Settings, VsKey, contribution};
+pub use desired::{Contribution, Settings, VsKey, contribution, external_destinations, wants_mark};
 pub use failure::{Failure, Failures};
 #[cfg(any(test, feature = "testing"))]
 pub use fake::{FakeIpset, FakeIpvs, FakeLinks, IpvsState, SetState, VirtualServer};

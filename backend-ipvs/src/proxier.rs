@@ -27,14 +27,15 @@ use proxier_core::{
 use proxier_netfilter::{
     Conntrack, ConntrackNetlink, Iptables, IptablesCmd, ProcSys, StaleFlows, Sysctl, clean_stale,
 };
-use proxier_netfilter::{TableRules, owned_drift, remove_owned, write_owned};
+use proxier_netfilter::{owned_drift, remove_owned, write_owned};
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::desired::{Contribution, Settings, VsKey, key_of};
 use crate::failure::{Failure, Failures};
 use crate::kernel::{Ipset, IpsetCmd, Ipvs, IpvsNetlink, Links, Rtnl};
-use crate::rules;
+use crate::marks::Marks;
+use crate::rules::{self, Tables};
 use crate::sets::{self, Entries, Set};
 use ipvs_netlink::ip_vs::IP_VS_SVC_F_HASHED;
 use ipvs_netlink::{Dest, Service};
@@ -142,7 +143,9 @@ pub struct IpvsProxier {
     out_filter: BTreeMap<ServicePortName, Vec<String>>,
     /// Real servers draining at weight 0, since when.
     graceful: HashMap<(VsKey, DestKey), Instant>,
-    written: Option<(TableRules, TableRules)>,
+    written: Option<Tables>,
+    /// Firewall marks of the virtual servers for traffic from inside.
+    marks: Marks,
     settings: Option<Settings>,
     report: SyncReport,
 }
@@ -180,6 +183,7 @@ impl IpvsProxier {
             proxier_netfilter::of_family(cfg.family, &cfg.node_port_addresses);
         cfg.validate()
             .map_err(|e| ProxierError::with_source(NAME, "configuration", e))?;
+        let marks = Marks::new(cfg.external_local_mark_mask);
         Ok(IpvsProxier {
             cfg,
             k: kernel,
@@ -196,6 +200,7 @@ impl IpvsProxier {
             out_filter: BTreeMap::new(),
             graceful: HashMap::new(),
             written: None,
+            marks,
             settings: None,
             report: SyncReport::default(),
         })
@@ -288,6 +293,7 @@ impl IpvsProxier {
             scheduler: self.cfg.scheduler.clone(),
             node_port_ips,
             node_ips,
+            mark_mask: self.cfg.external_local_mark_mask,
         })
     }
 
@@ -392,35 +398,40 @@ impl IpvsProxier {
             .flatten()
             .map(String::as_str)
             .collect();
-        let (nat, filter) = rules::render(&self.cfg.rules, &non_empty, &out);
-        if self.written.as_ref() == Some(&(nat.clone(), filter.clone())) {
-            if !full || self.rules_in_place(&nat, &filter).await {
+        let tables = rules::render(
+            &self.cfg.rules,
+            &non_empty,
+            &out,
+            self.cfg.external_local_mark_mask,
+        );
+        if self.written.as_ref() == Some(&tables) {
+            if !full || self.rules_in_place(&tables).await {
                 return Ok(());
             }
             warn!("iptables rules of the IPVS proxier were removed outside it; writing them again");
         }
-        // nat first, then filter, as kube-proxy.
-        write_owned(&*self.k.iptables, "nat", &nat, &|c| rules::owns("nat", c))
-            .await
-            .map_err(|e| {
-                perr("iptables-restore (nat)", e).refused(proxier_core::Refused::IptablesRestore)
-            })?;
-        write_owned(&*self.k.iptables, "filter", &filter, &|c| {
-            rules::owns("filter", c)
-        })
-        .await
-        .map_err(|e| {
-            perr("iptables-restore (filter)", e).refused(proxier_core::Refused::IptablesRestore)
-        })?;
-        self.written = Some((nat, filter));
+        // nat first, then filter, as kube-proxy; then mangle (ours).
+        for t in rules::TABLES {
+            write_owned(&*self.k.iptables, t, tables.get(t), &|c| rules::owns(t, c))
+                .await
+                .map_err(|e| {
+                    perr(&format!("iptables-restore ({t})"), e)
+                        .refused(proxier_core::Refused::IptablesRestore)
+                })?;
+        }
+        self.written = Some(tables);
         self.report.rules_written = true;
         Ok(())
     }
 
-    async fn rules_in_place(&self, nat: &TableRules, filter: &TableRules) -> bool {
+    async fn rules_in_place(&self, tables: &Tables) -> bool {
         let ipt = &*self.k.iptables;
-        matches!(owned_drift(ipt, "nat", nat).await, Ok(None))
-            && matches!(owned_drift(ipt, "filter", filter).await, Ok(None))
+        for t in rules::TABLES {
+            if !matches!(owned_drift(ipt, t, tables.get(t)).await, Ok(None)) {
+                return false;
+            }
+        }
+        true
     }
 
     async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Failures) {
@@ -465,7 +476,11 @@ impl IpvsProxier {
     /// of `kube-ipvs0`, or on a node address with a port in the node-port
     /// range, or written by this proxier.
     fn owned_vs(&self, s: &Service, bound: &BTreeSet<IpAddr>, node_ips: &[IpAddr]) -> bool {
-        if !self.cfg.family.matches(&s.addr) || s.fwmark != 0 || self.excluded(&s.addr) {
+        if s.fwmark != 0 {
+            // Ours: the firewall-mark virtual servers in our mark bits.
+            return self.cfg.family.matches(&s.addr) && self.marks.covers(s.fwmark);
+        }
+        if !self.cfg.family.matches(&s.addr) || self.excluded(&s.addr) {
             return false;
         }
         bound.contains(&s.addr)
@@ -559,12 +574,16 @@ impl Proxier for IpvsProxier {
             iptables_rules: self
                 .written
                 .as_ref()
-                .map(|(nat, filter)| {
+                .map(|t| {
                     let last = |n: usize| if self.report.rules_written { n } else { 0 };
-                    vec![
-                        ("filter", filter.rule_count(), last(filter.rule_count())),
-                        ("nat", nat.rule_count(), last(nat.rule_count())),
+                    [
+                        ("filter", &t.filter),
+                        ("mangle", &t.mangle),
+                        ("nat", &t.nat),
                     ]
+                    .into_iter()
+                    .map(|(name, r)| (name, r.rule_count(), last(r.rule_count())))
+                    .collect()
                 })
                 .unwrap_or_default(),
 
@@ -604,7 +623,7 @@ impl Proxier for IpvsProxier {
             }
             Err(e) => errors.step("ipvsadm -Ln", e),
         }
-        for t in ["nat", "filter"] {
+        for t in rules::TABLES {
             if let Err(e) = remove_owned(&*self.k.iptables, t, &|c| rules::owns(t, c)).await {
                 errors.step(format!("iptables -t {t} (owned chains)"), e);
             }
@@ -653,6 +672,7 @@ impl Proxier for IpvsProxier {
         self.out_filter.clear();
         self.graceful.clear();
         self.written = None;
+        self.marks.retain(|_| false);
         self.settings = None;
         self.initialized = false;
         self.first_sync_done = false;

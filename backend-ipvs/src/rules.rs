@@ -39,12 +39,53 @@ pub const FILTER_CHAINS: [&str; 6] = [
     KUBE_IPVS_OUT_FILTER,
 ];
 
+/// Ours, not kube-proxy's (its IPVS mode has neither behaviour): marks
+/// traffic from pods and from the node to the external destinations of
+/// `externalTrafficPolicy: Local` services with the firewall mark of
+/// their virtual server for traffic from inside (`ipset`'s `--map-mark`,
+/// only allowed in `mangle`).
+pub const KUBE_EXTERNAL_LOCAL: &str = "KUBE-EXTERNAL-LOCAL";
+/// Ours: drops new flows to `internalTrafficPolicy: Local` services that
+/// have endpoints, none of them on this node, before IPVS sees them
+/// (`mangle`, so that the node's own connections are dropped before IPVS's
+/// `LOCAL_OUT` hook answers them).
+pub const KUBE_NO_LOCAL_ENDPOINTS: &str = "KUBE-NO-LOCAL-ENDPOINTS";
+
+/// Mangle chains this backend owns.
+pub const MANGLE_CHAINS: [&str; 2] = [KUBE_EXTERNAL_LOCAL, KUBE_NO_LOCAL_ENDPOINTS];
+
+/// The tables this backend writes, in the order it writes them.
+pub const TABLES: [&str; 3] = ["nat", "filter", "mangle"];
+
 /// Whether `chain` in `table` is ours.
 pub fn owns(table: &str, chain: &str) -> bool {
     match table {
         "nat" => NAT_CHAINS.contains(&chain),
         "filter" => FILTER_CHAINS.contains(&chain),
+        "mangle" => MANGLE_CHAINS.contains(&chain),
         _ => false,
+    }
+}
+
+/// The rules of each table this backend writes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tables {
+    /// `nat`.
+    pub nat: TableRules,
+    /// `filter`.
+    pub filter: TableRules,
+    /// `mangle`.
+    pub mangle: TableRules,
+}
+
+impl Tables {
+    /// The rules of `table` (one of [`TABLES`]).
+    pub fn get(&self, table: &str) -> &TableRules {
+        match table {
+            "nat" => &self.nat,
+            "filter" => &self.filter,
+            _ => &self.mangle,
+        }
     }
 }
 
@@ -148,13 +189,15 @@ const SET_RULES: [(Set, &str, &str, &str, &str, &str); 12] = [
     ),
 ];
 
-/// The nat and filter rules for the sets in `non_empty`, plus the
-/// per-LB `KUBE-IPVS-OUT-FILTER` rules.
+/// The nat, filter and mangle rules for the sets in `non_empty`, plus the
+/// per-LB `KUBE-IPVS-OUT-FILTER` rules; `mark_mask` holds the firewall
+/// marks of the virtual servers for traffic from inside.
 pub fn render(
     cfg: &Masquerade,
     non_empty: &BTreeSet<Set>,
     out_filter: &[&str],
-) -> (TableRules, TableRules) {
+    mark_mask: u32,
+) -> Tables {
     let fam = cfg.family;
     let name = |s: Set| s.name(fam);
     let mut nat: Vec<(&str, String)> = NAT_CHAINS.iter().map(|c| (*c, String::new())).collect();
@@ -285,6 +328,21 @@ pub fn render(
         name(Set::IpvsIps)
     );
     let pr = body(&mut nat, KUBE_POSTROUTING);
+    if non_empty.contains(&Set::ExternalLocalMark) {
+        // The node's own connections to an external destination leave
+        // with a source the endpoint cannot answer (the LB IP itself, on
+        // `kube-ipvs0`): masquerade them, as iptables mode's "masquerade
+        // LOCAL traffic for … LB IP". The masquerade bit cannot be used:
+        // IPVS looks its firewall-mark services up by the whole mark.
+        let _ = write!(
+            nat[pr].1,
+            "-A KUBE-POSTROUTING -m comment --comment \"kubernetes node traffic to externalTrafficPolicy=Local services\" -m mark ! --mark 0x0/{mark_mask:#x} -m addrtype --src-type LOCAL -j MASQUERADE"
+        );
+        if cfg.random_fully {
+            nat[pr].1.push_str(" --random-fully");
+        }
+        nat[pr].1.push('\n');
+    }
     nat[pr].1.push_str(&cfg.postrouting_rules());
     let mm = body(&mut nat, KUBE_MARK_MASQ);
     nat[mm].1 = cfg.mark_masq_rules();
@@ -293,6 +351,57 @@ pub fn render(
         from,
         rule: format!("-m comment --comment \"{comment}\" -j {to}"),
         position: Position::First,
+    };
+    let mut mangle = String::new();
+    if non_empty.contains(&Set::ExternalLocalMark) {
+        let _ = writeln!(
+            mangle,
+            "-A {KUBE_EXTERNAL_LOCAL} -m comment --comment \"{}\" -j SET --map-set {} dst,dst --map-mark",
+            Set::ExternalLocalMark.comment(),
+            name(Set::ExternalLocalMark)
+        );
+    }
+    let mut no_local = String::new();
+    if non_empty.contains(&Set::NoLocalEndpoints) {
+        let _ = writeln!(
+            no_local,
+            "-A {KUBE_NO_LOCAL_ENDPOINTS} -m comment --comment \"{}\" -m conntrack --ctstate NEW -m set --match-set {} dst,dst -j DROP",
+            Set::NoLocalEndpoints.comment(),
+            name(Set::NoLocalEndpoints)
+        );
+    }
+    let mut mangle_jumps = Vec::new();
+    if cfg.local_detector.is_implemented() {
+        let mut from_pod = String::new();
+        cfg.local_match(&mut from_pod, false);
+        mangle_jumps.push(Jump {
+            from: "PREROUTING",
+            rule: format!(
+                "-m comment --comment \"kubernetes pod traffic to externalTrafficPolicy=Local services\"{from_pod} -j {KUBE_EXTERNAL_LOCAL}"
+            ),
+            position: Position::First,
+        });
+    }
+    mangle_jumps.push(Jump {
+        from: "OUTPUT",
+        rule: format!(
+            "-m comment --comment \"kubernetes node traffic to externalTrafficPolicy=Local services\" -m addrtype --src-type LOCAL -j {KUBE_EXTERNAL_LOCAL}"
+        ),
+        position: Position::First,
+    });
+    for from in ["PREROUTING", "OUTPUT"] {
+        mangle_jumps.push(jump(
+            from,
+            "kubernetes services without local endpoints",
+            KUBE_NO_LOCAL_ENDPOINTS,
+        ));
+    }
+    let mangle_rules = TableRules {
+        chains: vec![
+            (KUBE_EXTERNAL_LOCAL.to_string(), mangle),
+            (KUBE_NO_LOCAL_ENDPOINTS.to_string(), no_local),
+        ],
+        jumps: mangle_jumps,
     };
     let nat_rules = TableRules {
         chains: nat.into_iter().map(|(c, b)| (c.to_string(), b)).collect(),
@@ -324,7 +433,11 @@ pub fn render(
             ),
         ],
     };
-    (nat_rules, filter_rules)
+    Tables {
+        nat: nat_rules,
+        filter: filter_rules,
+        mangle: mangle_rules,
+    }
 }
 
 #[cfg(test)]
@@ -339,7 +452,7 @@ mod tests {
     fn node_port_udp_rules_match_kube_proxy() {
         let cfg = Masquerade::default();
         let sets = BTreeSet::from([Set::ClusterIp, Set::NodePortUdp, Set::IpvsIps]);
-        let (nat, filter) = render(&cfg, &sets, &[]);
+        let Tables { nat, filter, .. } = render(&cfg, &sets, &[], 0xffff0000);
         let chain = |t: &TableRules, c: &str| -> Vec<String> {
             t.chains
                 .iter()

@@ -47,11 +47,20 @@ pub enum Set {
     HealthCheckNodePort,
     /// `KUBE-IPVS-IPS`: every address bound to `kube-ipvs0`.
     IpvsIps,
+    /// `KUBE-EXTERNAL-LOCAL-MARK` (ours, not kube-proxy's): each external
+    /// destination (external IP, LB IP, node address × node port) of an
+    /// `externalTrafficPolicy: Local` service with the firewall mark of
+    /// its virtual server for traffic from inside (`skbinfo`).
+    ExternalLocalMark,
+    /// `KUBE-NO-LOCAL-ENDPOINTS` (ours): cluster IP and port of each
+    /// `internalTrafficPolicy: Local` service with endpoints, none of them
+    /// local; new flows to them are dropped.
+    NoLocalEndpoints,
 }
 
 impl Set {
     /// Every set, in kube-proxy's order.
-    pub const ALL: [Set; 17] = [
+    pub const ALL: [Set; 19] = [
         Set::LoopBack,
         Set::ClusterIp,
         Set::ExternalIp,
@@ -69,6 +78,8 @@ impl Set {
         Set::NodePortLocalSctp,
         Set::HealthCheckNodePort,
         Set::IpvsIps,
+        Set::ExternalLocalMark,
+        Set::NoLocalEndpoints,
     ];
 
     /// The IPv4 name.
@@ -91,6 +102,8 @@ impl Set {
             Set::NodePortLocalSctp => "KUBE-NODE-PORT-LOCAL-SCTP-HASH",
             Set::HealthCheckNodePort => "KUBE-HEALTH-CHECK-NODE-PORT",
             Set::IpvsIps => "KUBE-IPVS-IPS",
+            Set::ExternalLocalMark => "KUBE-EXTERNAL-LOCAL-MARK",
+            Set::NoLocalEndpoints => "KUBE-NO-LOCAL-ENDPOINTS",
         }
     }
 
@@ -165,6 +178,12 @@ impl Set {
             }
             Set::HealthCheckNodePort => "Kubernetes health check node port",
             Set::IpvsIps => "Addresses on the ipvs interface",
+            Set::ExternalLocalMark => {
+                "Kubernetes traffic from inside to external destinations of externalTrafficPolicy=Local services"
+            }
+            Set::NoLocalEndpoints => {
+                "Kubernetes service cluster ip + port with internalTrafficPolicy=Local and no local endpoints"
+            }
         }
     }
 
@@ -178,8 +197,13 @@ impl Set {
                 IpFamily::V4 => "inet",
                 IpFamily::V6 => "inet6",
             };
+            let skbinfo = if self == Set::ExternalLocalMark {
+                " skbinfo"
+            } else {
+                ""
+            };
             format!(
-                "create {name} {} family {fam} hashsize 1024 maxelem 65536",
+                "create {name} {} family {fam} hashsize 1024 maxelem 65536{skbinfo}",
                 self.kind()
             )
         }
@@ -200,12 +224,16 @@ pub fn parse_save(out: &str, family: IpFamily) -> Entries {
     let mut got = Entries::new();
     for line in out.lines() {
         let mut w = line.split_whitespace();
-        match (w.next(), w.next().and_then(|n| set_of(n, family)), w.next()) {
-            (Some("create"), Some(s), _) => {
+        match (w.next(), w.next().and_then(|n| set_of(n, family))) {
+            (Some("create"), Some(s)) => {
                 got.entry(s).or_default();
             }
-            (Some("add"), Some(s), Some(e)) => {
-                got.entry(s).or_default().insert(e.to_string());
+            (Some("add"), Some(s)) => {
+                // The element and its extensions (`skbmark 0x10000/0xffff0000`).
+                let e = w.collect::<Vec<_>>().join(" ");
+                if !e.is_empty() {
+                    got.entry(s).or_default().insert(e);
+                }
             }
             _ => {}
         }
@@ -231,7 +259,7 @@ pub fn diff(have: &Entries, want: &Entries, family: IpFamily) -> (String, usize)
             }
         };
         for e in h.difference(w) {
-            let _ = writeln!(out, "del {name} {e}");
+            let _ = writeln!(out, "del {name} {}", element(e));
             changed += 1;
         }
         for e in w.difference(h) {
@@ -247,10 +275,19 @@ pub fn diff(have: &Entries, want: &Entries, family: IpFamily) -> (String, usize)
 pub fn delta(changes: &[(Set, String, bool)], family: IpFamily) -> String {
     let mut out = String::new();
     for (s, e, add) in changes {
-        let verb = if *add { "add" } else { "del" };
-        let _ = writeln!(out, "{verb} {} {e}", s.name(family));
+        if *add {
+            let _ = writeln!(out, "add {} {e}", s.name(family));
+        } else {
+            let _ = writeln!(out, "del {} {}", s.name(family), element(e));
+        }
     }
     out
+}
+
+/// The element of an entry without its extensions: `ipset del` takes no
+/// `skbmark`.
+fn element(e: &str) -> &str {
+    e.split(' ').next().unwrap_or(e)
 }
 
 /// `ipset destroy` lines for every set that exists.

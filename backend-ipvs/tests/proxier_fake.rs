@@ -1,14 +1,18 @@
 //! The proxier's logic against the in-memory seams: kube-proxy's
 //! TestNodePortIPv4 expectations; one virtual server the kernel refuses
 //! is reported with its service's name while every other service lands;
-//! a one-endpoint change costs the same at 10 and at 1,000 services.
+//! a one-endpoint change costs the same at 10 and at 1,000 services, with
+//! or without the firewall-mark virtual servers of eTP: Local services;
+//! those marks are kept, moved and adopted after a restart.
 
 use std::sync::Arc;
 
 use backend_ipvs::Dest;
 use backend_ipvs::{Config, IpvsProxier, Kernel, Op};
 use backend_ipvs::{FakeIpset, FakeIpvs, FakeLinks};
-use proxier_core::{ChangeTracker, IpFamily, Protocol, Proxier, ServiceType, SyncRequest};
+use proxier_core::{
+    ChangeTracker, IpFamily, Protocol, Proxier, ServiceType, SyncRequest, TrafficPolicy,
+};
 use proxier_netfilter::Variant;
 use proxier_netfilter::{FakeConntrack, FakeIptables, FakeSysctl};
 use proxier_testbed::{ep, service, slice};
@@ -21,19 +25,32 @@ struct Bed {
     ipvs: FakeIpvs,
     ipset: FakeIpset,
     links: FakeLinks,
+    iptables: Arc<FakeIptables>,
     tracker: ChangeTracker,
     synced: bool,
 }
 
 fn bed() -> Bed {
-    let ipvs = FakeIpvs::default();
-    let ipset = FakeIpset::default();
-    let links = FakeLinks::default();
+    bed_over(
+        FakeIpvs::default(),
+        FakeIpset::default(),
+        FakeLinks::default(),
+        Arc::new(FakeIptables::new(Variant::Nft)),
+    )
+}
+
+/// A proxier over existing fake state (a restart).
+fn bed_over(
+    ipvs: FakeIpvs,
+    ipset: FakeIpset,
+    links: FakeLinks,
+    iptables: Arc<FakeIptables>,
+) -> Bed {
     let kernel = Kernel {
         ipvs: Box::new(ipvs.clone()),
         links: Arc::new(links.clone()),
         ipset: Arc::new(ipset.clone()),
-        iptables: Arc::new(FakeIptables::new(Variant::Nft)),
+        iptables: iptables.clone(),
         conntrack: Arc::new(FakeConntrack::default()),
         sysctl: Arc::new(FakeSysctl::default()),
     };
@@ -44,6 +61,7 @@ fn bed() -> Bed {
         ipvs,
         ipset,
         links,
+        iptables,
         tracker: ChangeTracker::new(IpFamily::V4, "node-1"),
         synced: false,
     }
@@ -150,7 +168,7 @@ async fn a_refused_virtual_server_is_named_and_the_rest_lands() {
         .lock()
         .unwrap()
         .fail
-        .insert((6, "10.96.0.12".parse().unwrap(), 80));
+        .insert((6, "10.96.0.12".parse().unwrap(), 80, 0));
     let err = b.sync().await.unwrap_err();
     // Typed: the failure names the service port and keeps the kernel's
     // refusal; the log line (ErrorChain) prints both.
@@ -187,14 +205,26 @@ async fn a_refused_virtual_server_is_named_and_the_rest_lands() {
     assert_eq!(log.len(), 2, "the service and its real server: {log:?}");
 }
 
-async fn one_endpoint_change_ops(n: usize) -> (usize, u64) {
+async fn one_endpoint_change_ops(n: usize, etp_local: bool) -> (usize, u64) {
     let mut b = bed();
     for i in 0..n {
         let name = format!("svc{i}");
         let cip = format!("10.96.{}.{}", i / 250, i % 250 + 1);
-        b.tracker
-            .update_service(&service("default", &name, &cip, &[("http", 80, TCP)]))
-            .unwrap();
+        let mut s = service("default", &name, &cip, &[("http", 80, TCP)]);
+        if etp_local {
+            // A LoadBalancer with a node port: three virtual servers and
+            // the firewall-mark one.
+            s.service_type = ServiceType::LoadBalancer;
+            s.ports[0].node_port = 30000 + i as u16;
+            s.load_balancer_ips = vec![
+                format!("192.0.{}.{}", i / 250, i % 250 + 1)
+                    .parse()
+                    .unwrap(),
+            ];
+            s.external_traffic_policy = TrafficPolicy::Local;
+            s.health_check_node_port = 40000 + i as u16;
+        }
+        b.tracker.update_service(&s).unwrap();
         let eps = (0..10)
             .map(|j| {
                 ep(
@@ -218,15 +248,179 @@ async fn one_endpoint_change_ops(n: usize) -> (usize, u64) {
     b.sync().await.unwrap();
     let r = b.p.last_report().clone();
     assert!(!r.full);
+    if etp_local {
+        assert_eq!(r.virtual_servers, 4 * n, "{r:?}");
+    }
     (r.ipvs_writes, b.ipvs.0.lock().unwrap().sent - before)
 }
 
 #[tokio::test]
 async fn a_one_endpoint_change_is_constant_work() {
-    let small = one_endpoint_change_ops(10).await;
-    let large = one_endpoint_change_ops(1000).await;
+    let small = one_endpoint_change_ops(10, false).await;
+    let large = one_endpoint_change_ops(1000, false).await;
     assert_eq!(small, (1, 2), "one GET_DEST and one NEW_DEST");
     assert_eq!(small, large);
+    // eTP Local: the endpoint is remote, so only the cluster IP's and the
+    // firewall-mark virtual server's real servers change (two GET_DEST
+    // and two NEW_DEST), whatever the number of services.
+    let small = one_endpoint_change_ops(10, true).await;
+    let large = one_endpoint_change_ops(1000, true).await;
+    assert_eq!(small, (2, 4 + 2), "{small:?}");
+    assert_eq!(small, large);
+}
+
+/// An eTP: Local LoadBalancer: its LB IP and node port list the local
+/// endpoint only; one firewall-mark virtual server lists both, its mark
+/// on each external destination in `KUBE-EXTERNAL-LOCAL-MARK`, with the
+/// mangle rule that applies it. The mark is kept across syncs, given
+/// back when the policy changes, and adopted after a restart with zero
+/// writes.
+#[tokio::test]
+async fn etp_local_gets_a_firewall_mark_virtual_server() {
+    let mut b = bed();
+    let mut s = service("ns", "lb", "10.96.0.10", &[("p", 80, TCP)]);
+    s.service_type = ServiceType::LoadBalancer;
+    s.ports[0].node_port = 30080;
+    s.load_balancer_ips = vec!["192.0.2.10".parse().unwrap()];
+    s.external_traffic_policy = TrafficPolicy::Local;
+    s.health_check_node_port = 30180;
+    let sl = slice(
+        "ns",
+        "lb",
+        &[("p", 8080, TCP)],
+        vec![
+            ep("10.1.0.1".parse().unwrap(), "node-1"),
+            ep("10.1.0.2".parse().unwrap(), "node-2"),
+        ],
+    );
+    b.tracker.update_service(&s).unwrap();
+    b.tracker.update_endpoint_slice(&sl).unwrap();
+    // Another eTP Local service first takes mark 1.
+    let mut other = s.clone();
+    other.name = "a-first".into();
+    other.cluster_ips = vec!["10.96.0.9".parse().unwrap()];
+    other.load_balancer_ips = vec!["192.0.2.9".parse().unwrap()];
+    other.ports[0].node_port = 30079;
+    b.tracker.update_service(&other).unwrap();
+    b.sync().await.unwrap();
+    let vs = b.vs();
+    let has = |l: &str| vs.iter().any(|v| v == l);
+    assert!(has("ipvsadm -A -f 131072 -s rr"), "{vs:#?}");
+    assert!(has("ipvsadm -a -f 131072 -r 10.1.0.1:8080 -m -w 1"));
+    assert!(has("ipvsadm -a -f 131072 -r 10.1.0.2:8080 -m -w 1"));
+    assert!(has("ipvsadm -a -t 192.0.2.10:80 -r 10.1.0.1:8080 -m -w 1"));
+    assert!(!has("ipvsadm -a -t 192.0.2.10:80 -r 10.1.0.2:8080 -m -w 1"));
+    assert!(!has(
+        "ipvsadm -a -t 100.101.102.103:30080 -r 10.1.0.2:8080 -m -w 1"
+    ));
+    assert!(has("ipvsadm -A -f 65536 -s rr"), "a-first has no endpoints");
+    assert_eq!(
+        b.set("KUBE-EXTERNAL-LOCAL-MARK"),
+        vec![
+            "100.101.102.103,tcp:30079 skbmark 0x10000/0xffff0000",
+            "100.101.102.103,tcp:30080 skbmark 0x20000/0xffff0000",
+            "192.0.2.10,tcp:80 skbmark 0x20000/0xffff0000",
+            "192.0.2.9,tcp:80 skbmark 0x10000/0xffff0000",
+        ]
+    );
+    let mangle = b.iptables.rules("mangle", "KUBE-EXTERNAL-LOCAL");
+    assert_eq!(mangle.len(), 1, "{mangle:?}");
+    assert!(mangle[0].ends_with("-j SET --map-set KUBE-EXTERNAL-LOCAL-MARK dst,dst --map-mark"));
+    let post = b.iptables.rules("nat", "KUBE-POSTROUTING");
+    assert!(
+        post.iter().any(|r| r.contains(
+            "-m mark ! --mark 0x0/0xffff0000 -m addrtype --src-type LOCAL -j MASQUERADE"
+        )),
+        "{post:?}"
+    );
+    // A restart adopts the marks: nothing is written.
+    let mut again = bed_over(
+        b.ipvs.clone(),
+        b.ipset.clone(),
+        b.links.clone(),
+        b.iptables.clone(),
+    );
+    again.tracker.update_service(&other).unwrap();
+    again.tracker.update_service(&s).unwrap();
+    again.tracker.update_endpoint_slice(&sl).unwrap();
+    again.sync().await.unwrap();
+    let r = again.p.last_report().clone();
+    assert_eq!((r.ipvs_writes, r.ipset_changes), (0, 0), "{r:?}");
+    // The first service leaves eTP Local: its firewall-mark virtual
+    // server and entries go; the other keeps its mark.
+    other.external_traffic_policy = TrafficPolicy::Cluster;
+    again.tracker.update_service(&other).unwrap();
+    again.sync().await.unwrap();
+    assert!(!again.p.last_report().full);
+    let vs = again.vs();
+    assert!(!vs.iter().any(|v| v.contains("-f 65536")), "{vs:#?}");
+    assert!(vs.iter().any(|v| v == "ipvsadm -A -f 131072 -s rr"));
+    assert_eq!(again.set("KUBE-EXTERNAL-LOCAL-MARK").len(), 2);
+    // A new one reuses the free mark.
+    let mut third = s.clone();
+    third.name = "third".into();
+    third.cluster_ips = vec!["10.96.0.11".parse().unwrap()];
+    third.load_balancer_ips = vec!["192.0.2.11".parse().unwrap()];
+    third.ports[0].node_port = 30081;
+    again.tracker.update_service(&third).unwrap();
+    again.sync().await.unwrap();
+    assert!(again.vs().iter().any(|v| v == "ipvsadm -A -f 65536 -s rr"));
+    // Cleanup removes the firewall-mark virtual servers too, and the
+    // mangle chains.
+    again.p.cleanup().await.unwrap();
+    assert!(again.vs().is_empty(), "{:#?}", again.vs());
+    assert!(
+        again
+            .iptables
+            .rules("mangle", "KUBE-EXTERNAL-LOCAL")
+            .is_empty()
+    );
+}
+
+/// iTP: Local with endpoints on other nodes only: the cluster IP goes to
+/// `KUBE-NO-LOCAL-ENDPOINTS` (new flows dropped in mangle); with no
+/// endpoint at all it leaves (refused by the empty virtual server).
+#[tokio::test]
+async fn itp_local_without_local_endpoints_is_dropped() {
+    let mut b = bed();
+    let mut s = service("ns", "itp", "10.96.0.20", &[("p", 80, TCP)]);
+    s.internal_traffic_policy = TrafficPolicy::Local;
+    b.tracker.update_service(&s).unwrap();
+    b.tracker
+        .update_endpoint_slice(&slice(
+            "ns",
+            "itp",
+            &[("p", 8080, TCP)],
+            vec![ep("10.1.0.2".parse().unwrap(), "node-2")],
+        ))
+        .unwrap();
+    b.sync().await.unwrap();
+    assert_eq!(b.set("KUBE-NO-LOCAL-ENDPOINTS"), vec!["10.96.0.20,tcp:80"]);
+    let drop = b.iptables.rules("mangle", "KUBE-NO-LOCAL-ENDPOINTS");
+    assert_eq!(drop.len(), 1);
+    assert!(drop[0].ends_with(
+        "-m conntrack --ctstate NEW -m set --match-set KUBE-NO-LOCAL-ENDPOINTS dst,dst -j DROP"
+    ));
+    // A local endpoint appears: the entry goes.
+    b.tracker
+        .update_endpoint_slice(&slice(
+            "ns",
+            "itp",
+            &[("p", 8080, TCP)],
+            vec![
+                ep("10.1.0.1".parse().unwrap(), "node-1"),
+                ep("10.1.0.2".parse().unwrap(), "node-2"),
+            ],
+        ))
+        .unwrap();
+    b.sync().await.unwrap();
+    assert!(b.set("KUBE-NO-LOCAL-ENDPOINTS").is_empty());
+    // No endpoint anywhere: refused, not dropped.
+    b.tracker
+        .update_endpoint_slice(&slice("ns", "itp", &[("p", 8080, TCP)], vec![]))
+        .unwrap();
+    b.sync().await.unwrap();
+    assert!(b.set("KUBE-NO-LOCAL-ENDPOINTS").is_empty());
 }
 
 /// A partial sync binds and unbinds exactly the addresses whose services

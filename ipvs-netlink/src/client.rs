@@ -115,6 +115,11 @@ fn rip(d: &Dest) -> String {
 impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let svc = |f: &mut fmt::Formatter<'_>, c: &str, s: &Service| {
+            if s.fwmark != 0 {
+                // As `ipvsadm -Sn` prints a firewall-mark service.
+                let six = if s.addr.is_ipv6() { " -6" } else { "" };
+                return write!(f, "ipvsadm {c} -f {}{six}", s.fwmark);
+            }
             write!(f, "ipvsadm {c} {} {}", proto_flag(s.protocol), vip(s))
         };
         match self {

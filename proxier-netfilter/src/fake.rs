@@ -17,7 +17,7 @@ use crate::iptables::{ExecError, Iptables, Variant};
 use crate::owned::{builtin_chains as builtins, rule_target as target};
 use crate::sysctl::{Sysctl, SysctlError};
 
-const BUILTIN_TARGETS: [&str; 9] = [
+const BUILTIN_TARGETS: [&str; 10] = [
     "ACCEPT",
     "DROP",
     "REJECT",
@@ -27,6 +27,7 @@ const BUILTIN_TARGETS: [&str; 9] = [
     "DNAT",
     "SNAT",
     "LOG",
+    "SET",
 ];
 
 /// One table: chain → (policy for built-ins, rules without `-A CHAIN`).

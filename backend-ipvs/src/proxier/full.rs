@@ -8,8 +8,9 @@ use std::time::Instant;
 
 use proxier_core::ProxierError;
 
-use crate::desired::{VsKey, contribution, key_of};
-use crate::sets::{self};
+use crate::desired::{VsKey, contribution, external_destinations, key_of, wants_mark};
+use crate::marks::parse_entry;
+use crate::sets::{self, Set};
 use ipvs_netlink::Op;
 use ipvs_netlink::{Dest, Service};
 
@@ -28,9 +29,45 @@ impl IpvsProxier {
         self.entries.clear();
         self.set_sizes.clear();
         self.out_filter.clear();
+        // The ipsets first: the marks a previous run handed out are read
+        // back from `KUBE-EXTERNAL-LOCAL-MARK`, so that a restart keeps them.
+        let saved = self
+            .k
+            .ipset
+            .save()
+            .await
+            .map_err(|e| perr("reading the ipsets", e))?;
+        let have_sets = sets::parse_save(&saved, self.cfg.family);
+        let kernel_marks: HashMap<&str, u32> = have_sets
+            .get(&Set::ExternalLocalMark)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| parse_entry(e))
+            .collect();
+        self.marks.retain(|n| {
+            snap.services
+                .get(n)
+                .is_some_and(|s| wants_mark(s, &settings))
+        });
         let mut contribs = BTreeMap::new();
         for (name, svc) in &snap.services {
-            let c = contribution(svc, snap, &settings);
+            let mark = if wants_mark(svc, &settings) {
+                let hint = external_destinations(svc, &settings)
+                    .iter()
+                    .find_map(|d| kernel_marks.get(d.as_str()).copied());
+                let m = self.marks.assign(name, hint);
+                if m.is_none() {
+                    warn!(
+                        service = %name,
+                        mask = format!("{:#x}", self.marks.mask()),
+                        "every firewall mark is taken: traffic from inside to its external addresses keeps to the local endpoints"
+                    );
+                }
+                m
+            } else {
+                None
+            };
+            let c = contribution(svc, snap, &settings, mark);
             self.add_contribution(name, &c, errors);
             contribs.insert(name.clone(), c);
         }
@@ -93,14 +130,7 @@ impl IpvsProxier {
         let add: Vec<IpAddr> = want_binds.difference(&bound).copied().collect();
         let del: Vec<IpAddr> = bound.difference(&want_binds).copied().collect();
         self.bind(&add, &del, errors).await;
-        // ipsets: one save, one restore.
-        let saved = self
-            .k
-            .ipset
-            .save()
-            .await
-            .map_err(|e| perr("reading the ipsets", e))?;
-        let have_sets = sets::parse_save(&saved, self.cfg.family);
+        // ipsets: one restore.
         let (input, n) = sets::diff(&have_sets, &self.wanted_entries(), self.cfg.family);
         if !input.is_empty() {
             self.k

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use proxier_core::{ProxierError, ServicePortName, SyncRequest};
 
-use crate::desired::{VsKey, contribution, key_of};
+use crate::desired::{VsKey, contribution, key_of, wants_mark};
 use crate::sets::{self, Set};
 use ipvs_netlink::Op;
 
@@ -51,10 +51,21 @@ impl IpvsProxier {
         for name in &names {
             let old = self.contribs.remove(name).unwrap_or_default();
             self.drop_contribution(name, &old);
-            let new = snap
-                .services
-                .get(name)
-                .map(|svc| contribution(svc, snap, &settings));
+            let new = match snap.services.get(name) {
+                Some(svc) => {
+                    let mark = if wants_mark(svc, &settings) {
+                        self.marks.assign(name, None)
+                    } else {
+                        self.marks.release(name);
+                        None
+                    };
+                    Some(contribution(svc, snap, &settings, mark))
+                }
+                None => {
+                    self.marks.release(name);
+                    None
+                }
+            };
             if let Some(c) = &new {
                 self.add_contribution(name, c, errors);
             }

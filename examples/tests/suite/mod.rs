@@ -5,11 +5,12 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use backend_ipvs::{Op, Settings, contribution};
+use backend_ipvs::{Op, Set, Settings, contribution, external_destinations, wants_mark};
 use examples::modes::{Factory, Node};
+use proxier_core::IpFamily;
 use proxier_core::{Proxier, Snapshot};
 use proxier_netfilter::Variant;
 use proxier_testbed::Topology;
@@ -103,9 +104,21 @@ pub fn ipvs_leftovers(topo: &Topology) -> Vec<String> {
     left
 }
 
+/// The suite's IPVS binary writes through iptables-nft.
+fn iptables_save(family: IpFamily) -> &'static str {
+    match family {
+        IpFamily::V4 => "iptables-nft-save",
+        IpFamily::V6 => "ip6tables-nft-save",
+    }
+}
+
 /// `ipvsadm -Sn` after every sync holds exactly the virtual and real
 /// servers the snapshot asks for, plus real servers draining at weight 0
-/// (graceful termination).
+/// (graceful termination); each eTP: Local service with external
+/// destinations has its firewall-mark virtual server, its mark on every
+/// destination in `KUBE-EXTERNAL-LOCAL-MARK` and the `--map-mark` rule in
+/// `iptables-save -t mangle`.
+
 pub fn ipvs_verify(env: &Env, topo: &Topology, snap: &Snapshot) -> Result<(), String> {
     let npa = &env.node_port_addresses;
     // The binary reads the node's addresses at each full sync, as
@@ -141,10 +154,51 @@ pub fn ipvs_verify(env: &Env, topo: &Topology, snap: &Snapshot) -> Result<(), St
             })
             .collect(),
         node_ips,
+        mark_mask: backend_ipvs::Config::new(env.family).external_local_mark_mask,
     };
+    // The firewall marks the proxier handed out, as `KUBE-EXTERNAL-LOCAL-MARK`
+    // holds them (`ipset save`: `add SET ip,proto:port skbmark 0xM/0xMASK`).
+    let mark_set = Set::ExternalLocalMark.name(env.family);
+    let saved = topo
+        .node_exec("ipset", &["save"])
+        .map_err(|e| e.to_string())?;
+    let marks: BTreeMap<String, u32> = saved
+        .lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            match w.as_slice() {
+                ["add", set, elem, "skbmark", m] if *set == mark_set => {
+                    let m = m.split('/').next()?.strip_prefix("0x")?;
+                    Some((elem.to_string(), u32::from_str_radix(m, 16).ok()?))
+                }
+                _ => None,
+            }
+        })
+        .collect();
+    let mangle = topo
+        .node_exec(iptables_save(env.family), &["-t", "mangle"])
+        .map_err(|e| e.to_string())?;
     let mut want = BTreeSet::new();
     for svc in snap.services.values() {
-        for (s, dests) in contribution(svc, snap, &settings).services {
+        let mark = if wants_mark(svc, &settings) {
+            let dsts = external_destinations(svc, &settings);
+            let found: BTreeSet<u32> = dsts.iter().filter_map(|d| marks.get(d).copied()).collect();
+            if found.len() != 1 || dsts.iter().any(|d| !marks.contains_key(d)) {
+                return Err(format!(
+                    "{}: {mark_set} must map each of {dsts:?} to one mark, has {found:?}",
+                    svc.name
+                ));
+            }
+            if !mangle.contains(&format!("-j SET --map-set {mark_set} dst,dst --map-mark")) {
+                return Err(format!(
+                    "iptables-save -t mangle lacks the --map-mark rule:\n{mangle}"
+                ));
+            }
+            found.into_iter().next()
+        } else {
+            None
+        };
+        for (s, dests) in contribution(svc, snap, &settings, mark).services {
             want.insert(Op::AddService(s.clone()).to_string());
             for d in dests {
                 want.insert(Op::AddDest(s.clone(), d).to_string());
