@@ -48,8 +48,10 @@ pub struct Config {
     /// traffic from pods and from the node to an `externalTrafficPolicy:
     /// Local` service's external addresses to every endpoint, as iptables
     /// mode does (a contiguous run of bits, apart from the masquerade bit;
-    /// default `0xffff0000`: 65,535 such service ports). A firewall-mark
-    /// virtual server outside it is never touched.
+    /// default `0x1fff`: 8,191 such service ports, below kube-proxy's
+    /// masquerade and drop bits and outside Calico's `0xffff0000`). A firewall-mark
+    /// virtual server outside it is never touched. 0 turns it off:
+    /// kube-proxy's IPVS semantics (local endpoints only, from inside too).
     pub external_local_mark_mask: u32,
 }
 
@@ -68,7 +70,7 @@ impl Config {
             rules: Masquerade::new(family),
             graceful_termination_cap: Duration::from_secs(15 * 60),
             dummy: DUMMY.into(),
-            external_local_mark_mask: 0xffff_0000,
+            external_local_mark_mask: 0x1fff,
         }
     }
 
@@ -115,7 +117,7 @@ impl Config {
         }
         let m = self.external_local_mark_mask;
         let run = m.checked_shr(m.trailing_zeros()).unwrap_or(0);
-        let contiguous = m != 0 && run & run.wrapping_add(1) == 0;
+        let contiguous = run & run.wrapping_add(1) == 0;
         if !contiguous || m & self.rules.mark() != 0 {
             return Err(ConfigError::new(
                 "external_local_mark_mask",
@@ -158,6 +160,8 @@ mod config_tests {
         assert_eq!(field(c), "external_local_mark_mask");
         let mut c = Config::new(IpFamily::V4);
         c.external_local_mark_mask = 0x8000_0000;
+        c.validate().unwrap();
+        c.external_local_mark_mask = 0;
         c.validate().unwrap();
         Config::new(IpFamily::V6).validate().unwrap();
     }

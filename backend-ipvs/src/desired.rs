@@ -40,20 +40,28 @@ pub struct Settings {
 /// 0, as the kernel reports it).
 pub type VsKey = (u16, IpAddr, u16, u32);
 
-/// The key of a codec service.
+/// The key of a codec service. A firewall-mark service is known by its
+/// mark alone (the kernel reports neither protocol nor port for it; ours
+/// carry their service port's protocol, for graceful termination).
 pub fn key_of(s: &Service) -> VsKey {
-    (s.protocol, s.addr, s.port, s.fwmark)
+    if s.fwmark != 0 {
+        (0, s.addr, 0, s.fwmark)
+    } else {
+        (s.protocol, s.addr, s.port, s.fwmark)
+    }
 }
 
 /// Whether `svc` gets a firewall-mark virtual server for traffic from
 /// inside the node to its external destinations: `externalTrafficPolicy:
-/// Local` with an external IP, a load-balancer IP or a node port. Pods
+/// Local` with an external IP, a load-balancer IP or a node port, unless
+/// the mark mask is 0 (kube-proxy's IPVS semantics). Pods
 /// and the node then reach every endpoint the internal policy allows, as
 /// iptables mode's `KUBE-EXT-` chain sends them ("pod traffic for …
 /// external destinations", "masquerade LOCAL traffic for … LB IP"), while
 /// traffic from outside keeps to the local endpoints with its source.
 pub fn wants_mark(svc: &ServicePort, s: &Settings) -> bool {
-    svc.external_policy_local
+    s.mark_mask != 0
+        && svc.external_policy_local
         && (!svc.external_ips.is_empty()
             || !svc.load_balancer_ips.is_empty()
             || (svc.node_port != 0 && !s.node_port_ips.is_empty()))
@@ -212,7 +220,6 @@ pub fn contribution(
     };
     if let Some(m) = mark {
         let mut fw = vs(unspecified(s.family), 0);
-        fw.protocol = 0;
         fw.fwmark = m;
         c.services.push((fw, internal));
     }

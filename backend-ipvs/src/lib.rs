@@ -26,6 +26,15 @@
 //! - [`IpvsProxier`]: full syncs against one dump of the kernel, partial
 //!   syncs of the changed services only, graceful termination, restart
 //!   adoption, `cleanup`.
+//! - Beyond kube-proxy's IPVS mode, iptables mode's semantics: traffic
+//!   from pods and the node to an `externalTrafficPolicy: Local`
+//!   service's external addresses reaches every endpoint through one
+//!   firewall-mark virtual server per service port (`ipvsadm -Ln`:
+//!   `FWM 1`), its mark applied by `KUBE-EXTERNAL-LOCAL-MARK`
+//!   (`ipset list`) from the mangle table; `internalTrafficPolicy: Local`
+//!   without a local endpoint drops (`KUBE-NO-LOCAL-ENDPOINTS`). The marks
+//!   are handed out by a pure allocator within
+//!   [`Config::external_local_mark_mask`] (0: kube-proxy's semantics).
 //!
 //! The modules are private: the `pub use` list below is the crate's
 //! whole public surface.

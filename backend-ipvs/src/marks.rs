@@ -54,6 +54,11 @@ impl Marks {
         mark != 0 && mark & !self.mask == 0
     }
 
+    /// Whether `mark` is handed out.
+    pub fn in_use(&self, mark: u32) -> bool {
+        self.covers(mark) && self.used.contains(&(mark >> self.shift))
+    }
+
     /// The mark of `name`, if it has one.
     pub fn get(&self, name: &ServicePortName) -> Option<u32> {
         self.by_name.get(name).map(|i| i << self.shift)
@@ -153,6 +158,7 @@ mod tests {
         assert_eq!(m.assign(&n("f"), Some(0x4000)), Some(0x4_0000), "outside");
         assert_eq!(m.assign(&n("g"), None), Some(0x6_0000));
         assert!(m.covers(0x6_0000) && !m.covers(0x4000) && !m.covers(0));
+        assert!(m.in_use(0x6_0000) && !m.in_use(0x7_0000));
         m.retain(|x| x == &n("g"));
         assert_eq!(m.by_name.len(), 1);
         // A one-bit mask has one mark.

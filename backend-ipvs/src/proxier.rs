@@ -117,6 +117,19 @@ pub struct SyncReport {
     pub virtual_servers: usize,
     /// Real servers over them (draining ones included).
     pub real_servers: usize,
+    /// How long each step took, in order (`contributions`, `ipset save`,
+    /// `ipvs dump`, `ipvs writes`, `addresses`, `ipset restore`,
+    /// `iptables`): where a sync's time goes.
+    pub steps: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl SyncReport {
+    /// Records that step `what` ended, `since` it began; returns now.
+    pub(crate) fn step(&mut self, what: &'static str, since: Instant) -> Instant {
+        let now = Instant::now();
+        self.steps.push((what, now - since));
+        now
+    }
 }
 
 type DestKey = (IpAddr, u16);
@@ -146,6 +159,10 @@ pub struct IpvsProxier {
     written: Option<Tables>,
     /// Firewall marks of the virtual servers for traffic from inside.
     marks: Marks,
+    /// The marks `KUBE-EXTERNAL-LOCAL-MARK` held at the last read: a
+    /// firewall-mark virtual server is ours only when its mark is there or
+    /// handed out (keepalived's `-f 7` inside the mask stays foreign).
+    set_marks: BTreeSet<u32>,
     settings: Option<Settings>,
     report: SyncReport,
 }
@@ -157,6 +174,16 @@ impl std::fmt::Debug for IpvsProxier {
             .field("virtual_servers", &self.kernel.len())
             .finish()
     }
+}
+
+/// The marks of `KUBE-EXTERNAL-LOCAL-MARK` in `ipset save` output.
+fn marks_in_set(saved: &str, family: IpFamily) -> BTreeSet<u32> {
+    sets::parse_save(saved, family)
+        .get(&Set::ExternalLocalMark)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| crate::marks::parse_entry(e).map(|(_, m)| m))
+        .collect()
 }
 
 fn vs_label(s: &Service) -> String {
@@ -201,6 +228,7 @@ impl IpvsProxier {
             graceful: HashMap::new(),
             written: None,
             marks,
+            set_marks: BTreeSet::new(),
             settings: None,
             report: SyncReport::default(),
         })
@@ -436,13 +464,13 @@ impl IpvsProxier {
 
     async fn bind(&mut self, add: &[IpAddr], del: &[IpAddr], errors: &mut Failures) {
         let dummy = self.cfg.dummy.clone();
-        for ip in add {
-            if let Err(e) = self.k.links.add_address(&dummy, *ip).await {
+        if !add.is_empty() {
+            for e in self.k.links.add_addresses(&dummy, add).await {
                 errors.push(Failure::Link(e));
             }
         }
-        for ip in del {
-            if let Err(e) = self.k.links.del_address(&dummy, *ip).await {
+        if !del.is_empty() {
+            for e in self.k.links.del_addresses(&dummy, del).await {
                 errors.push(Failure::Link(e));
             }
         }
@@ -477,8 +505,13 @@ impl IpvsProxier {
     /// range, or written by this proxier.
     fn owned_vs(&self, s: &Service, bound: &BTreeSet<IpAddr>, node_ips: &[IpAddr]) -> bool {
         if s.fwmark != 0 {
-            // Ours: the firewall-mark virtual servers in our mark bits.
-            return self.cfg.family.matches(&s.addr) && self.marks.covers(s.fwmark);
+            // Ours: the firewall-mark virtual servers in our mark bits whose
+            // mark our set names or we handed out.
+            return self.cfg.family.matches(&s.addr)
+                && self.marks.covers(s.fwmark)
+                && (self.set_marks.contains(&s.fwmark)
+                    || self.marks.in_use(s.fwmark)
+                    || self.kernel.contains_key(&key_of(s)));
         }
         if !self.cfg.family.matches(&s.addr) || self.excluded(&s.addr) {
             return false;
@@ -610,6 +643,10 @@ impl Proxier for IpvsProxier {
             Ok(s) => s.node_ips,
             Err(_) => Vec::new(),
         };
+        let saved = self.k.ipset.save().await;
+        if let Ok(saved) = &saved {
+            self.set_marks = marks_in_set(saved, self.cfg.family);
+        }
         match self.k.ipvs.dump(self.cfg.family).await {
             Ok(dump) => {
                 let ops: Vec<Op> = dump
@@ -628,7 +665,7 @@ impl Proxier for IpvsProxier {
                 errors.step(format!("iptables -t {t} (owned chains)"), e);
             }
         }
-        match self.k.ipset.save().await {
+        match saved {
             Ok(saved) => {
                 let have = sets::parse_save(&saved, self.cfg.family);
                 let input = sets::destroy(&have, self.cfg.family);
@@ -673,6 +710,7 @@ impl Proxier for IpvsProxier {
         self.graceful.clear();
         self.written = None;
         self.marks.retain(|_| false);
+        self.set_marks.clear();
         self.settings = None;
         self.initialized = false;
         self.first_sync_done = false;

@@ -305,22 +305,22 @@ async fn etp_local_gets_a_firewall_mark_virtual_server() {
     b.sync().await.unwrap();
     let vs = b.vs();
     let has = |l: &str| vs.iter().any(|v| v == l);
-    assert!(has("ipvsadm -A -f 131072 -s rr"), "{vs:#?}");
-    assert!(has("ipvsadm -a -f 131072 -r 10.1.0.1:8080 -m -w 1"));
-    assert!(has("ipvsadm -a -f 131072 -r 10.1.0.2:8080 -m -w 1"));
+    assert!(has("ipvsadm -A -f 2 -s rr"), "{vs:#?}");
+    assert!(has("ipvsadm -a -f 2 -r 10.1.0.1:8080 -m -w 1"));
+    assert!(has("ipvsadm -a -f 2 -r 10.1.0.2:8080 -m -w 1"));
     assert!(has("ipvsadm -a -t 192.0.2.10:80 -r 10.1.0.1:8080 -m -w 1"));
     assert!(!has("ipvsadm -a -t 192.0.2.10:80 -r 10.1.0.2:8080 -m -w 1"));
     assert!(!has(
         "ipvsadm -a -t 100.101.102.103:30080 -r 10.1.0.2:8080 -m -w 1"
     ));
-    assert!(has("ipvsadm -A -f 65536 -s rr"), "a-first has no endpoints");
+    assert!(has("ipvsadm -A -f 1 -s rr"), "a-first has no endpoints");
     assert_eq!(
         b.set("KUBE-EXTERNAL-LOCAL-MARK"),
         vec![
-            "100.101.102.103,tcp:30079 skbmark 0x10000/0xffff0000",
-            "100.101.102.103,tcp:30080 skbmark 0x20000/0xffff0000",
-            "192.0.2.10,tcp:80 skbmark 0x20000/0xffff0000",
-            "192.0.2.9,tcp:80 skbmark 0x10000/0xffff0000",
+            "100.101.102.103,tcp:30079 skbmark 0x1/0x1fff",
+            "100.101.102.103,tcp:30080 skbmark 0x2/0x1fff",
+            "192.0.2.10,tcp:80 skbmark 0x2/0x1fff",
+            "192.0.2.9,tcp:80 skbmark 0x1/0x1fff",
         ]
     );
     let mangle = b.iptables.rules("mangle", "KUBE-EXTERNAL-LOCAL");
@@ -328,9 +328,8 @@ async fn etp_local_gets_a_firewall_mark_virtual_server() {
     assert!(mangle[0].ends_with("-j SET --map-set KUBE-EXTERNAL-LOCAL-MARK dst,dst --map-mark"));
     let post = b.iptables.rules("nat", "KUBE-POSTROUTING");
     assert!(
-        post.iter().any(|r| r.contains(
-            "-m mark ! --mark 0x0/0xffff0000 -m addrtype --src-type LOCAL -j MASQUERADE"
-        )),
+        post.iter().any(|r| r
+            .contains("-m mark ! --mark 0x0/0x1fff -m addrtype --src-type LOCAL -j MASQUERADE")),
         "{post:?}"
     );
     // A restart adopts the marks: nothing is written.
@@ -353,8 +352,8 @@ async fn etp_local_gets_a_firewall_mark_virtual_server() {
     again.sync().await.unwrap();
     assert!(!again.p.last_report().full);
     let vs = again.vs();
-    assert!(!vs.iter().any(|v| v.contains("-f 65536")), "{vs:#?}");
-    assert!(vs.iter().any(|v| v == "ipvsadm -A -f 131072 -s rr"));
+    assert!(!vs.iter().any(|v| v.contains("-f 1")), "{vs:#?}");
+    assert!(vs.iter().any(|v| v == "ipvsadm -A -f 2 -s rr"));
     assert_eq!(again.set("KUBE-EXTERNAL-LOCAL-MARK").len(), 2);
     // A new one reuses the free mark.
     let mut third = s.clone();
@@ -364,7 +363,7 @@ async fn etp_local_gets_a_firewall_mark_virtual_server() {
     third.ports[0].node_port = 30081;
     again.tracker.update_service(&third).unwrap();
     again.sync().await.unwrap();
-    assert!(again.vs().iter().any(|v| v == "ipvsadm -A -f 65536 -s rr"));
+    assert!(again.vs().iter().any(|v| v == "ipvsadm -A -f 1 -s rr"));
     // Cleanup removes the firewall-mark virtual servers too, and the
     // mangle chains.
     again.p.cleanup().await.unwrap();

@@ -1,8 +1,9 @@
 //! The IPVS proxier in the VM's real kernel, beyond the behaviour suite:
 //! graceful termination, restart adoption next to foreign objects,
 //! `ipvsadm -Sn` agreeing with the desired state after every step, the
-//! no-op sync (one dump, zero writes), and netlink errors named per
-//! service while the rest still syncs.
+//! no-op sync (one dump, zero writes), netlink errors named per
+//! service while the rest still syncs, and the firewall-mark virtual
+//! servers of eTP: Local services through all of these.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
@@ -13,10 +14,10 @@ use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, Protocol, Proxier, ProxierError, Service, ServiceType,
     SyncRequest, SyncStats,
 };
-use proxier_netfilter::{IptablesCmd, Variant};
+use proxier_netfilter::{IptablesCmd, LocalDetector, Variant};
 use proxier_testbed::tcp_line;
 use proxier_testbed::vm::delegate;
-use proxier_testbed::{NODE_IP, NODE_IP2};
+use proxier_testbed::{CLUSTER_CIDR, NODE_IP, NODE_IP2};
 use proxier_testbed::{Plan, Topology, Where};
 use proxier_testbed::{ep, service, slice};
 
@@ -214,6 +215,119 @@ fn graceful_termination_in_the_kernel() {
             "an idle real server goes at once: {s:#?}"
         );
         drop(on_a);
+    });
+}
+
+/// An eTP: Local LoadBalancer in the kernel: pods reach the remote
+/// endpoint through the firewall-mark virtual server (`-f 1`), its
+/// real servers drain gracefully, a restart adopts mark, set entries and
+/// rules with zero writes, and a foreign firewall-mark service (`-f 7`,
+/// as keepalived would make, inside the mark mask but not named by
+/// `KUBE-EXTERNAL-LOCAL-MARK`) survives sync and cleanup.
+#[test]
+fn etp_local_firewall_marks_in_the_kernel() {
+    delegate("etp_local_firewall_marks_in_the_kernel", || {
+        let mut n = Node::new();
+        let pods = |c: &mut Config| {
+            c.graceful_termination_cap = Duration::from_secs(60);
+            c.rules.local_detector =
+                LocalDetector::ClusterCidr(vec![CLUSTER_CIDR.parse().unwrap()]);
+        };
+        n.start(pods);
+        n.sh("ipvsadm -A -f 7 -s rr && ipvsadm -a -f 7 -r 10.1.2.4:80 -m");
+        let (a, r) = (n.ip(Where::Local(0)), n.ip(Where::Remote(0)));
+        let mut lb = web("lb", "10.96.0.30");
+        lb.service_type = ServiceType::LoadBalancer;
+        lb.ports[0].node_port = 30090;
+        lb.ports[1].node_port = 30090;
+        lb.load_balancer_ips = vec!["192.0.2.30".parse().unwrap()];
+        lb.external_traffic_policy = proxier_core::TrafficPolicy::Local;
+        lb.health_check_node_port = 30190;
+        let sl = n.web_slice("lb", &[Where::Local(0), Where::Remote(0)]);
+        n.apply(&[lb], &[sl]);
+        let rep = n.ok(true);
+        // Cluster IP, LB IP and two node addresses per protocol, plus one
+        // firewall-mark virtual server per port.
+        assert_eq!(rep.virtual_servers, 2 * 4 + 2, "{rep:?}");
+        let s = n.ipvs();
+        for m in [1, 2] {
+            assert!(s.contains(&format!("-A -f {m} -s rr")), "{s:#?}");
+            for ip in [a, r] {
+                assert!(
+                    s.contains(&format!("-a -f {m} -r {ip}:8080 -m -w 1")),
+                    "{s:#?}"
+                );
+            }
+        }
+        assert!(!s.contains(&format!("-a -t 192.0.2.30:80 -r {r}:8080 -m -w 1")));
+        let marks = n.sh("ipset save KUBE-EXTERNAL-LOCAL-MARK");
+        assert!(
+            marks.contains("add KUBE-EXTERNAL-LOCAL-MARK 192.0.2.30,tcp:80 skbmark 0x1/0x1fff")
+                || marks
+                    .contains("add KUBE-EXTERNAL-LOCAL-MARK 192.0.2.30,tcp:80 skbmark 0x2/0x1fff"),
+            "{marks}"
+        );
+        assert!(
+            n.sh("iptables-nft-save -t mangle")
+                .contains("-j SET --map-set KUBE-EXTERNAL-LOCAL-MARK dst,dst --map-mark")
+        );
+        // A pod reaches the remote endpoint through the LB IP; the
+        // connection is held.
+        let lbip: SocketAddr = "192.0.2.30:80".parse().unwrap();
+        let mut on_r = None;
+        for _ in 0..8 {
+            let mut c = n.topo.tcp_open(Where::ClientPod, lbip, T).unwrap();
+            if tcp_line(&mut c, "hi").server().map(|s| s.ip()) == Some(r) {
+                on_r = Some(c);
+                break;
+            }
+        }
+        let mut on_r = on_r.expect("a pod reaches the remote endpoint through the LB IP");
+        // The remote endpoint goes: it drains at weight 0 on the
+        // firewall-mark virtual server; the held connection still works.
+        let sl = n.web_slice("lb", &[Where::Local(0)]);
+        n.apply(&[], &[sl]);
+        let rep = n.ok(false);
+        assert!(!rep.full);
+        let s = n.ipvs();
+        let tcp_mark = s
+            .iter()
+            .find_map(|l| {
+                l.strip_prefix("-a -f ")
+                    .filter(|x| x.ends_with(&format!("-r {r}:8080 -m -w 0")))
+                    .map(|x| x.split(' ').next().unwrap().to_string())
+            })
+            .unwrap_or_else(|| panic!("the remote endpoint drains at weight 0: {s:#?}"));
+        assert_eq!(
+            tcp_line(&mut on_r, "still").server().map(|s| s.ip()),
+            Some(r)
+        );
+        drop(on_r);
+        // A restart adopts everything: zero writes.
+        let before = n.ipvs();
+        n.proxier = None;
+        n.start(pods);
+        let rep = n.ok(true);
+        assert_eq!(
+            (rep.ipvs_writes, rep.ipset_changes, rep.address_changes),
+            (0, 0, 0),
+            "{rep:?}"
+        );
+        assert_eq!(n.ipvs(), before, "mark {tcp_mark} kept across the restart");
+        // Cleanup removes our firewall-mark services, not the foreign one.
+        let mut p = n.proxier.take().unwrap();
+        n.topo
+            .node_rt()
+            .block_on(async move { p.cleanup().await })
+            .unwrap();
+        assert_eq!(
+            n.ipvs(),
+            lines(&[
+                "-A -f 7 -s rr".into(),
+                "-a -f 7 -r 10.1.2.4:80 -m -w 1".into()
+            ])
+        );
+        assert!(!n.sh("iptables-nft-save").contains("KUBE-"));
     });
 }
 

@@ -7,6 +7,14 @@
 //! and against the bare IPVS client sending the same writes, in the same
 //! run.
 //!
+//! The same N as `externalTrafficPolicy: Local` LoadBalancers (cluster
+//! IP, LB IP, node port): the first full sync with the firewall-mark
+//! virtual servers that send traffic from inside to every endpoint, and
+//! without them (mark mask 0, kube-proxy's IPVS semantics), in the same
+//! run; then a no-op sync and one endpoint changed with them.
+//! `PROXIER_BENCH_ONLY=etp` runs only these (`etp-first`: only their
+//! first syncs, with where the time went).
+//!
 //! `PROXIER_BENCH_SIZES=100,1000,10000 cargo bench -p benches --bench ipvs`
 //! boots the VM, runs this binary there, and writes the medians to
 //! `target/proxier-report/ipvs.json`. Needs root and the VM's packages.
@@ -20,9 +28,11 @@ use std::time::{Duration, Instant};
 
 use backend_ipvs::{Config, IpvsClient, IpvsProxier, Kernel, Op, SyncReport};
 use backend_ipvs::{Dest, Service};
-use benches::{endpoint_moved, filled, service_added, sizes};
+use benches::{endpoint_moved, filled, service, service_added, sizes, slice};
 use criterion::{Criterion, SamplingMode};
-use proxier_core::{ChangeSet, ChangeTracker, IpFamily, Proxier, Snapshot, SyncRequest};
+use proxier_core::{
+    ChangeSet, ChangeTracker, IpFamily, Proxier, ServiceType, Snapshot, SyncRequest, TrafficPolicy,
+};
 use proxier_netfilter::{IptablesCmd, LocalDetector, Variant};
 use proxier_testbed::{Netns, NsRuntime, vm};
 
@@ -56,29 +66,41 @@ struct Node {
     rt: NsRuntime,
     _ns: Netns,
     proxier: Option<IpvsProxier>,
+    /// `Config::external_local_mark_mask`.
+    mask: u32,
+    /// iptables rules held after the last sync (every table).
+    rules: usize,
 }
 
 impl Node {
     fn new() -> Node {
+        Node::with_mask(Config::new(IpFamily::V4).external_local_mark_mask)
+    }
+
+    fn with_mask(mask: u32) -> Node {
         let ns = Netns::new("ipvsbench").expect("netns");
         let rt = NsRuntime::start(&ns).expect("runtime");
         let mut n = Node {
             rt,
             _ns: ns,
             proxier: None,
+            mask,
+            rules: 0,
         };
         n.fresh();
         n
     }
 
     fn fresh(&mut self) {
-        let p = self.rt.block_on(async {
+        let mask = self.mask;
+        let p = self.rt.block_on(async move {
             let kernel =
                 Kernel::real_with(IptablesCmd::new(IpFamily::V4, Variant::Nft)).expect("kernel");
             let mut cfg = Config::new(IpFamily::V4);
             cfg.node_ips = vec!["192.168.50.1".parse().expect("ip")];
             cfg.rules.local_detector =
                 LocalDetector::ClusterCidr(vec!["10.128.0.0/9".parse().expect("cidr")]);
+            cfg.external_local_mark_mask = mask;
             IpvsProxier::new(cfg, kernel).expect("config")
         });
         self.proxier = Some(p);
@@ -91,7 +113,8 @@ impl Node {
             let r = p.sync(&req).await;
             (p, r, t0.elapsed())
         });
-        r.expect("sync");
+        let stats = r.expect("sync");
+        self.rules = stats.iptables_rules.iter().map(|(_, n, _)| n).sum();
         let rep = p.last_report().clone();
         self.proxier = Some(p);
         (rep, d)
@@ -158,11 +181,95 @@ fn servers(snap: &Snapshot) -> (String, Vec<Op>) {
     (text, ops)
 }
 
+/// Service `i` as an `externalTrafficPolicy: Local` LoadBalancer: cluster
+/// IP, LB IP `172.16.x.y`, and for the first 2,000 a node port of their
+/// own (the node-port range has 2,768; the rest are
+/// `allocateLoadBalancerNodePorts: false`).
+fn etp_service(i: usize) -> proxier_core::Service {
+    let mut s = service(i, i < 2000);
+    s.service_type = ServiceType::LoadBalancer;
+    s.load_balancer_ips = vec![[172, 16 + (i >> 16) as u8, (i >> 8) as u8, i as u8].into()];
+    s.external_traffic_policy = TrafficPolicy::Local;
+    if i < 2000 {
+        s.health_check_node_port = 32100 + (i % 600) as u16;
+    }
+    s
+}
+
+/// The eTP: Local group (see the module docs).
+fn etp_group(c: &mut Criterion, n: usize) {
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    for i in 0..n {
+        t.update_service(&etp_service(i)).expect("valid service");
+        t.update_endpoint_slice(&slice(i, EPS, 0))
+            .expect("valid slice");
+    }
+    t.apply();
+    let snap = t.snapshot().clone();
+    let mut g = c.benchmark_group(format!("ipvs-etp-local/{n}x{EPS}"));
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .sampling_mode(SamplingMode::Flat);
+    let key = |what: &str| format!("{n}/etp_{what}");
+    for (name, mask) in [("full_sync_without_marks", 0), ("full_sync", 0xffff_0000)] {
+        measure(&mut g, n, name, || {
+            let mut node = Node::with_mask(mask);
+            let (rep, d) = node.sync(full(&snap));
+            eprintln!(
+                "OBJECTS ipvs-etp {name} {n}x{EPS}: {} virtual servers, {} real servers, {} iptables rules; steps {:?}",
+                rep.virtual_servers, rep.real_servers, node.rules, rep.steps
+            );
+            messages(&key(name), &rep);
+            record(&key(name), d)
+        });
+    }
+    if std::env::var("PROXIER_BENCH_ONLY").as_deref() == Ok("etp-first") {
+        g.finish();
+        return;
+    }
+    let mut node = Node::new();
+    node.sync(full(&snap));
+    g.bench_function("noop_full_sync", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let (rep, d) = node.sync(full(&snap));
+                    assert_eq!(rep.ipvs_writes, 0, "a no-op sync writes nothing");
+                    messages(&key("noop_full_sync"), &rep);
+                    record(&key("noop_full_sync"), d)
+                })
+                .sum()
+        })
+    });
+    let mut generation = 0u32;
+    g.bench_function("one_endpoint", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    generation ^= 1;
+                    let (rep, d) = node.sync(endpoint_moved(&mut t, 0, EPS, generation));
+                    messages(&key("one_endpoint"), &rep);
+                    record(&key("one_endpoint"), d)
+                })
+                .sum()
+        })
+    });
+    g.finish();
+}
+
 fn in_vm_main() {
     let quick = std::env::args().any(|a| a == "--test");
     let mut c = Criterion::default().configure_from_args();
     proxier_testbed::remove_stale();
+    let only_etp = std::env::var("PROXIER_BENCH_ONLY").is_ok_and(|v| v.starts_with("etp"));
     for n in sizes() {
+        etp_group(&mut c, n);
+        if only_etp {
+            if quick {
+                break;
+            }
+            continue;
+        }
         let mut t: ChangeTracker = filled(n, EPS);
         let snap = t.snapshot().clone();
         let (text, ops) = servers(&snap);
@@ -312,6 +419,10 @@ fn main() {
             (
                 "PROXIER_BENCH_SKIP",
                 &std::env::var("PROXIER_BENCH_SKIP").unwrap_or_default(),
+            ),
+            (
+                "PROXIER_BENCH_ONLY",
+                &std::env::var("PROXIER_BENCH_ONLY").unwrap_or_default(),
             ),
         ],
         Duration::from_secs(4 * 3600),

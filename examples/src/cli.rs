@@ -244,6 +244,13 @@ pub struct IpvsArgs {
     /// Virtual servers in these CIDRs are never touched (comma-separated).
     #[arg(long, value_delimiter = ',', value_name = "CIDR,...")]
     pub ipvs_exclude_cidrs: Vec<IpNet>,
+    /// Packet-mark bits (ours) of the firewall-mark virtual servers that
+    /// send traffic from pods and the node to an externalTrafficPolicy:
+    /// Local service's external addresses to every endpoint, as iptables
+    /// mode does; contiguous, apart from the masquerade bit; 0: kube-proxy's
+    /// IPVS semantics (local endpoints only) [default: 0x1fff].
+    #[arg(long, value_name = "MASK", value_parser = crate::flags::parse_mark_mask)]
+    pub ipvs_external_local_mark_mask: Option<u32>,
     /// Idle timeout of established TCP connections (0: the kernel's).
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub ipvs_tcp_timeout: Option<Duration>,
@@ -336,6 +343,8 @@ pub struct IpvsSettings {
     pub strict_arp: bool,
     /// Excluded CIDRs.
     pub exclude_cidrs: Vec<IpNet>,
+    /// `--ipvs-external-local-mark-mask` (`None`: the library's default).
+    pub external_local_mark_mask: Option<u32>,
     /// TCP, TCP FIN and UDP timeouts in seconds (0: the kernel's).
     pub timeouts: (u32, u32, u32),
 }
@@ -876,6 +885,7 @@ impl Cli {
                 .or(ipvs.strict_arp)
                 .unwrap_or(false),
             exclude_cidrs,
+            external_local_mark_mask: self.ipvs.ipvs_external_local_mark_mask,
             timeouts: (
                 secs(
                     self.ipvs.ipvs_tcp_timeout,

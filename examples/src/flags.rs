@@ -320,6 +320,16 @@ pub fn ignored_given(m: &clap::ArgMatches) -> Vec<(&'static str, &'static str)> 
         .collect()
 }
 
+/// A mark mask, `0x`-prefixed hexadecimal or decimal, as iptables spells
+/// marks (`--ipvs-external-local-mark-mask`, ours).
+pub fn parse_mark_mask(v: &str) -> Result<u32, String> {
+    let r = match v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => v.parse(),
+    };
+    r.map_err(|_| format!("{:?}: not a 32-bit mark mask", proxier_core::escape(v)))
+}
+
 /// Parses a Go boolean as `strconv.ParseBool` does: `1 t T TRUE true
 /// True`, `0 f F FALSE false False`.
 pub fn parse_go_bool(s: &str) -> Result<bool, String> {

@@ -197,6 +197,9 @@ impl Factory {
         cfg.strict_arp = s.ipvs.strict_arp;
         cfg.node_port_addresses = node_port_cidrs(s, &node.ips);
         cfg.exclude_cidrs = s.ipvs.exclude_cidrs.clone();
+        if let Some(m) = s.ipvs.external_local_mark_mask {
+            cfg.external_local_mark_mask = m;
+        }
         let (tcp, tcp_fin, udp) = s.ipvs.timeouts;
         cfg.timeouts = backend_ipvs::Timeouts { tcp, tcp_fin, udp };
         cfg.rules.masquerade_bit = s.masquerade_bit;
@@ -205,6 +208,10 @@ impl Factory {
         // The library names its field; the command line names the flag.
         cfg.validate().map_err(|e| match e.field {
             "scheduler" => format!("--ipvs-scheduler: {} (got {:?})", e.reason, e.value),
+            "external_local_mark_mask" => format!(
+                "--ipvs-external-local-mark-mask: {} (got {})",
+                e.reason, e.value
+            ),
             _ => e.to_string(),
         })?;
         let kernel = backend_ipvs::Kernel::real_with(IptablesCmd::new(s.family, node.variant))?;

@@ -29,6 +29,7 @@ impl IpvsProxier {
         self.entries.clear();
         self.set_sizes.clear();
         self.out_filter.clear();
+        let mut t = Instant::now();
         // The ipsets first: the marks a previous run handed out are read
         // back from `KUBE-EXTERNAL-LOCAL-MARK`, so that a restart keeps them.
         let saved = self
@@ -37,6 +38,7 @@ impl IpvsProxier {
             .save()
             .await
             .map_err(|e| perr("reading the ipsets", e))?;
+        t = self.report.step("ipset save", t);
         let have_sets = sets::parse_save(&saved, self.cfg.family);
         let kernel_marks: HashMap<&str, u32> = have_sets
             .get(&Set::ExternalLocalMark)
@@ -44,6 +46,7 @@ impl IpvsProxier {
             .flatten()
             .filter_map(|e| parse_entry(e))
             .collect();
+        self.set_marks = kernel_marks.values().copied().collect();
         self.marks.retain(|n| {
             snap.services
                 .get(n)
@@ -71,6 +74,7 @@ impl IpvsProxier {
             self.add_contribution(name, &c, errors);
             contribs.insert(name.clone(), c);
         }
+        t = self.report.step("contributions", t);
         // One read of the kernel.
         let dump = self
             .k
@@ -91,6 +95,7 @@ impl IpvsProxier {
             .into_iter()
             .map(|(s, d)| (key_of(&s), (s, d)))
             .collect();
+        t = self.report.step("ipvs dump", t);
         let now = Instant::now();
         let mut ops = Vec::new();
         let mut wanted_keys = BTreeSet::new();
@@ -122,6 +127,7 @@ impl IpvsProxier {
             })
             .collect();
         self.run_ops(&ops, errors).await?;
+        t = self.report.step("ipvs writes", t);
         self.kernel.retain(|k, _| wanted_keys.contains(k));
         self.real_servers = self.kernel.values().map(|(_, d)| d.len()).sum();
         self.binds_before.clear();
@@ -130,6 +136,7 @@ impl IpvsProxier {
         let add: Vec<IpAddr> = want_binds.difference(&bound).copied().collect();
         let del: Vec<IpAddr> = bound.difference(&want_binds).copied().collect();
         self.bind(&add, &del, errors).await;
+        t = self.report.step("addresses", t);
         // ipsets: one restore.
         let (input, n) = sets::diff(&have_sets, &self.wanted_entries(), self.cfg.family);
         if !input.is_empty() {
@@ -140,11 +147,14 @@ impl IpvsProxier {
                 .map_err(|e| perr("writing the ipsets", e))?;
         }
         self.report.ipset_changes = n;
+        t = self.report.step("ipset restore", t);
         self.contribs = contribs;
         self.settings = Some(settings);
         // Rewritten when they differ from what this instance last wrote
         // (always on its first sync) or were removed behind its back: a
         // no-op full sync reads them and writes nothing.
-        self.write_rules(true).await
+        let r = self.write_rules(true).await;
+        self.report.step("iptables", t);
+        r
     }
 }
