@@ -118,7 +118,6 @@ fn iptables_save(family: IpFamily) -> &'static str {
 /// destinations has its firewall-mark virtual server, its mark on every
 /// destination in `KUBE-EXTERNAL-LOCAL-MARK` and the `--map-mark` rule in
 /// `iptables-save -t mangle`.
-
 pub fn ipvs_verify(env: &Env, topo: &Topology, snap: &Snapshot) -> Result<(), String> {
     let npa = &env.node_port_addresses;
     // The binary reads the node's addresses at each full sync, as
