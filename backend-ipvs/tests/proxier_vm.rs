@@ -116,6 +116,15 @@ impl Node {
             .collect()
     }
 
+    /// The proxier's `cleanup`, which must succeed.
+    fn cleanup(&mut self) {
+        let mut p = self.proxier.take().expect("started");
+        self.topo
+            .node_rt()
+            .block_on(async move { p.cleanup().await })
+            .unwrap();
+    }
+
     fn ip(&self, w: Where) -> IpAddr {
         self.topo.ip_of(w)
     }
@@ -315,11 +324,7 @@ fn etp_local_firewall_marks_in_the_kernel() {
         );
         assert_eq!(n.ipvs(), before, "mark {tcp_mark} kept across the restart");
         // Cleanup removes our firewall-mark services, not the foreign one.
-        let mut p = n.proxier.take().unwrap();
-        n.topo
-            .node_rt()
-            .block_on(async move { p.cleanup().await })
-            .unwrap();
+        n.cleanup();
         assert_eq!(
             n.ipvs(),
             lines(&[
@@ -436,11 +441,7 @@ fn restart_adopts_and_leaves_foreign_objects() {
             (0, 0, false)
         );
         // Cleanup removes ours and nothing else.
-        let mut p = n.proxier.take().unwrap();
-        n.topo
-            .node_rt()
-            .block_on(async move { p.cleanup().await })
-            .unwrap();
+        n.cleanup();
         assert_eq!(
             n.ipvs(),
             lines(&[

@@ -229,11 +229,24 @@ fn etp_group(c: &mut Criterion, n: usize) {
     }
     let mut node = Node::new();
     node.sync(full(&snap));
+    loaded_cases(&mut g, &mut node, &snap, &mut t, &key);
+    g.finish();
+}
+
+/// The loaded cases both groups time on a synced node: a no-op full sync
+/// (asserted to write nothing) and one endpoint changed.
+fn loaded_cases(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    node: &mut Node,
+    snap: &Snapshot,
+    t: &mut ChangeTracker,
+    key: &dyn Fn(&str) -> String,
+) {
     g.bench_function("noop_full_sync", |b| {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    let (rep, d) = node.sync(full(&snap));
+                    let (rep, d) = node.sync(full(snap));
                     assert_eq!(rep.ipvs_writes, 0, "a no-op sync writes nothing");
                     messages(&key("noop_full_sync"), &rep);
                     record(&key("noop_full_sync"), d)
@@ -247,14 +260,13 @@ fn etp_group(c: &mut Criterion, n: usize) {
             (0..iters)
                 .map(|_| {
                     generation ^= 1;
-                    let (rep, d) = node.sync(endpoint_moved(&mut t, 0, EPS, generation));
+                    let (rep, d) = node.sync(endpoint_moved(t, 0, EPS, generation));
                     messages(&key("one_endpoint"), &rep);
                     record(&key("one_endpoint"), d)
                 })
                 .sum()
         })
     });
-    g.finish();
 }
 
 fn in_vm_main() {
@@ -342,31 +354,7 @@ fn in_vm_main() {
             "OBJECTS ipvs {n}x{EPS}: {} virtual servers, {} real servers",
             rep.virtual_servers, rep.real_servers
         );
-        g.bench_function("noop_full_sync", |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        let (rep, d) = node.sync(full(&snap));
-                        assert_eq!(rep.ipvs_writes, 0, "a no-op sync writes nothing");
-                        messages(&key("noop_full_sync"), &rep);
-                        record(&key("noop_full_sync"), d)
-                    })
-                    .sum()
-            })
-        });
-        let mut generation = 0u32;
-        g.bench_function("one_endpoint", |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| {
-                        generation ^= 1;
-                        let (rep, d) = node.sync(endpoint_moved(&mut t, 0, EPS, generation));
-                        messages(&key("one_endpoint"), &rep);
-                        record(&key("one_endpoint"), d)
-                    })
-                    .sum()
-            })
-        });
+        loaded_cases(&mut g, &mut node, &snap, &mut t, &key);
         let mut next = n;
         g.bench_function("service_added", |b| {
             b.iter_custom(|iters| {

@@ -143,6 +143,12 @@ const BOOT_MODULES: &[&str] = &[
     "nf_nat",
     "xt_ipvs",
     "ip_set",
+    // nf_tables on demand races the first `iptables-nft` call after boot
+    // ("Could not fetch rule set generation id: Invalid argument"), which
+    // failed a first sync now and then (embed_ipvs).
+    "nf_tables",
+    "nft_compat",
+    "nft_chain_nat",
 ];
 
 fn module_closure(version: &str) -> io::Result<Vec<String>> {
