@@ -117,9 +117,6 @@ impl Ipvs for IpvsNetlink {
     }
 }
 
-/// Address requests [`Rtnl`] keeps in flight at once.
-pub const IN_FLIGHT: usize = 64;
-
 /// The dummy interface that holds the service addresses, and the node's
 /// own addresses.
 #[async_trait]
@@ -137,7 +134,7 @@ pub trait Links: Send + Sync + fmt::Debug {
     /// `ip link del NAME`; a missing one is fine.
     async fn delete(&self, name: &str) -> Result<(), LinkError>;
     /// [`Links::add_address`] of each of `ips`; the failures, each with
-    /// its address. An implementation may keep several in flight.
+    /// its address.
     async fn add_addresses(&self, name: &str, ips: &[IpAddr]) -> Vec<LinkError> {
         let mut failed = Vec::new();
         for ip in ips {
@@ -147,7 +144,8 @@ pub trait Links: Send + Sync + fmt::Debug {
         }
         failed
     }
-    /// [`Links::del_address`] of each of `ips`; the failures.
+    /// [`Links::del_address`] of each of `ips`; the failures. [`Rtnl`]
+    /// reads the addresses once for all of them.
     async fn del_addresses(&self, name: &str, ips: &[IpAddr]) -> Vec<LinkError> {
         let mut failed = Vec::new();
         for ip in ips {
@@ -346,20 +344,26 @@ impl Rtnl {
         }
     }
 
-    async fn io_del_address(&self, name: &str, ip: IpAddr) -> io::Result<()> {
+    /// Deletes those of `ips` that `name` holds, after one dump of the
+    /// addresses (one dump per address would be quadratic); the failed
+    /// deletes, each with its address.
+    async fn io_del_addresses(&self, name: &str, ips: &[IpAddr]) -> io::Result<Vec<LinkError>> {
         let Some(idx) = self.index(name).await? else {
-            return Ok(());
+            return Ok(Vec::new());
         };
+        let want: std::collections::HashSet<&IpAddr> = ips.iter().collect();
+        let mut failed = Vec::new();
         for (i, a, m) in self.all_addresses().await? {
-            if i == idx && a == ip {
-                match self.handle.address().del(m).execute().await {
-                    Ok(()) => {}
-                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -99 => {}
-                    Err(e) => return Err(nl(e)),
-                }
+            if i != idx || !want.contains(&a) {
+                continue;
+            }
+            match self.handle.address().del(m).execute().await {
+                Ok(()) => {}
+                Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -99 => {}
+                Err(e) => failed.push(LinkError::del_address(name, a, nl(e))),
             }
         }
-        Ok(())
+        Ok(failed)
     }
 
     async fn io_delete(&self, name: &str) -> io::Result<()> {
@@ -392,86 +396,22 @@ impl Links for Rtnl {
             .await
             .map_err(|e| LinkError::add_address(name, ip, e))
     }
-    /// Up to [`IN_FLIGHT`] requests at a time on the one socket: a
-    /// round trip per address made binding 20,000 of them the longest
-    /// step of a first sync.
-    async fn add_addresses(&self, name: &str, ips: &[IpAddr]) -> Vec<LinkError> {
-        use futures::StreamExt;
-        let idx = match self.index(name).await {
-            Ok(Some(i)) => i,
-            Ok(None) => {
-                let e = || io::Error::new(io::ErrorKind::NotFound, format!("no link {name}"));
-                return ips
-                    .iter()
-                    .map(|ip| LinkError::add_address(name, *ip, e()))
-                    .collect();
-            }
-            Err(e) => {
-                return ips
-                    .iter()
-                    .map(|ip| {
-                        LinkError::add_address(name, *ip, io::Error::new(e.kind(), e.to_string()))
-                    })
-                    .collect();
-            }
-        };
-        futures::stream::iter(ips.iter().copied())
-            .map(|ip| async move {
-                let prefix = if ip.is_ipv4() { 32 } else { 128 };
-                match self.handle.address().add(idx, ip, prefix).execute().await {
-                    Ok(()) => None,
-                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -17 => None,
-                    Err(e) => Some(LinkError::add_address(name, ip, nl(e))),
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .filter_map(|r| async move { r })
-            .collect()
-            .await
-    }
-    /// One dump of the addresses, then up to [`IN_FLIGHT`] deletes at a
-    /// time (one dump per address would be quadratic).
     async fn del_addresses(&self, name: &str, ips: &[IpAddr]) -> Vec<LinkError> {
-        use futures::StreamExt;
-        let want: std::collections::HashSet<IpAddr> = ips.iter().copied().collect();
-        let found = match self.index(name).await {
-            Ok(None) => return Vec::new(),
-            Ok(Some(idx)) => self.all_addresses().await.map(|all| {
-                all.into_iter()
-                    .filter(|(i, a, _)| *i == idx && want.contains(a))
-                    .map(|(_, a, m)| (a, m))
-                    .collect::<Vec<_>>()
-            }),
-            Err(e) => Err(e),
-        };
-        let found = match found {
-            Ok(f) => f,
-            Err(e) => {
-                return ips
-                    .iter()
-                    .map(|ip| {
-                        LinkError::del_address(name, *ip, io::Error::new(e.kind(), e.to_string()))
-                    })
-                    .collect();
-            }
-        };
-        futures::stream::iter(found)
-            .map(|(ip, m)| async move {
-                match self.handle.address().del(m).execute().await {
-                    Ok(()) => None,
-                    Err(rtnetlink::Error::NetlinkError(m)) if m.raw_code() == -99 => None,
-                    Err(e) => Some(LinkError::del_address(name, ip, nl(e))),
-                }
-            })
-            .buffer_unordered(IN_FLIGHT)
-            .filter_map(|r| async move { r })
-            .collect()
-            .await
+        match self.io_del_addresses(name, ips).await {
+            Ok(failed) => failed,
+            Err(e) => ips
+                .iter()
+                .map(|ip| {
+                    LinkError::del_address(name, *ip, io::Error::new(e.kind(), e.to_string()))
+                })
+                .collect(),
+        }
     }
     async fn del_address(&self, name: &str, ip: IpAddr) -> Result<(), LinkError> {
-        self.io_del_address(name, ip)
-            .await
-            .map_err(|e| LinkError::del_address(name, ip, e))
+        match self.del_addresses(name, &[ip]).await.pop() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
     async fn delete(&self, name: &str) -> Result<(), LinkError> {
         self.io_delete(name)
