@@ -128,7 +128,7 @@ pub struct RenderError {
 
 /// One rule of a service's chain: expressions, or the random choice of an
 /// endpoint chain (see [`numgen_rules`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Body {
     /// A rule, with its comment.
     Rule(Vec<Expr>, Option<String>),

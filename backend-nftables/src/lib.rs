@@ -43,6 +43,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod kept;
 mod kernel;
 mod layout;
 mod nl;

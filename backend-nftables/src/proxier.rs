@@ -27,6 +27,7 @@ use proxier_core::{
 };
 use proxier_netfilter::{Conntrack, StaleFlows, clean_stale};
 
+use crate::kept::{Kept, digest};
 use crate::kernel::{NfTables, NftError};
 use crate::layout::{
     self, Config, Fragment, TABLE, delete_elements, nft_family, render_service, write_elements,
@@ -40,7 +41,8 @@ pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 /// What the last successful sync wrote.
 #[derive(Debug, Default)]
 struct Written {
-    fragments: HashMap<NamespacedName, Fragment>,
+    /// Per service, what was written (compact: chain digests, not rules).
+    fragments: HashMap<NamespacedName, Kept>,
     /// Chains no longer used, since when.
     stale: BTreeMap<String, Instant>,
     objects: usize,
@@ -181,8 +183,12 @@ impl NftablesProxier {
             tracing::error!(backend = %self.name, error = %e, "service skipped");
         }
         let objects = fragments.iter().map(|(_, f)| f.objects()).sum();
+        // The rules are in `tx`; only their digests are kept.
         let written = Written {
-            fragments: fragments.into_iter().collect(),
+            fragments: fragments
+                .into_iter()
+                .map(|(nn, f)| (nn, Kept::of(f)))
+                .collect(),
             stale: BTreeMap::new(),
             objects,
             rules: BTreeMap::new(),
@@ -206,14 +212,14 @@ impl NftablesProxier {
             ids += 1;
             ids
         };
-        let empty = Fragment::default();
+        let (empty, nothing) = (Fragment::default(), Kept::default());
         for nn in &req.changes.updated_services {
             let new = render_service(&self.cfg, &req.snapshot, nn, &mut errors);
             let old_owned = w.fragments.remove(nn);
-            let old = old_owned.as_ref().unwrap_or(&empty);
+            let old = old_owned.as_ref().unwrap_or(&nothing);
             let new_ref = new.as_ref().unwrap_or(&empty);
             for (c, bodies) in &new_ref.chains {
-                match old.chains.iter().find(|(o, _)| o == c) {
+                match old.chain(c) {
                     None => {
                         add.push(Op::AddChain(Chain {
                             name: c.clone(),
@@ -225,17 +231,17 @@ impl NftablesProxier {
                         }
                         write_rules(&mut refill, c, bodies);
                     }
-                    Some((_, ob)) if ob != bodies => {
+                    Some(o) if o.digest != digest(bodies) => {
                         refill.push(Op::FlushChain(c.clone()));
                         write_rules(&mut refill, c, bodies);
                     }
                     Some(_) => {}
                 }
             }
-            for (c, _) in &old.chains {
-                if !new_ref.chains.iter().any(|(n, _)| n == c) {
-                    flush_stale.push(Op::FlushChain(c.clone()));
-                    w.stale.insert(c.clone(), now);
+            for c in &old.chains {
+                if !new_ref.chains.iter().any(|(n, _)| *n == c.name) {
+                    flush_stale.push(Op::FlushChain(c.name.clone()));
+                    w.stale.insert(c.name.clone(), now);
                 }
             }
             for s in &new_ref.sets {
@@ -262,7 +268,7 @@ impl NftablesProxier {
             }
             w.objects = w.objects + new_ref.objects() - old.objects();
             if let Some(f) = new {
-                w.fragments.insert(nn.clone(), f);
+                w.fragments.insert(nn.clone(), Kept::of(f));
             }
         }
         for e in &errors {

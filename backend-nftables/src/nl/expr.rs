@@ -43,7 +43,7 @@ pub const RTN_LOCAL: u32 = 2;
 pub const NAT_RANDOM_FULLY: u32 = 0x10;
 
 /// A relational operator (`enum nft_cmp_ops`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CmpOp {
     /// `==`.
     Eq = 0,
@@ -100,7 +100,7 @@ impl Verdict {
 }
 
 /// One expression of a rule.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Expr {
     /// `payload load LEN b @ BASE + OFFSET => reg DREG`.
     Payload {
