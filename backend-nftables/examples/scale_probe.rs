@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::time::Instant;
 
 use backend_nftables::{Config, Expr, NfTables, NfTablesNetlink, Transaction};
-use backend_nftables::{Op, render_full as full};
+use backend_nftables::{Encoder, Family, Op, render_full as full, render_full_into};
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, PortSpec, Protocol, Service, SliceEndpoint, SlicePort,
 };
@@ -29,6 +29,15 @@ fn apply(tx: Transaction) -> std::time::Duration {
         nft.apply(&tx).await.expect("apply");
         t0.elapsed()
     })
+}
+
+fn rss_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn without(tx: &Transaction, drop: impl Fn(&Op) -> bool) -> Transaction {
@@ -79,6 +88,22 @@ fn main() {
         .expect("slice");
     }
     let snap = t.apply().0;
+    // The streamed path a full sync takes: rendered and encoded at once,
+    // keeping only each service's digests (here: nothing).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let before = rss_kib("VmRSS:");
+    let t0 = Instant::now();
+    let mut enc = Encoder::new(Family::Ip, "kube-proxy", 1, n * 60);
+    render_full_into(&Config::new(IpFamily::V4), &snap, &mut enc, |_, _| {});
+    let batch = enc.finish();
+    println!(
+        "{n} services: streamed render+encode {:?} ({} bytes, {} operations), peak RSS growth {} KiB",
+        t0.elapsed(),
+        batch.bytes.len(),
+        batch.ops,
+        rss_kib("VmHWM:").saturating_sub(before)
+    );
+    drop(batch);
     let t0 = Instant::now();
     let (tx, _, _) = full(&Config::new(IpFamily::V4), &snap);
     let render = t0.elapsed();

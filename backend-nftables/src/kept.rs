@@ -48,8 +48,8 @@ pub struct Kept {
 }
 
 impl Kept {
-    /// The compact record of `f`, consuming it.
-    pub fn of(f: Fragment) -> Kept {
+    /// The compact record of `f`.
+    pub fn of(f: &Fragment) -> Kept {
         Kept {
             chains: f
                 .chains
@@ -60,8 +60,8 @@ impl Kept {
                     bodies: bodies.len(),
                 })
                 .collect(),
-            sets: f.sets,
-            elements: f.elements,
+            sets: f.sets.clone(),
+            elements: f.elements.clone(),
         }
     }
 
@@ -98,7 +98,7 @@ mod tests {
         f.elements
             .insert(("service-ips", vec![1, 2]), (Some(Verdict::Accept), None));
         let objects = f.objects();
-        let k = Kept::of(f);
+        let k = Kept::of(&f);
         assert_eq!(k.objects(), objects);
         assert_eq!(k.objects(), 3);
         assert_eq!(k.chain("c").map(|c| c.bodies), Some(2));

@@ -9,7 +9,7 @@ use std::io;
 use async_trait::async_trait;
 use proxier_netfilter::NfnlSocket;
 
-use crate::nl::msg::{Family, Transaction};
+use crate::nl::msg::{Batch, Family, Transaction};
 
 /// A transaction the kernel refused: nothing of it was applied.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +26,11 @@ pub enum NftError {
     /// The kernel refused an operation; the whole batch was rolled back.
     #[error("{op} in table {family} {table}: {source} (the transaction was not applied)")]
     Refused {
-        /// The operation, as `nft` would say it.
+        /// The operation, as `nft` would say it (or its number, from a
+        /// batch alone).
         op: String,
+        /// Its index in the transaction, when known.
+        index: Option<usize>,
         /// The table's family.
         family: &'static str,
         /// The table.
@@ -41,11 +44,47 @@ pub enum NftError {
     Decode(String),
 }
 
+impl NftError {
+    /// A refusal with its operation named by `name` (from its index).
+    pub fn naming(self, name: impl FnOnce(usize) -> Option<String>) -> NftError {
+        match self {
+            NftError::Refused {
+                op,
+                index: Some(i),
+                family,
+                table,
+                source,
+            } => NftError::Refused {
+                op: name(i).unwrap_or(op),
+                index: Some(i),
+                family,
+                table,
+                source,
+            },
+            e => e,
+        }
+    }
+}
+
 /// The nf_tables seam.
 #[async_trait]
 pub trait NfTables: Send + Sync + fmt::Debug {
-    /// Applies `tx` atomically: all of it, or (on error) none.
-    async fn apply(&self, tx: &Transaction) -> Result<(), NftError>;
+    /// Sends an encoded batch (numbered again from the seam's own
+    /// sequence) and waits for the kernel: all of it is applied, or (on
+    /// error) none; a refusal names the operation by its index.
+    async fn apply_batch(&self, batch: &mut Batch) -> Result<(), NftError>;
+
+    /// Applies `tx` atomically: all of it, or (on error) none; a refusal
+    /// names the operation as `nft` would say it.
+    async fn apply(&self, tx: &Transaction) -> Result<(), NftError> {
+        if tx.ops.is_empty() {
+            return Ok(());
+        }
+        let mut batch = tx.encode(0);
+        self.apply_batch(&mut batch)
+            .await
+            .map_err(|e| e.naming(|i| tx.ops.get(i).map(|o| o.to_string())))
+    }
 
     /// The namespace's nf_tables generation: bumped by every committed
     /// transaction of any program (`nft monitor` prints `# new generation
@@ -109,14 +148,15 @@ impl NfTables for NfTablesNetlink {
             })
     }
 
-    async fn apply(&self, tx: &Transaction) -> Result<(), NftError> {
-        if tx.ops.is_empty() {
+    async fn apply_batch(&self, batch: &mut Batch) -> Result<(), NftError> {
+        if batch.msg_ops.is_empty() {
             return Ok(());
         }
         let mut st = self.state.lock().await;
         let (sock, seq, buf, sndbuf) = &mut *st;
-        let batch = tx.encode(*seq);
-        *seq = batch.last_seq.wrapping_add(2);
+        batch.renumber(*seq);
+        let last_seq = batch.last_seq();
+        *seq = last_seq.wrapping_add(2);
         if batch.bytes.len() + 4096 > *sndbuf {
             let want = (batch.bytes.len() + 4096).next_power_of_two();
             sock.ensure_send_buffer(want)
@@ -159,21 +199,19 @@ impl NfTables for NfTablesNetlink {
                     if code != 0 && first_error.is_none() {
                         first_error = Some((mseq, -code));
                     }
-                    if mseq == batch.last_seq {
+                    if mseq == last_seq {
                         return match first_error {
                             None => Ok(()),
                             Some((s, errno)) => {
-                                let op = batch
-                                    .seqs
-                                    .iter()
-                                    .find(|(q, _)| *q == s)
-                                    .and_then(|(_, i)| tx.ops.get(*i))
-                                    .map(|o| o.to_string())
-                                    .unwrap_or_else(|| "the batch".into());
+                                let index = batch.op_of(s);
                                 Err(NftError::Refused {
-                                    op,
-                                    family: family_str(tx.family),
-                                    table: tx.table.clone(),
+                                    op: index.map_or_else(
+                                        || "the batch".into(),
+                                        |i| format!("operation {i}"),
+                                    ),
+                                    index,
+                                    family: family_str(batch.family),
+                                    table: batch.table.clone(),
                                     source: io::Error::from_raw_os_error(errno),
                                 })
                             }

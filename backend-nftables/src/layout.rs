@@ -22,7 +22,7 @@ use crate::nl::expr::{
     REG_1, RTN_LOCAL, Verdict,
 };
 use crate::nl::msg::{
-    BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, SET_EVAL, Set, Transaction,
+    BaseHook, Chain, Element, Family, Hook, KeyType, Op, OpSink, Rule, SET_EVAL, Set, Transaction,
 };
 
 /// The table, in `ip` and `ip6`.
@@ -218,28 +218,44 @@ pub fn numgen_rules(targets: &[String]) -> Vec<Vec<Expr>> {
 }
 
 /// Writes a chain's rules (the chain must exist).
-pub fn write_rules(tx: &mut Transaction, chain: &str, bodies: &[Body]) {
+pub fn write_rules<S: OpSink>(tx: &mut S, chain: &str, bodies: &[Body]) {
     for b in bodies {
-        let rules = match b {
-            Body::Rule(exprs, comment) => vec![(exprs.clone(), comment.clone())],
-            Body::Numgen(targets) => numgen_rules(targets)
-                .into_iter()
-                .map(|e| (e, None))
-                .collect(),
-        };
-        for (exprs, comment) in rules {
-            tx.push(Op::AddRule(Rule {
-                chain: chain.into(),
-                exprs,
-                comment,
-            }));
+        match b {
+            Body::Rule(exprs, comment) => add_rule(tx, chain, exprs.clone(), comment.clone()),
+            Body::Numgen(targets) => {
+                for e in numgen_rules(targets) {
+                    add_rule(tx, chain, e, None);
+                }
+            }
         }
     }
 }
 
+/// [`write_rules`], moving the rules instead of copying them.
+pub fn write_rules_owned<S: OpSink>(tx: &mut S, chain: &str, bodies: Vec<Body>) {
+    for b in bodies {
+        match b {
+            Body::Rule(exprs, comment) => add_rule(tx, chain, exprs, comment),
+            Body::Numgen(targets) => {
+                for e in numgen_rules(&targets) {
+                    add_rule(tx, chain, e, None);
+                }
+            }
+        }
+    }
+}
+
+fn add_rule<S: OpSink>(tx: &mut S, chain: &str, exprs: Vec<Expr>, comment: Option<String>) {
+    tx.add(Op::AddRule(Rule {
+        chain: chain.into(),
+        exprs,
+        comment,
+    }));
+}
+
 /// Adds elements, one message run per container.
-pub fn write_elements<'a>(
-    tx: &mut Transaction,
+pub fn write_elements<'a, S: OpSink>(
+    tx: &mut S,
     elements: impl IntoIterator<Item = (&'a ElementKey, &'a ElementValue)>,
 ) {
     let mut by: BTreeMap<&'static str, Vec<Element>> = BTreeMap::new();
@@ -251,7 +267,7 @@ pub fn write_elements<'a>(
         });
     }
     for (set, elements) in by {
-        tx.push(Op::AddElements {
+        tx.add(Op::AddElements {
             set: set.into(),
             set_id: None,
             elements,
@@ -260,13 +276,13 @@ pub fn write_elements<'a>(
 }
 
 /// Deletes elements by key, one message run per container.
-pub fn delete_elements<'a>(tx: &mut Transaction, keys: impl IntoIterator<Item = &'a ElementKey>) {
+pub fn delete_elements<'a, S: OpSink>(tx: &mut S, keys: impl IntoIterator<Item = &'a ElementKey>) {
     let mut by: BTreeMap<&'static str, Vec<Vec<u8>>> = BTreeMap::new();
     for (set, key) in keys {
         by.entry(set).or_default().push(key.clone());
     }
     for (set, keys) in by {
-        tx.push(Op::DeleteElements {
+        tx.add(Op::DeleteElements {
             set: set.into(),
             keys,
         });
@@ -412,19 +428,37 @@ pub type Fragments = Vec<(NamespacedName, Fragment)>;
 /// deleting the old table in the same batch, so that nothing of ours
 /// survives that is not wanted and nothing foreign is touched.
 pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<RenderError>) {
+    let mut tx = Transaction::new(nft_family(cfg.family()), TABLE);
+    let mut fragments = Vec::new();
+    let errors = full_into(cfg, snap, &mut tx, |nn, f| {
+        fragments.push((nn.clone(), f.clone()))
+    });
+    (tx, fragments, errors)
+}
+
+/// [`full`], streamed: each operation goes to `tx` as it is made, and
+/// `keep` sees each service's [`Fragment`] before its rules are moved
+/// into `tx` (per service: its chains and sets, then its rules; the map
+/// and set elements last, when every chain they name exists). Nothing
+/// of the table is held here beyond one service and the elements.
+pub fn full_into<S: OpSink>(
+    cfg: &Config,
+    snap: &Snapshot,
+    tx: &mut S,
+    mut keep: impl FnMut(&NamespacedName, &Fragment),
+) -> Vec<RenderError> {
     let fam = cfg.family();
     let v6 = fam == IpFamily::V6;
     let addr = key_addr(fam);
-    let mut tx = Transaction::new(nft_family(fam), TABLE);
     let mut ids = 0u32;
     let mut id = || {
         ids += 1;
         ids
     };
     // Replace the table: add (so the delete cannot fail), delete, add.
-    tx.push(Op::AddTable { comment: None });
-    tx.push(Op::DeleteTable);
-    tx.push(Op::AddTable {
+    tx.add(Op::AddTable { comment: None });
+    tx.add(Op::DeleteTable);
+    tx.add(Op::AddTable {
         comment: Some("rules for kube-proxy".into()),
     });
     // kube-proxy's base chains since v1.34 (kubernetes #132456): the
@@ -448,7 +482,7 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
         ("nat-postrouting", "nat", Hook::Postrouting, 100),
     ];
     for (name, kind, hook, priority) in bases {
-        tx.push(Op::AddChain(Chain {
+        tx.add(Op::AddChain(Chain {
             name: name.into(),
             base: Some(BaseHook {
                 kind,
@@ -467,9 +501,9 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
         "cluster-ips-check",
         "mark-for-masquerade",
     ] {
-        tx.push(Op::AddChain(chain(c)));
+        tx.add(Op::AddChain(chain(c)));
     }
-    tx.push(Op::AddChain(Chain {
+    tx.add(Op::AddChain(Chain {
         name: "reject-chain".into(),
         base: None,
         comment: Some("helper for @no-endpoint-services / @no-endpoint-nodeports".into()),
@@ -489,16 +523,16 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
         ("masquerading", "nat-postrouting", false),
     ] {
         let e = if ct { new.clone() } else { Vec::new() };
-        tx.push(rule(from, with(e, build::jump(to))));
+        tx.add(rule(from, with(e, build::jump(to))));
     }
     let mark = cfg.masquerade.mark();
-    tx.push(rule("mark-for-masquerade", build::mark_or(mark)));
-    tx.push(rule(
+    tx.add(rule("mark-for-masquerade", build::mark_or(mark)));
+    tx.add(rule(
         "masquerading",
         with(build::mark_and_zero(mark), Expr::Verdict(Verdict::Return)),
     ));
-    tx.push(rule("masquerading", build::mark_xor(mark)));
-    tx.push(rule(
+    tx.add(rule("masquerading", build::mark_xor(mark)));
+    tx.add(rule(
         "masquerading",
         vec![Expr::Masq {
             flags: NAT_RANDOM_FULLY,
@@ -515,9 +549,9 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
             id,
         })
     };
-    tx.push(set("cluster-ips", "Active ClusterIPs", id()));
+    tx.add(set("cluster-ips", "Active ClusterIPs", id()));
     let reject_code = if v6 { 4 } else { 3 };
-    tx.push(rule_c(
+    tx.add(rule_c(
         "cluster-ips-check",
         vec![
             build::daddr_load(v6),
@@ -535,7 +569,7 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
         "Reject traffic to invalid ports of ClusterIPs",
     ));
     for cidr in cfg.service_cidrs.iter().filter(|c| fam.matches(&c.addr())) {
-        tx.push(rule_c(
+        tx.add(rule_c(
             "cluster-ips-check",
             with(
                 net_match(cidr, true, CmpOp::Eq),
@@ -551,7 +585,7 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
     };
     let match_all = cfg.match_all();
     if !match_all {
-        tx.push(set(
+        tx.add(set(
             "nodeport-ips",
             "IPs that accept NodePort traffic",
             id(),
@@ -568,7 +602,7 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
             })
             .collect();
         if !ips.is_empty() {
-            tx.push(Op::AddElements {
+            tx.add(Op::AddElements {
                 set: "nodeport-ips".into(),
                 set_id: None,
                 elements: ips,
@@ -577,25 +611,25 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
     }
     let vip_key = vec![addr, KeyType::InetProto, KeyType::InetService];
     let np_key = vec![KeyType::InetProto, KeyType::InetService];
-    tx.push(map(
+    tx.add(map(
         "no-endpoint-services",
         vip_key.clone(),
         "vmap to drop or reject packets to services with no endpoints",
         id(),
     ));
-    tx.push(map(
+    tx.add(map(
         "no-endpoint-nodeports",
         np_key.clone(),
         "vmap to drop or reject packets to service nodeports with no endpoints",
         id(),
     ));
-    tx.push(rule(
+    tx.add(rule(
         "reject-chain",
         vec![Expr::Reject {
             icmp_code: reject_code,
         }],
     ));
-    tx.push(rule(
+    tx.add(rule(
         "service-endpoints-check",
         build::daddr_proto_port_vmap(v6, "no-endpoint-services"),
     ));
@@ -616,25 +650,25 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
     let mut e = Vec::new();
     nodeport_dest(&mut e);
     e.extend(proto_port_vmap("no-endpoint-nodeports"));
-    tx.push(rule("nodeport-endpoints-check", e));
-    tx.push(map(
+    tx.add(rule("nodeport-endpoints-check", e));
+    tx.add(map(
         "firewall-ips",
         vip_key.clone(),
         "destinations that are subject to LoadBalancerSourceRanges",
         id(),
     ));
-    tx.push(rule(
+    tx.add(rule(
         "firewall-check",
         build::daddr_proto_port_vmap(v6, "firewall-ips"),
     ));
-    tx.push(map(
+    tx.add(map(
         "service-ips",
         vip_key,
         "ClusterIP, ExternalIP and LoadBalancer IP traffic",
         id(),
     ));
-    tx.push(map("service-nodeports", np_key, "NodePort traffic", id()));
-    tx.push(rule(
+    tx.add(map("service-nodeports", np_key, "NodePort traffic", id()));
+    tx.add(rule(
         "services",
         build::daddr_proto_port_vmap(v6, "service-ips"),
     ));
@@ -644,40 +678,35 @@ pub fn full(cfg: &Config, snap: &Snapshot) -> (Transaction, Fragments, Vec<Rende
     }
     nodeport_dest(&mut e);
     e.extend(proto_port_vmap("service-nodeports"));
-    tx.push(rule("services", e));
+    tx.add(rule("services", e));
 
     let mut errors = Vec::new();
-    let mut fragments = Vec::new();
+    let mut elements: Vec<(ElementKey, ElementValue)> = Vec::new();
     let mut last: Option<&NamespacedName> = None;
     for name in snap.services.keys() {
         if last == Some(&name.service) {
             continue;
         }
         last = Some(&name.service);
-        if let Some(f) = render_service(cfg, snap, &name.service, &mut errors) {
-            fragments.push((name.service.clone(), f));
-        }
-    }
-    for (_, f) in &fragments {
+        let Some(f) = render_service(cfg, snap, &name.service, &mut errors) else {
+            continue;
+        };
+        keep(&name.service, &f);
         for (c, _) in &f.chains {
-            tx.push(Op::AddChain(chain(c)));
+            tx.add(Op::AddChain(chain(c)));
         }
-        for set in &f.sets {
-            let mut set = set.clone();
+        for set in f.sets {
+            let mut set = set;
             set.id = id();
-            tx.push(Op::AddSet(set));
+            tx.add(Op::AddSet(set));
         }
-    }
-    for (_, f) in &fragments {
-        for (c, bodies) in &f.chains {
-            write_rules(&mut tx, c, bodies);
+        for (c, bodies) in f.chains {
+            write_rules_owned(tx, &c, bodies);
         }
+        elements.extend(f.elements);
     }
-    write_elements(
-        &mut tx,
-        fragments.iter().flat_map(|(_, f)| f.elements.iter()),
-    );
-    (tx, fragments, errors)
+    write_elements(tx, elements.iter().map(|(k, v)| (k, v)));
+    errors
 }
 
 /// One service port: its map elements and its chains, into `f`.

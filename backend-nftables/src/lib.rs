@@ -18,7 +18,10 @@
 //!   operations of a [`Transaction`] (tables, base and regular chains,
 //!   sets and verdict maps with concatenated keys, anonymous maps,
 //!   elements, rules, flushes and deletes), encoded as one
-//!   `NFNL_MSG_BATCH_BEGIN` … `END` batch.
+//!   `NFNL_MSG_BATCH_BEGIN` … `END` batch ([`Batch`]), either from a
+//!   [`Transaction`] or streamed: [`render_full_into`] hands each
+//!   operation to an [`OpSink`] as it is made, and an [`Encoder`] writes it
+//!   into the batch at once (a full sync never holds its operations).
 //!   The rule builders this layout uses are [`exprs`].
 //! - The seam ([`NfTables`]) and [`NfTablesNetlink`], which applies a
 //!   transaction atomically and names the operation the kernel refused.
@@ -43,16 +46,21 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(any(test, feature = "testing"))]
+mod fake;
 mod kept;
 mod kernel;
 mod layout;
 mod nl;
 mod proxier;
 
+// The seam in memory, for unit tests (feature `testing`).
+#[cfg(any(test, feature = "testing"))]
+pub use fake::FakeNfTables;
 pub use kernel::{NfTables, NfTablesNetlink, NftError};
 pub use layout::{
     Config, Fragment, Fragments, RenderError, TABLE, endpoint_base, full as render_full,
-    hash_and_truncate, service_base,
+    full_into as render_full_into, hash_and_truncate, service_base,
 };
 /// Expression builders for the rules kube-proxy's layout writes
 /// (`ip daddr . meta l4proto . th dport vmap @map`, `numgen random mod N
@@ -61,7 +69,8 @@ pub use layout::{
 pub use nl::build as exprs;
 pub use nl::expr::{CmpOp, Expr, Verdict};
 pub use nl::msg::{
-    BaseHook, Chain, Element, Family, Hook, KeyType, Op, Rule, SET_ANONYMOUS, SET_CONCAT,
-    SET_CONSTANT, SET_EVAL, SET_INTERVAL, SET_MAP, SET_TIMEOUT, Set, Transaction,
+    BaseHook, Batch, Chain, Element, Encoder, Family, Hook, KeyType, Op, OpSink, Rule,
+    SET_ANONYMOUS, SET_CONCAT, SET_CONSTANT, SET_EVAL, SET_INTERVAL, SET_MAP, SET_TIMEOUT, Set,
+    Transaction,
 };
 pub use proxier::{NftablesProxier, STALE_CHAIN_DELAY};

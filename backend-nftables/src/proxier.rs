@@ -33,7 +33,7 @@ use crate::layout::{
     self, Config, Fragment, TABLE, delete_elements, nft_family, render_service, write_elements,
     write_rules,
 };
-use crate::nl::msg::{Chain, Op, Transaction};
+use crate::nl::msg::{Batch, Chain, Encoder, Op, OpSink, Transaction};
 
 /// How long a stale chain waits before it is deleted.
 pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
@@ -58,22 +58,46 @@ impl Written {
     /// Counts what `tx` did to the table's chains.
     fn tally(&mut self, tx: &Transaction) {
         for op in &tx.ops {
-            match op {
-                Op::DeleteTable => self.rules.clear(),
-                Op::AddChain(c) => {
-                    self.rules.entry(c.name.clone()).or_insert(0);
-                }
-                Op::FlushChain(c) => {
-                    self.rules.insert(c.clone(), 0);
-                }
-                Op::DeleteChain(c) => {
-                    self.rules.remove(c);
-                }
-                Op::AddRule(r) => *self.rules.entry(r.chain.clone()).or_insert(0) += 1,
-                _ => {}
-            }
+            tally(&mut self.rules, op);
         }
         self.verified_gen = None;
+    }
+}
+
+/// Counts what `op` does to the table's chains.
+fn tally(rules: &mut BTreeMap<String, usize>, op: &Op) {
+    match op {
+        Op::DeleteTable => rules.clear(),
+        Op::AddChain(c) => {
+            rules.entry(c.name.clone()).or_insert(0);
+        }
+        Op::FlushChain(c) => {
+            rules.insert(c.clone(), 0);
+        }
+        Op::DeleteChain(c) => {
+            rules.remove(c);
+        }
+        Op::AddRule(r) => {
+            if let Some(n) = rules.get_mut(&r.chain) {
+                *n += 1;
+            } else {
+                rules.insert(r.chain.clone(), 1);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A full sync's output: each operation counted, then encoded.
+struct Tallied<'a> {
+    enc: Encoder,
+    rules: &'a mut BTreeMap<String, usize>,
+}
+
+impl OpSink for Tallied<'_> {
+    fn add(&mut self, op: Op) {
+        tally(self.rules, &op);
+        self.enc.push(&op);
     }
 }
 
@@ -177,24 +201,40 @@ impl NftablesProxier {
         }
     }
 
-    fn full(&self, req: &SyncRequest) -> (Transaction, Written) {
-        let (tx, fragments, errors) = layout::full(&self.cfg, &req.snapshot);
+    /// The full sync, encoded as it is rendered: the rules go straight
+    /// into the batch (moved, not copied) and only their digests are
+    /// kept; the operations are never held together.
+    fn full(&self, req: &SyncRequest) -> (Batch, Written) {
+        let snap = &req.snapshot;
+        // Room for about the operations this sync makes (reserving more
+        // than is written costs nothing: untouched pages are not resident).
+        let endpoints: usize = snap.endpoints.values().map(|e| e.len()).sum();
+        let estimate = 64 + snap.services.len() * 16 + endpoints * 4;
+        let mut w = Written::default();
+        let mut out = Tallied {
+            enc: Encoder::new(nft_family(self.cfg.masquerade.family), TABLE, 0, estimate),
+            rules: &mut w.rules,
+        };
+        let mut objects = 0;
+        let fragments = &mut w.fragments;
+        let errors = layout::full_into(&self.cfg, snap, &mut out, |nn, f| {
+            objects += f.objects();
+            fragments.insert(nn.clone(), Kept::of(f));
+        });
+        let batch = out.enc.finish();
         for e in &errors {
             tracing::error!(backend = %self.name, error = %e, "service skipped");
         }
-        let objects = fragments.iter().map(|(_, f)| f.objects()).sum();
-        // The rules are in `tx`; only their digests are kept.
-        let written = Written {
-            fragments: fragments
-                .into_iter()
-                .map(|(nn, f)| (nn, Kept::of(f)))
-                .collect(),
-            stale: BTreeMap::new(),
-            objects,
-            rules: BTreeMap::new(),
-            verified_gen: None,
-        };
-        (tx, written)
+        w.objects = objects;
+        (batch, w)
+    }
+
+    /// The operation `index` of the full sync of `req` (rendered again:
+    /// rendering is deterministic), as `nft` would say it.
+    fn full_op(&self, req: &SyncRequest, index: usize) -> Option<String> {
+        let mut tx = self.tx();
+        layout::full_into(&self.cfg, &req.snapshot, &mut tx, |_, _| {});
+        tx.ops.get(index).map(|o| o.to_string())
     }
 
     /// The partial transaction for the services `req` names; `w` becomes
@@ -267,7 +307,7 @@ impl NftablesProxier {
                 }
             }
             w.objects = w.objects + new_ref.objects() - old.objects();
-            if let Some(f) = new {
+            if let Some(f) = &new {
                 w.fragments.insert(nn.clone(), Kept::of(f));
             }
         }
@@ -347,15 +387,26 @@ impl Proxier for NftablesProxier {
         // The state is taken while the sync runs: on success it is what
         // the kernel holds; on failure it is dropped and the next sync is
         // full.
-        let (tx, next) = match self.written.take() {
+        let (result, sent, mut next) = match self.written.take() {
             Some(mut w) if !full => {
                 let tx = self.partial(req, &mut w, now);
-                (tx, w)
+                let r = self.nft.apply(&tx).await;
+                if !tx.ops.is_empty() {
+                    w.tally(&tx);
+                }
+                (r, tx.ops.len(), w)
             }
-            _ => self.full(req),
+            _ => {
+                let (mut batch, w) = self.full(req);
+                let r = self.nft.apply_batch(&mut batch).await;
+                let ops = batch.ops;
+                drop(batch);
+                let r = r.map_err(|e| e.naming(|i| self.full_op(req, i)));
+                (r, ops, w)
+            }
         };
-        self.last_ops = tx.ops.len();
-        if let Err(e) = self.nft.apply(&tx).await {
+        self.last_ops = sent;
+        if let Err(e) = result {
             // Nothing of the transaction was applied; only a full sync is
             // safe from here.
             self.written = None;
@@ -370,16 +421,13 @@ impl Proxier for NftablesProxier {
             )
             .refused(proxier_core::Refused::NftablesTransaction));
         }
-        let mut next = next;
-        if !tx.ops.is_empty() {
-            next.tally(&tx);
-        }
+        next.verified_gen = None;
         let objects = next.objects;
         self.written = Some(next);
         self.clear_conntrack(req).await;
         Ok(SyncStats {
             objects,
-            written: tx.ops.len(),
+            written: sent,
             full,
             repaired,
             iptables_rules: Vec::new(),
@@ -400,5 +448,76 @@ impl Proxier for NftablesProxier {
             .map_err(|e| ProxierError::with_source(self.name.clone(), "delete table", e))?;
         self.written = None;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use proxier_core::{ChangeTracker, ErrorChain, Protocol};
+    use proxier_netfilter::FakeConntrack;
+    use proxier_testbed::{ep, service, slice};
+
+    use super::*;
+    use crate::fake::FakeNfTables;
+
+    fn request(services: usize) -> SyncRequest {
+        let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+        let ports = [("http", 80, Protocol::Tcp)];
+        for i in 0..services {
+            let name = format!("s{i}");
+            t.update_service(&service("ns", &name, &format!("10.96.0.{}", i + 1), &ports))
+                .unwrap();
+            let eps: Vec<_> = (1..=3)
+                .map(|k| {
+                    let ip: IpAddr = format!("10.0.{i}.{k}").parse().unwrap();
+                    ep(ip, "node-2")
+                })
+                .collect();
+            t.update_endpoint_slice(&slice("ns", &name, &ports, eps))
+                .unwrap();
+        }
+        let (snapshot, changes) = t.apply();
+        SyncRequest {
+            snapshot,
+            changes,
+            full: true,
+            verify: false,
+        }
+    }
+
+    /// A streamed full sync refused by the kernel names the operation as
+    /// `nft` would say it (rendered again from its index), keeps nothing,
+    /// and the next sync is full and converges.
+    #[tokio::test]
+    async fn a_refused_streamed_full_sync_names_its_operation() {
+        let req = request(4);
+        let (tx, _, _) = layout::full(&Config::new(IpFamily::V4), &req.snapshot);
+        let (index, want) = tx
+            .ops
+            .iter()
+            .enumerate()
+            .find(|(_, op)| matches!(op, Op::AddRule(r) if r.chain.starts_with("endpoint-")))
+            .map(|(i, op)| (i, op.to_string()))
+            .unwrap();
+        let nft = Arc::new(FakeNfTables::default());
+        *nft.refuse_next.lock().unwrap() = Some((index, libc::ENOENT));
+        let mut p = NftablesProxier::new(
+            Config::new(IpFamily::V4),
+            nft.clone(),
+            Arc::new(FakeConntrack::default()),
+        )
+        .unwrap();
+        let err = ErrorChain(&p.sync(&req).await.unwrap_err()).to_string();
+        assert!(err.contains(&want) && err.contains("full sync"), "{err}");
+        assert_eq!(p.stale_chains(), 0);
+        assert!(nft.applied.lock().unwrap().is_empty());
+        let mut again = req.clone();
+        again.full = false;
+        let s = p.sync(&again).await.unwrap();
+        assert!(s.full, "the sync after a refusal is full");
+        assert_eq!(*nft.applied.lock().unwrap(), vec![tx.ops.len()]);
+        assert_eq!(s.written, tx.ops.len());
     }
 }

@@ -119,10 +119,21 @@ fn every_reference_resolves_and_every_chain_is_used() {
                     base.insert(c.name.clone());
                 }
             }
-            Op::AddRule(r) => referenced.extend(targets(&r.exprs)),
+            Op::AddRule(r) => {
+                for t in targets(&r.exprs) {
+                    // The kernel looks a target up when the rule is added.
+                    assert!(
+                        made.contains(&t),
+                        "{} jumps to {t} before it is made",
+                        r.chain
+                    );
+                    referenced.insert(t);
+                }
+            }
             Op::AddElements { elements, .. } => {
                 for e in elements {
                     if let Some(Verdict::Goto(c) | Verdict::Jump(c)) = &e.verdict {
+                        assert!(made.contains(c), "an element names {c} before it is made");
                         referenced.insert(c.clone());
                     }
                 }

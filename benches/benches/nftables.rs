@@ -4,7 +4,9 @@
 //! baseline: `nft -f` loading the same ruleset (what `nft list table`
 //! prints after our sync) into a fresh namespace, as kube-proxy's
 //! knftables does. Object counts and the process's peak RSS growth over
-//! a full sync are printed as `NFT …` lines.
+//! a full sync are printed as `NFT …` lines, and so are the first full
+//! sync and the baseline above 20,000 services, timed once (criterion's
+//! ten samples of each would take most of an hour at 50,000).
 //!
 //! `PROXIER_BENCH_SIZES=1000,10000 cargo bench -p benches --bench nftables`.
 //! Needs root.
@@ -14,7 +16,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use backend_nftables::{Config, NfTablesNetlink, NftablesProxier, render_full};
+use backend_nftables::{
+    Config, Encoder, Family, NfTablesNetlink, NftablesProxier, TABLE, render_full_into,
+};
 use benches::{endpoint_moved, filled, service_added, sizes};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, IpFamily, Proxier, SyncRequest, SyncStats};
@@ -22,6 +26,9 @@ use proxier_netfilter::{ConntrackNetlink, LocalDetector};
 use proxier_testbed::{Netns, NsRuntime};
 
 const EPS: usize = 10;
+/// Sizes above this are timed once for the first full sync and its
+/// baseline.
+const ONE_SHOT: usize = 20_000;
 
 fn config() -> Config {
     let mut c = Config::new(IpFamily::V4);
@@ -117,16 +124,31 @@ fn bench(c: &mut Criterion) {
         };
         let mut g = c.benchmark_group(format!("nftables/{n}x{EPS}"));
         g.sample_size(10).warm_up_time(Duration::from_millis(1));
-        g.bench_function("render", |b| {
-            b.iter_with_large_drop(|| render_full(&config(), &snap))
-        });
-        g.bench_function("full_sync", |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| Kernel::new().sync(full_req.clone()).1)
-                    .sum()
+        // What a full sync does before the kernel: render and encode at
+        // once, into one batch.
+        g.bench_function("render_encode", |b| {
+            b.iter_with_large_drop(|| {
+                let mut enc = Encoder::new(Family::Ip, TABLE, 1, n * 45);
+                render_full_into(&config(), &snap, &mut enc, |_, _| {});
+                enc.finish()
             })
         });
+        // Above ONE_SHOT services a first sync and its baseline are timed
+        // once each (criterion's ten samples would take most of an hour
+        // at 50,000); the partial syncs are sampled as at every size.
+        let one_shot = n > ONE_SHOT;
+        if one_shot {
+            let d = Kernel::new().sync(full_req.clone()).1;
+            eprintln!("NFT {n}x{EPS}: first full sync (one run) {d:?}");
+        } else {
+            g.bench_function("full_sync", |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| Kernel::new().sync(full_req.clone()).1)
+                        .sum()
+                })
+            });
+        }
 
         // One loaded namespace for the incremental cases; its listing is
         // the baseline's input.
@@ -148,13 +170,18 @@ fn bench(c: &mut Criterion) {
             listing.lines().count(),
             peak.saturating_sub(before)
         );
-        g.bench_function("baseline_nft_f", |b| {
-            b.iter_custom(|iters| {
-                (0..iters)
-                    .map(|_| Kernel::new().nft_f(listing.clone()))
-                    .sum()
-            })
-        });
+        if one_shot {
+            let d = Kernel::new().nft_f(listing.clone());
+            eprintln!("NFT {n}x{EPS}: baseline nft -f (one run) {d:?}");
+        } else {
+            g.bench_function("baseline_nft_f", |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| Kernel::new().nft_f(listing.clone()))
+                        .sum()
+                })
+            });
+        }
         let noop = SyncRequest {
             snapshot: snap.clone(),
             changes: ChangeSet::default(),

@@ -28,6 +28,51 @@ impl Attrs {
         self.buf
     }
 
+    /// An empty buffer with room for `bytes`.
+    pub fn with_capacity(bytes: usize) -> Attrs {
+        Attrs {
+            buf: Vec::with_capacity(bytes),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Nothing written yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// Appends bytes that are not an attribute (a message header).
+    pub fn raw(&mut self, v: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(v);
+        self
+    }
+
+    /// Overwrites bytes written earlier (a length or flags known late).
+    pub fn patch(&mut self, at: usize, v: &[u8]) {
+        self.buf[at..at + v.len()].copy_from_slice(v);
+    }
+
+    /// The bytes written so far, to change in place.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        &mut self.buf
+    }
+
+    /// libnftnl's user data holding one comment, `[type, len, text, 0]`,
+    /// as attribute `kind`.
+    pub fn comment(&mut self, kind: u16, udata_type: u8, text: &str) -> &mut Self {
+        self.header(kind, text.len() + 3);
+        self.buf.push(udata_type);
+        self.buf.push((text.len() + 1) as u8);
+        self.buf.extend_from_slice(text.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self
+    }
+
     fn header(&mut self, kind: u16, len: usize) {
         let len = u16::try_from(4 + len).expect("attribute over 64 KiB");
         self.buf.extend_from_slice(&len.to_ne_bytes());

@@ -48,12 +48,31 @@ pub fn saddr_in(net: IpAddr, prefix: u8, op: CmpOp) -> Vec<Expr> {
     addr_in(net, prefix, false, op)
 }
 
-/// `ip daddr|saddr [!=] NET/LEN`; a full-length prefix is a plain
-/// comparison (`ip daddr 10.0.0.1`).
+/// `ip daddr|saddr [!=] NET/LEN`, as `nft` compiles it: a full-length
+/// prefix is a plain comparison (`ip daddr 10.0.0.1`); a prefix of whole
+/// bytes loads and compares only those bytes (`10.0.0.0/8`: one byte);
+/// any other is masked (`nft --debug=netlink list ruleset` shows the
+/// three).
 pub fn addr_in(net: IpAddr, prefix: u8, dst: bool, op: CmpOp) -> Vec<Expr> {
     let (offset, len) = addr_offset(net, dst);
     if u32::from(prefix) >= len * 8 {
         return addr_eq(net, dst, op);
+    }
+    if prefix > 0 && prefix.is_multiple_of(8) {
+        let bytes = u32::from(prefix / 8);
+        return vec![
+            Expr::Payload {
+                base: BASE_NETWORK,
+                offset,
+                len: bytes,
+                dreg: REG_1,
+            },
+            Expr::Cmp {
+                sreg: REG_1,
+                op,
+                data: octets(net)[..bytes as usize].to_vec(),
+            },
+        ];
     }
     let bits = len * 8;
     let mut mask = vec![0u8; len as usize];

@@ -285,49 +285,344 @@ pub struct Transaction {
     pub ops: Vec<Op>,
 }
 
-/// An encoded batch.
+/// An encoded batch: `BATCH_BEGIN`, one or more messages per operation,
+/// `BATCH_END`, in one buffer (one `sendmsg`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
-    /// The bytes to send (one `sendmsg`).
+    /// The bytes to send.
     pub bytes: Vec<u8>,
-    /// Sequence number of each message and the operation it came from.
-    pub seqs: Vec<(u32, usize)>,
+    /// The table's family.
+    pub family: Family,
+    /// The table's name.
+    pub table: String,
+    /// For each message between `BEGIN` and `END`, the index of the
+    /// operation it came from (an element run may take several).
+    pub msg_ops: Vec<u32>,
+    /// Operations encoded.
+    pub ops: usize,
+    /// The sequence number of `BATCH_BEGIN`; message `i` has `first_seq +
+    /// 1 + i`.
+    pub first_seq: u32,
+}
+
+impl Batch {
     /// The sequence number of the last message (it asks for an
     /// acknowledgement; errors come for any message).
-    pub last_seq: u32,
-}
-
-struct Writer {
-    bytes: Vec<u8>,
-    seq: u32,
-    seqs: Vec<(u32, usize)>,
-}
-
-impl Writer {
-    fn message(&mut self, kind: u16, flags: u16, family: u8, res_id: u16, attrs: &[u8], op: usize) {
-        let len = 16 + 4 + attrs.len();
-        self.bytes.extend_from_slice(&(len as u32).to_ne_bytes());
-        self.bytes.extend_from_slice(&kind.to_ne_bytes());
-        self.bytes.extend_from_slice(&flags.to_ne_bytes());
-        self.bytes.extend_from_slice(&self.seq.to_ne_bytes());
-        self.bytes.extend_from_slice(&0u32.to_ne_bytes());
-        self.bytes.push(family);
-        self.bytes.push(0);
-        self.bytes.extend_from_slice(&res_id.to_be_bytes());
-        self.bytes.extend_from_slice(attrs);
-        self.seqs.push((self.seq, op));
-        self.seq = self.seq.wrapping_add(1);
+    pub fn last_seq(&self) -> u32 {
+        self.first_seq.wrapping_add(self.msg_ops.len() as u32)
     }
 
-    fn nft(&mut self, msg: u8, flags: u16, family: Family, attrs: Attrs, op: usize) {
-        self.message(
+    /// The operation a message's sequence number belongs to.
+    pub fn op_of(&self, seq: u32) -> Option<usize> {
+        let i = seq.wrapping_sub(self.first_seq).wrapping_sub(1) as usize;
+        self.msg_ops.get(i).map(|o| *o as usize)
+    }
+
+    /// Numbers the messages again from `first_seq` (the socket's own
+    /// sequence), in place.
+    pub fn renumber(&mut self, first_seq: u32) {
+        let mut at = 0;
+        let mut seq = first_seq;
+        while at + 16 <= self.bytes.len() {
+            let len = u32::from_ne_bytes([
+                self.bytes[at],
+                self.bytes[at + 1],
+                self.bytes[at + 2],
+                self.bytes[at + 3],
+            ]) as usize;
+            self.bytes[at + 8..at + 12].copy_from_slice(&seq.to_ne_bytes());
+            seq = seq.wrapping_add(1);
+            at += (len + 3) & !3;
+        }
+        self.first_seq = first_seq;
+    }
+}
+
+/// Where operations go: kept as a [`Transaction`], or encoded at once by
+/// an [`Encoder`] (a full sync at scale never holds its operations).
+pub trait OpSink {
+    /// Takes one operation.
+    fn add(&mut self, op: Op);
+}
+
+impl OpSink for Transaction {
+    fn add(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}
+
+/// Encodes operations one by one straight into the batch buffer: no
+/// operation outlives its call to [`Encoder::push`], and no message is
+/// built apart and copied.
+#[derive(Debug)]
+pub struct Encoder {
+    a: Attrs,
+    family: Family,
+    table: String,
+    seq: u32,
+    first_seq: u32,
+    msg_ops: Vec<u32>,
+    ops: usize,
+    last_msg: Option<usize>,
+}
+
+impl OpSink for Encoder {
+    fn add(&mut self, op: Op) {
+        self.push(&op);
+    }
+}
+
+impl Encoder {
+    /// A batch on `family` `table` numbered from `first_seq`, with room
+    /// for about `ops` operations (pages never written are not resident,
+    /// so reserving more than needed costs nothing and spares the copies
+    /// of a growing buffer; about 230 bytes per operation at scale).
+    pub fn new(family: Family, table: &str, first_seq: u32, ops: usize) -> Encoder {
+        let mut e = Encoder {
+            a: Attrs::with_capacity(ops * 320 + 4096),
+            family,
+            table: table.to_string(),
+            seq: first_seq,
+            first_seq,
+            msg_ops: Vec::with_capacity(ops),
+            ops: 0,
+            last_msg: None,
+        };
+        e.start(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        e.end();
+        e
+    }
+
+    /// Operations encoded so far.
+    pub fn ops(&self) -> usize {
+        self.ops
+    }
+
+    /// Bytes encoded so far.
+    pub fn len(&self) -> usize {
+        self.a.len()
+    }
+
+    /// Nothing encoded yet but `BATCH_BEGIN`.
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    /// Writes a message header (its length is set by [`Encoder::end`]).
+    fn start(&mut self, kind: u16, flags: u16, family: u8, res_id: u16) -> usize {
+        let at = self.a.len();
+        self.a
+            .raw(&0u32.to_ne_bytes())
+            .raw(&kind.to_ne_bytes())
+            .raw(&flags.to_ne_bytes())
+            .raw(&self.seq.to_ne_bytes())
+            .raw(&0u32.to_ne_bytes())
+            .raw(&[family, 0])
+            .raw(&res_id.to_be_bytes());
+        self.seq = self.seq.wrapping_add(1);
+        self.last_msg = Some(at);
+        at
+    }
+
+    fn end(&mut self) {
+        if let Some(at) = self.last_msg {
+            let len = (self.a.len() - at) as u32;
+            self.a.patch(at, &len.to_ne_bytes());
+        }
+    }
+
+    /// Starts an nf_tables message of operation `self.ops` on the table.
+    fn nft(&mut self, msg: u8, flags: u16) -> &mut Attrs {
+        self.start(
             (NFNL_SUBSYS_NFTABLES << 8) | u16::from(msg),
             NLM_F_REQUEST | flags,
-            family.nfproto(),
+            self.family.nfproto(),
             0,
-            attrs.bytes(),
-            op,
         );
+        self.msg_ops.push(self.ops as u32);
+        let t = std::mem::take(&mut self.table);
+        self.a.str(1, &t);
+        self.table = t;
+        &mut self.a
+    }
+
+    /// Encodes one operation (one message, or one per
+    /// [`ELEMENTS_PER_MESSAGE`] elements).
+    pub fn push(&mut self, op: &Op) {
+        match op {
+            Op::AddTable { comment } => {
+                let a = self.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE);
+                if let Some(c) = comment {
+                    a.comment(6, 0, c);
+                }
+                self.end();
+            }
+            Op::DeleteTable => {
+                self.nft(NFT_MSG_DELTABLE, 0);
+                self.end();
+            }
+            Op::AddChain(c) => {
+                let a = self.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE);
+                a.str(3, &c.name);
+                if let Some(b) = &c.base {
+                    a.nested(4, |h| {
+                        h.u32(1, b.hook as u32).u32(2, b.priority as u32);
+                    });
+                    a.str(7, b.kind);
+                }
+                if let Some(cm) = &c.comment {
+                    a.comment(12, 0, cm);
+                }
+                self.end();
+            }
+            Op::FlushChain(c) => {
+                self.nft(NFT_MSG_DELRULE, 0).str(2, c);
+                self.end();
+            }
+            Op::DeleteChain(c) => {
+                self.nft(NFT_MSG_DELCHAIN, 0).str(3, c);
+                self.end();
+            }
+            Op::AddSet(s) => {
+                let mut flags = s.flags;
+                if s.verdict_map {
+                    flags |= SET_MAP;
+                }
+                if s.key.len() > 1 {
+                    flags |= SET_CONCAT;
+                }
+                if s.timeout_ms.is_some() {
+                    flags |= SET_TIMEOUT;
+                }
+                let a = self.nft(NFT_MSG_NEWSET, NLM_F_CREATE);
+                a.str(2, &s.name)
+                    .u32(3, flags)
+                    .u32(4, key_type(&s.key))
+                    .u32(5, key_len(&s.key));
+                if s.verdict_map {
+                    a.u32(6, DATA_VERDICT).u32(7, 0);
+                }
+                if s.key.len() > 1 {
+                    a.nested(9, |d| {
+                        d.nested(2, |c| {
+                            for k in &s.key {
+                                c.nested(1, |f| {
+                                    f.u32(1, k.id_len().1);
+                                });
+                            }
+                        });
+                    });
+                }
+                a.u32(10, s.id);
+                if let Some(ms) = s.timeout_ms {
+                    a.u64(11, ms);
+                }
+                // User data `nft` reads back: the key's byte order
+                // (host order for `numgen`'s integers) and the comment.
+                let mut udata = Vec::new();
+                if s.key == [KeyType::Integer32] {
+                    udata.extend_from_slice(&[0, 4]);
+                    udata.extend_from_slice(&1u32.to_ne_bytes()); // BYTEORDER_HOST_ENDIAN
+                }
+                if let Some(c) = &s.comment {
+                    udata.extend(udata_comment(7, c));
+                }
+                if !udata.is_empty() {
+                    a.bytes_attr(13, &udata);
+                }
+                self.end();
+            }
+            Op::FlushSet(s) => {
+                self.nft(NFT_MSG_DELSETELEM, 0).str(2, s);
+                self.end();
+            }
+            Op::DeleteSet(s) => {
+                self.nft(NFT_MSG_DELSET, 0).str(2, s);
+                self.end();
+            }
+            Op::AddElements {
+                set,
+                set_id,
+                elements,
+            } => {
+                for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
+                    let a = self.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE);
+                    a.str(2, set);
+                    if let Some(id) = set_id {
+                        a.u32(4, *id);
+                    }
+                    a.nested(3, |l| {
+                        for e in chunk {
+                            l.nested(1, |x| {
+                                x.nested(1, |k| {
+                                    k.bytes_attr(1, &e.key);
+                                });
+                                if let Some(v) = &e.verdict {
+                                    x.nested(2, |d| v.encode(d));
+                                }
+                                if let Some(c) = &e.comment {
+                                    x.comment(6, 0, c);
+                                }
+                            });
+                        }
+                    });
+                    self.end();
+                }
+            }
+            Op::DeleteElements { set, keys } => {
+                for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
+                    let a = self.nft(NFT_MSG_DELSETELEM, 0);
+                    a.str(2, set);
+                    a.nested(3, |l| {
+                        for key in chunk {
+                            l.nested(1, |x| {
+                                x.nested(1, |k| {
+                                    k.bytes_attr(1, key);
+                                });
+                            });
+                        }
+                    });
+                    self.end();
+                }
+            }
+            Op::AddRule(r) => {
+                let a = self.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND);
+                a.str(2, &r.chain);
+                a.nested(4, |l| {
+                    for e in &r.exprs {
+                        e.encode(l);
+                    }
+                });
+                if let Some(c) = &r.comment {
+                    a.comment(7, 0, c);
+                }
+                self.end();
+            }
+        }
+        self.ops += 1;
+    }
+
+    /// The batch: the last message asks for an acknowledgement (so the
+    /// reader knows when the kernel is done; errors come for any
+    /// message), then `BATCH_END`.
+    pub fn finish(mut self) -> Batch {
+        if !self.msg_ops.is_empty()
+            && let Some(at) = self.last_msg
+        {
+            let b = self.a.bytes_mut();
+            let flags = u16::from_ne_bytes([b[at + 6], b[at + 7]]) | NLM_F_ACK;
+            self.a.patch(at + 6, &flags.to_ne_bytes());
+        }
+        self.start(NFNL_MSG_BATCH_END, NLM_F_REQUEST, 0, NFNL_SUBSYS_NFTABLES);
+        self.end();
+        Batch {
+            bytes: self.a.into_bytes(),
+            family: self.family,
+            table: self.table,
+            msg_ops: self.msg_ops,
+            ops: self.ops,
+            first_seq: self.first_seq,
+        }
     }
 }
 
@@ -349,209 +644,90 @@ impl Transaction {
 
     /// Encodes the batch, numbering messages from `first_seq`.
     pub fn encode(&self, first_seq: u32) -> Batch {
-        let mut w = Writer {
-            // About 230 bytes per operation at scale; pages never written are
-            // not resident, so reserving more than needed costs nothing and
-            // spares the copies of a growing buffer.
-            bytes: Vec::with_capacity(self.ops.len() * 320 + 4096),
-            seq: first_seq,
-            seqs: Vec::new(),
-        };
-        let subsys = NFNL_SUBSYS_NFTABLES;
-        w.message(
-            NFNL_MSG_BATCH_BEGIN,
-            NLM_F_REQUEST,
-            0,
-            subsys,
-            &[],
-            usize::MAX,
-        );
-        w.seqs.clear();
-        let t = self.table.as_str();
-        let fam = self.family;
-        for (i, op) in self.ops.iter().enumerate() {
-            let mut a = Attrs::new();
-            match op {
-                Op::AddTable { comment } => {
-                    a.str(1, t);
-                    if let Some(c) = comment {
-                        a.bytes_attr(6, &udata_comment(0, c));
-                    }
-                    w.nft(NFT_MSG_NEWTABLE, NLM_F_CREATE, fam, a, i);
-                }
-                Op::DeleteTable => {
-                    a.str(1, t);
-                    w.nft(NFT_MSG_DELTABLE, 0, fam, a, i);
-                }
-                Op::AddChain(c) => {
-                    a.str(1, t).str(3, &c.name);
-                    if let Some(b) = &c.base {
-                        a.nested(4, |h| {
-                            h.u32(1, b.hook as u32).u32(2, b.priority as u32);
-                        });
-                        a.str(7, b.kind);
-                    }
-                    if let Some(cm) = &c.comment {
-                        a.bytes_attr(12, &udata_comment(0, cm));
-                    }
-                    w.nft(NFT_MSG_NEWCHAIN, NLM_F_CREATE, fam, a, i);
-                }
-                Op::FlushChain(c) => {
-                    a.str(1, t).str(2, c);
-                    w.nft(NFT_MSG_DELRULE, 0, fam, a, i);
-                }
-                Op::DeleteChain(c) => {
-                    a.str(1, t).str(3, c);
-                    w.nft(NFT_MSG_DELCHAIN, 0, fam, a, i);
-                }
-                Op::AddSet(s) => {
-                    let mut flags = s.flags;
-                    if s.verdict_map {
-                        flags |= SET_MAP;
-                    }
-                    if s.key.len() > 1 {
-                        flags |= SET_CONCAT;
-                    }
-                    if s.timeout_ms.is_some() {
-                        flags |= SET_TIMEOUT;
-                    }
-                    a.str(1, t)
-                        .str(2, &s.name)
-                        .u32(3, flags)
-                        .u32(4, key_type(&s.key))
-                        .u32(5, key_len(&s.key));
-                    if s.verdict_map {
-                        a.u32(6, DATA_VERDICT).u32(7, 0);
-                    }
-                    if s.key.len() > 1 {
-                        a.nested(9, |d| {
-                            d.nested(2, |c| {
-                                for k in &s.key {
-                                    c.nested(1, |f| {
-                                        f.u32(1, k.id_len().1);
-                                    });
-                                }
-                            });
-                        });
-                    }
-                    a.u32(10, s.id);
-                    if let Some(ms) = s.timeout_ms {
-                        a.u64(11, ms);
-                    }
-                    // User data `nft` reads back: the key's byte order
-                    // (host order for `numgen`'s integers) and the comment.
-                    let mut udata = Vec::new();
-                    if s.key == [KeyType::Integer32] {
-                        udata.extend_from_slice(&[0, 4]);
-                        udata.extend_from_slice(&1u32.to_ne_bytes()); // BYTEORDER_HOST_ENDIAN
-                    }
-                    if let Some(c) = &s.comment {
-                        udata.extend(udata_comment(7, c));
-                    }
-                    if !udata.is_empty() {
-                        a.bytes_attr(13, &udata);
-                    }
-                    w.nft(NFT_MSG_NEWSET, NLM_F_CREATE, fam, a, i);
-                }
-                Op::FlushSet(s) => {
-                    a.str(1, t).str(2, s);
-                    w.nft(NFT_MSG_DELSETELEM, 0, fam, a, i);
-                }
-                Op::DeleteSet(s) => {
-                    a.str(1, t).str(2, s);
-                    w.nft(NFT_MSG_DELSET, 0, fam, a, i);
-                }
-                Op::AddElements {
-                    set,
-                    set_id,
-                    elements,
-                } => {
-                    for chunk in elements.chunks(ELEMENTS_PER_MESSAGE) {
-                        let mut a = Attrs::new();
-                        a.str(1, t).str(2, set);
-                        if let Some(id) = set_id {
-                            a.u32(4, *id);
-                        }
-                        a.nested(3, |l| {
-                            for e in chunk {
-                                l.nested(1, |x| {
-                                    x.nested(1, |k| {
-                                        k.bytes_attr(1, &e.key);
-                                    });
-                                    if let Some(v) = &e.verdict {
-                                        x.nested(2, |d| v.encode(d));
-                                    }
-                                    if let Some(c) = &e.comment {
-                                        x.bytes_attr(6, &udata_comment(0, c));
-                                    }
-                                });
-                            }
-                        });
-                        w.nft(NFT_MSG_NEWSETELEM, NLM_F_CREATE, fam, a, i);
-                    }
-                }
-                Op::DeleteElements { set, keys } => {
-                    for chunk in keys.chunks(ELEMENTS_PER_MESSAGE) {
-                        let mut a = Attrs::new();
-                        a.str(1, t).str(2, set);
-                        a.nested(3, |l| {
-                            for key in chunk {
-                                l.nested(1, |x| {
-                                    x.nested(1, |k| {
-                                        k.bytes_attr(1, key);
-                                    });
-                                });
-                            }
-                        });
-                        w.nft(NFT_MSG_DELSETELEM, 0, fam, a, i);
-                    }
-                }
-                Op::AddRule(r) => {
-                    a.str(1, t).str(2, &r.chain);
-                    a.nested(4, |l| {
-                        for e in &r.exprs {
-                            e.encode(l);
-                        }
-                    });
-                    if let Some(c) = &r.comment {
-                        a.bytes_attr(7, &udata_comment(0, c));
-                    }
-                    w.nft(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, fam, a, i);
-                }
-            }
+        let mut e = Encoder::new(self.family, &self.table, first_seq, self.ops.len());
+        for op in &self.ops {
+            e.push(op);
         }
-        // The last message asks for an acknowledgement, so the reader
-        // knows when the kernel is done; errors come for any message.
-        let last_seq = w.seq.wrapping_sub(1);
-        if let Some(&(_, _)) = w.seqs.last() {
-            let at = last_message_offset(&w.bytes);
-            let flags = u16::from_ne_bytes([w.bytes[at + 6], w.bytes[at + 7]]) | NLM_F_ACK;
-            w.bytes[at + 6..at + 8].copy_from_slice(&flags.to_ne_bytes());
-        }
-        w.message(
-            NFNL_MSG_BATCH_END,
-            NLM_F_REQUEST,
-            0,
-            subsys,
-            &[],
-            usize::MAX,
-        );
-        w.seqs.pop();
-        Batch {
-            bytes: w.bytes,
-            seqs: w.seqs,
-            last_seq,
-        }
+        e.finish()
     }
 }
 
-fn last_message_offset(bytes: &[u8]) -> usize {
-    let mut at = 0;
-    let mut last = 0;
-    while at + 16 <= bytes.len() {
-        last = at;
-        let len = u32::from_ne_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-        at += (len as usize + 3) & !3;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx() -> Transaction {
+        let mut tx = Transaction::new(Family::Ip, "kube-proxy");
+        tx.push(Op::AddTable { comment: None });
+        tx.push(Op::AddChain(Chain {
+            name: "services".into(),
+            base: None,
+            comment: Some("c".into()),
+        }));
+        tx.push(Op::AddElements {
+            set: "cluster-ips".into(),
+            set_id: None,
+            elements: (0..ELEMENTS_PER_MESSAGE as u32 + 1)
+                .map(|i| Element {
+                    key: i.to_be_bytes().to_vec(),
+                    verdict: None,
+                    comment: None,
+                })
+                .collect(),
+        });
+        tx.push(Op::FlushChain("services".into()));
+        tx
     }
-    last
+
+    /// Message lengths, sequence numbers and flags, walked as the kernel
+    /// walks the batch.
+    fn headers(b: &[u8]) -> Vec<(usize, u32, u16)> {
+        let mut at = 0;
+        let mut out = Vec::new();
+        while at + 16 <= b.len() {
+            let len = u32::from_ne_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+            let flags = u16::from_ne_bytes(b[at + 6..at + 8].try_into().unwrap());
+            let seq = u32::from_ne_bytes(b[at + 8..at + 12].try_into().unwrap());
+            out.push((len, seq, flags));
+            at += (len + 3) & !3;
+        }
+        assert_eq!(at, b.len(), "the messages cover the batch exactly");
+        out
+    }
+
+    #[test]
+    fn streamed_encoding_equals_the_transactions_and_numbers_again() {
+        let t = tx();
+        let whole = t.encode(7);
+        let mut e = Encoder::new(Family::Ip, "kube-proxy", 7, 1);
+        for op in t.ops.clone() {
+            e.add(op);
+        }
+        assert_eq!(e.finish(), whole);
+        // BEGIN, table, chain, two element messages (257 elements), flush, END.
+        let h = headers(&whole.bytes);
+        assert_eq!(h.len(), 7);
+        assert_eq!(whole.msg_ops, vec![0, 1, 2, 2, 3]);
+        assert_eq!(
+            h.iter().map(|x| x.1).collect::<Vec<_>>(),
+            (7..14).collect::<Vec<_>>()
+        );
+        // Only the last operation's message asks for an acknowledgement.
+        let acks: Vec<bool> = h.iter().map(|x| x.2 & NLM_F_ACK != 0).collect();
+        assert_eq!(acks, [false, false, false, false, false, true, false]);
+        assert_eq!(whole.last_seq(), 12);
+        assert_eq!(whole.op_of(10), Some(2));
+        assert_eq!(whole.op_of(12), Some(3));
+        assert_eq!(whole.op_of(7), None, "BEGIN is no operation");
+        let mut again = whole.clone();
+        again.renumber(100);
+        let h2 = headers(&again.bytes);
+        assert_eq!(
+            h2.iter().map(|x| x.1).collect::<Vec<_>>(),
+            (100..107).collect::<Vec<_>>()
+        );
+        assert_eq!(again.last_seq(), 105);
+        assert_eq!(again.op_of(103), Some(2));
+        assert_eq!(again, t.encode(100));
+    }
 }
