@@ -89,6 +89,55 @@ fn overall() -> Snapshot {
     t.apply().0
 }
 
+/// An IPv6 twin of [`overall`]'s kinds of service: ClusterIP with two
+/// endpoints, LoadBalancer with eTP Local, an external IP, a source range
+/// and affinity, NodePort, no endpoints.
+fn overall_v6() -> Snapshot {
+    let mut t = ChangeTracker::new(IpFamily::V6, NODE);
+    let p80 = [("p80", 80, Protocol::Tcp)];
+    let mut add = |s: Service, eps: Vec<(&str, &str)>| {
+        let (ns, name) = (s.namespace.clone(), s.name.clone());
+        t.update_service(&s).unwrap();
+        if !eps.is_empty() {
+            let eps = eps.into_iter().map(|(a, n)| ep(ip(a), n)).collect();
+            t.update_endpoint_slice(&slice(&ns, &name, &p80, eps))
+                .unwrap();
+        }
+    };
+    add(
+        service("ns1", "svc1", "fd00:30::41", &p80),
+        vec![("fd00:10::1", "other-node"), ("fd00:10::2", NODE)],
+    );
+    let mut s2 = lb(
+        service("ns2", "svc2", "fd00:30::42", &p80),
+        3001,
+        "2001:db8::4",
+    );
+    s2.external_traffic_policy = TrafficPolicy::Local;
+    s2.external_ips = vec![ip("2001:db8:99::22")];
+    s2.health_check_node_port = 30000;
+    s2.load_balancer_source_ranges = vec!["2001:db8:113::/56".into(), "2001:db8:114::/61".into()];
+    s2.session_affinity = SessionAffinity::ClientIp {
+        timeout_seconds: 10800,
+    };
+    add(s2, vec![("fd00:10::3", NODE), ("fd00:10::4", "other-node")]);
+    let mut s3 = service("ns3", "svc3", "fd00:30::43", &p80);
+    s3.service_type = ServiceType::NodePort;
+    s3.ports[0].node_port = 3003;
+    add(s3, vec![("fd00:10::5", "other-node")]);
+    add(service("ns6", "svc6", "fd00:30::46", &p80), vec![]);
+    t.apply().0
+}
+
+fn config_v6() -> Config {
+    let mut cfg = Config::new(IpFamily::V6);
+    cfg.masquerade.local_detector =
+        LocalDetector::ClusterCidr(vec!["fd00:10::/60".parse().unwrap()]);
+    cfg.node_ips = vec![ip("fd00:192::2")];
+    cfg.service_cidrs = vec!["fd00:30::/112".parse().unwrap()];
+    cfg
+}
+
 /// `NewFakeProxier(v1.IPv4Protocol)`'s settings.
 fn config() -> Config {
     let mut cfg = Config::new(IpFamily::V4);
@@ -294,7 +343,7 @@ type KernelRules = BTreeMap<String, Vec<(Vec<u8>, Vec<u8>)>>;
 /// chain, each rule's expressions and user data (its comment), byte for
 /// byte. Handles and positions are left out (they differ between two
 /// loads of the same rules).
-async fn kernel_rules() -> KernelRules {
+async fn kernel_rules(nfproto: u8) -> KernelRules {
     const NFT_MSG_GETRULE: u16 = (10 << 8) | 7;
     const NLM_F_REQUEST_DUMP: u16 = 0x1 | 0x300;
     let mut sock = proxier_netfilter::NfnlSocket::open().unwrap();
@@ -307,7 +356,7 @@ async fn kernel_rules() -> KernelRules {
     req.extend_from_slice(&NLM_F_REQUEST_DUMP.to_ne_bytes());
     req.extend_from_slice(&1u32.to_ne_bytes());
     req.extend_from_slice(&0u32.to_ne_bytes());
-    req.extend_from_slice(&[2, 0, 0, 0]); // NFPROTO_IPV4, version, res_id
+    req.extend_from_slice(&[nfproto, 0, 0, 0]); // family, version, res_id
     req.extend_from_slice(&(attr_len as u16).to_ne_bytes());
     req.extend_from_slice(&1u16.to_ne_bytes()); // NFTA_RULE_TABLE
     req.extend_from_slice(table);
@@ -387,21 +436,36 @@ fn expressions(list: &[u8]) -> Vec<(String, Vec<u8>)> {
 /// this snapshot, and the test checks that they do).
 #[test]
 fn every_rule_holds_the_bytes_nft_would_have_sent() {
-    let (tx, _, errors) = render_full(&config(), &overall());
+    same_bytes_as_nft(&config(), &overall());
+}
+
+/// The same for IPv6: `ip6 kube-proxy`, node ports on every local address
+/// (`fib daddr type local`), a cluster CIDR that is not whole bytes.
+#[test]
+fn every_ipv6_rule_holds_the_bytes_nft_would_have_sent() {
+    same_bytes_as_nft(&config_v6(), &overall_v6());
+}
+
+fn same_bytes_as_nft(cfg: &Config, snap: &Snapshot) {
+    let (tx, _, errors) = render_full(cfg, snap);
     assert!(errors.is_empty(), "{errors:?}");
+    let (family, nfproto) = match cfg.masquerade.family {
+        IpFamily::V4 => ("ip", 2),
+        IpFamily::V6 => ("ip6", 10),
+    };
     let ours_ns = Netns::new("wirenft").unwrap();
     let rt = NsRuntime::start(&ours_ns).unwrap();
     let ours = rt.block_on(async move {
         let nft = Arc::new(NfTablesNetlink::new().unwrap());
         nft.apply(&tx).await.unwrap();
-        kernel_rules().await
+        kernel_rules(nfproto).await
     });
-    let listing = nft(&ours_ns, &["list", "table", "ip", "kube-proxy"], None);
+    let listing = nft(&ours_ns, &["list", "table", family, "kube-proxy"], None);
     let theirs_ns = Netns::new("wirekp").unwrap();
     nft(&theirs_ns, &["-f", "-"], Some(&listing));
     let theirs = NsRuntime::start(&theirs_ns)
         .unwrap()
-        .block_on(kernel_rules());
+        .block_on(kernel_rules(nfproto));
     let rules: usize = ours.values().map(Vec::len).sum();
     assert!(rules > 50, "{rules} rules read back");
     let kinds: std::collections::BTreeSet<String> = ours
