@@ -14,7 +14,7 @@ use backend_nftables::{Encoder, Family, Op, render_full as full, render_full_int
 use proxier_core::{
     ChangeTracker, EndpointSlice, IpFamily, PortSpec, Protocol, Service, SliceEndpoint, SlicePort,
 };
-use proxier_testbed::{Netns, NsRuntime};
+use proxier_testbed::{Netns, NsRuntime, rss_kib};
 
 fn addr(a: u8, i: usize) -> IpAddr {
     IpAddr::from([a, (i >> 16) as u8, (i >> 8) as u8, i as u8])
@@ -29,15 +29,6 @@ fn apply(tx: Transaction) -> std::time::Duration {
         nft.apply(&tx).await.expect("apply");
         t0.elapsed()
     })
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn without(tx: &Transaction, drop: impl Fn(&Op) -> bool) -> Transaction {

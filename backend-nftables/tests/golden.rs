@@ -39,21 +39,29 @@ fn lb(mut s: Service, node_port: u16, vip: &str) -> Service {
     s
 }
 
+/// Adds `s` and, if it has endpoints (address, node), its slice.
+fn add_service(
+    t: &mut ChangeTracker,
+    ports: &[(&str, u16, Protocol)],
+    s: Service,
+    eps: Vec<(&str, &str)>,
+) {
+    let (ns, name) = (s.namespace.clone(), s.name.clone());
+    t.update_service(&s).unwrap();
+    if !eps.is_empty() {
+        let eps = eps.into_iter().map(|(a, n)| ep(ip(a), n)).collect();
+        t.update_endpoint_slice(&slice(&ns, &name, ports, eps))
+            .unwrap();
+    }
+}
+
 /// The services and slices of `TestOverallNFTablesRules`. An endpoint
 /// without a node name there is another node's here.
 fn overall() -> Snapshot {
     let mut t = ChangeTracker::new(IpFamily::V4, NODE);
     let p80 = [("p80", 80, Protocol::Tcp)];
     let other = "other-node";
-    let mut add = |s: Service, eps: Vec<(&str, &str)>| {
-        let (ns, name) = (s.namespace.clone(), s.name.clone());
-        t.update_service(&s).unwrap();
-        if !eps.is_empty() {
-            let eps = eps.into_iter().map(|(a, n)| ep(ip(a), n)).collect();
-            t.update_endpoint_slice(&slice(&ns, &name, &p80, eps))
-                .unwrap();
-        }
-    };
+    let mut add = |s: Service, eps: Vec<(&str, &str)>| add_service(&mut t, &p80, s, eps);
     // ClusterIP.
     add(
         service("ns1", "svc1", "172.30.0.41", &p80),
@@ -95,15 +103,7 @@ fn overall() -> Snapshot {
 fn overall_v6() -> Snapshot {
     let mut t = ChangeTracker::new(IpFamily::V6, NODE);
     let p80 = [("p80", 80, Protocol::Tcp)];
-    let mut add = |s: Service, eps: Vec<(&str, &str)>| {
-        let (ns, name) = (s.namespace.clone(), s.name.clone());
-        t.update_service(&s).unwrap();
-        if !eps.is_empty() {
-            let eps = eps.into_iter().map(|(a, n)| ep(ip(a), n)).collect();
-            t.update_endpoint_slice(&slice(&ns, &name, &p80, eps))
-                .unwrap();
-        }
-    };
+    let mut add = |s: Service, eps: Vec<(&str, &str)>| add_service(&mut t, &p80, s, eps);
     add(
         service("ns1", "svc1", "fd00:30::41", &p80),
         vec![("fd00:10::1", "other-node"), ("fd00:10::2", NODE)],

@@ -16,7 +16,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeTracker, IpFamily, Protocol, Snapshot};
 use proxier_netfilter::{Conntrack, ConntrackNetlink, Flow, FlowTuple, StaleFlows, clean_stale};
 use proxier_netfilter::{DumpFilter, IPPROTO_TCP as TCP, IPPROTO_UDP as UDP};
-use proxier_testbed::{Netns, NsRuntime};
+use proxier_testbed::{Netns, NsRuntime, rss_kib};
 
 fn counts() -> (usize, usize) {
     let v: Vec<usize> = std::env::var("PROXIER_CT_FLOWS")
@@ -75,15 +75,6 @@ fn flows(
             }
         })
         .collect()
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn bench(c: &mut Criterion) {

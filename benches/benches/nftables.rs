@@ -4,7 +4,8 @@
 //! baseline: `nft -f` loading the same ruleset (what `nft list table`
 //! prints after our sync) into a fresh namespace, as kube-proxy's
 //! knftables does. Object counts and the process's peak RSS growth over
-//! a full sync are printed as `NFT …` lines, and so are the first full
+//! a full sync, and the RSS before and after 1,000 partial syncs, are
+//! printed as `NFT …` lines, and so are the first full
 //! sync and the baseline above 20,000 services, timed once (criterion's
 //! ten samples of each would take most of an hour at 50,000).
 //!
@@ -23,7 +24,7 @@ use benches::{endpoint_moved, filled, service_added, sizes};
 use criterion::{Criterion, criterion_group, criterion_main};
 use proxier_core::{ChangeSet, IpFamily, Proxier, SyncRequest, SyncStats};
 use proxier_netfilter::{ConntrackNetlink, LocalDetector};
-use proxier_testbed::{Netns, NsRuntime};
+use proxier_testbed::{Netns, NsRuntime, rss_kib};
 
 const EPS: usize = 10;
 /// Sizes above this are timed once for the first full sync and its
@@ -100,15 +101,6 @@ impl Kernel {
             })
             .expect("enter")
     }
-}
-
-fn rss_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn bench(c: &mut Criterion) {
@@ -216,6 +208,24 @@ fn bench(c: &mut Criterion) {
             })
         });
         eprintln!("NFT {n}x{EPS}: one service added: {} operations", k.ops());
+        // Memory across partial syncs: one endpoint changed, service
+        // after service (1,000 syncs up to 10,000 services, 100 above;
+        // PROXIER_BENCH_PARTIALS sets it).
+        let partials = std::env::var("PROXIER_BENCH_PARTIALS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if n > 10_000 { 100 } else { 1000 });
+        let before = rss_kib("VmRSS:");
+        for i in 0..partials {
+            if i % n == 0 {
+                generation ^= 1;
+            }
+            k.sync(endpoint_moved(&mut t, i % n, EPS, generation));
+        }
+        eprintln!(
+            "NFT {n}x{EPS}: RSS {before} KiB before {partials} partial syncs, {} KiB after",
+            rss_kib("VmRSS:")
+        );
         g.finish();
     }
 }

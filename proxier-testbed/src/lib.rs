@@ -24,6 +24,7 @@
 //!
 //! Needs root. Not published.
 
+mod memory;
 mod netns;
 mod objects;
 mod runtime;
@@ -32,6 +33,7 @@ mod topology;
 mod traffic;
 pub mod vm;
 
+pub use memory::rss_kib;
 pub use netns::{Netns, PREFIX as NETNS_PREFIX, remove_stale};
 pub use objects::{ep, service, slice, terminating};
 /// The family type the suite macro names (so test crates need not name
