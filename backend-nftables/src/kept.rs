@@ -5,7 +5,6 @@
 //! kept: at 10,000 services × 10 endpoints they were a second copy of
 //! the whole table in memory (see the nftables bench's peak RSS line).
 
-use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 
 use crate::layout::{Body, ElementKey, ElementValue, Fragment};
@@ -34,6 +33,9 @@ pub struct KeptChain {
     /// Rules in it (a numgen choice counts as one, as in
     /// [`Fragment::objects`]).
     pub bodies: usize,
+    /// Rules the kernel holds for it (a numgen choice is one rule per
+    /// endpoint): what a verifying sync expects to count.
+    pub rules: usize,
 }
 
 /// A written [`Fragment`], compact.
@@ -43,8 +45,10 @@ pub struct Kept {
     pub chains: Vec<KeptChain>,
     /// Affinity sets.
     pub sets: Vec<Set>,
-    /// Elements: container and key → verdict and comment.
-    pub elements: BTreeMap<ElementKey, ElementValue>,
+    /// Elements, sorted by container and key, with their verdict and
+    /// comment (a vector: a map per service cost a kilobyte of nodes for
+    /// its one or two elements).
+    pub elements: Vec<(ElementKey, ElementValue)>,
 }
 
 impl Kept {
@@ -58,11 +62,31 @@ impl Kept {
                     name: name.clone(),
                     digest: digest(bodies),
                     bodies: bodies.len(),
+                    rules: bodies
+                        .iter()
+                        .map(|b| match b {
+                            Body::Rule(..) => 1,
+                            Body::Numgen(targets) => targets.len(),
+                        })
+                        .sum(),
                 })
                 .collect(),
             sets: f.sets.clone(),
-            elements: f.elements.clone(),
+            // A map iterates in key order: the vector is sorted.
+            elements: f
+                .elements
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
         }
+    }
+
+    /// The element of container and key `key`, if written.
+    pub fn element(&self, key: &ElementKey) -> Option<&ElementValue> {
+        self.elements
+            .binary_search_by(|(k, _)| k.cmp(key))
+            .ok()
+            .map(|i| &self.elements[i].1)
     }
 
     /// Rules and elements it holds (as [`Fragment::objects`]).
@@ -103,5 +127,21 @@ mod tests {
         assert_eq!(k.objects(), 3);
         assert_eq!(k.chain("c").map(|c| c.bodies), Some(2));
         assert!(k.chain("d").is_none());
+        assert_eq!(
+            k.element(&("service-ips", vec![1, 2])),
+            Some(&(Some(Verdict::Accept), None))
+        );
+        assert_eq!(k.element(&("service-ips", vec![1, 3])), None);
+        f.chains.push((
+            "n".into(),
+            vec![Body::Numgen(vec!["a".into(), "b".into(), "c".into()])],
+        ));
+        let k = Kept::of(&f);
+        let n = k.chain("n").unwrap();
+        assert_eq!(
+            (n.bodies, n.rules),
+            (1, 3),
+            "a numgen choice is one rule per endpoint"
+        );
     }
 }

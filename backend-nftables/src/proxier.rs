@@ -46,57 +46,50 @@ struct Written {
     /// Chains no longer used, since when.
     stale: BTreeMap<String, Instant>,
     objects: usize,
-    /// Rules per chain of the table, counted from every transaction
-    /// applied: what a verifying sync compares the kernel with.
-    rules: BTreeMap<String, usize>,
+    /// Rules per chain that no service owns (the base and helper chains),
+    /// counted from the full sync's operations; with each service's
+    /// [`Kept`] rule counts, what a verifying sync compares the kernel
+    /// with.
+    fixed: BTreeMap<String, usize>,
     /// The generation at the last check that found nothing (`None` after
     /// a write).
     verified_gen: Option<u32>,
 }
 
 impl Written {
-    /// Counts what `tx` did to the table's chains.
-    fn tally(&mut self, tx: &Transaction) {
-        for op in &tx.ops {
-            tally(&mut self.rules, op);
+    /// Every chain written, with the rules the kernel should hold in it:
+    /// the fixed chains, each service's chains, and stale chains (flushed,
+    /// so empty).
+    fn expected(&self) -> Vec<(&str, usize)> {
+        let mut out: Vec<(&str, usize)> =
+            self.fixed.iter().map(|(c, n)| (c.as_str(), *n)).collect();
+        for k in self.fragments.values() {
+            out.extend(k.chains.iter().map(|c| (c.name.as_str(), c.rules)));
         }
-        self.verified_gen = None;
+        out.extend(self.stale.keys().map(|c| (c.as_str(), 0)));
+        out
     }
 }
 
-/// Counts what `op` does to the table's chains.
-fn tally(rules: &mut BTreeMap<String, usize>, op: &Op) {
-    match op {
-        Op::DeleteTable => rules.clear(),
-        Op::AddChain(c) => {
-            rules.entry(c.name.clone()).or_insert(0);
-        }
-        Op::FlushChain(c) => {
-            rules.insert(c.clone(), 0);
-        }
-        Op::DeleteChain(c) => {
-            rules.remove(c);
-        }
-        Op::AddRule(r) => {
-            if let Some(n) = rules.get_mut(&r.chain) {
-                *n += 1;
-            } else {
-                rules.insert(r.chain.clone(), 1);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// A full sync's output: each operation counted, then encoded.
+/// A full sync's output: the operations on fixed chains counted (until
+/// the first service's, when `counting` goes false), every one encoded.
 struct Tallied<'a> {
     enc: Encoder,
-    rules: &'a mut BTreeMap<String, usize>,
+    fixed: &'a mut BTreeMap<String, usize>,
+    counting: &'a std::cell::Cell<bool>,
 }
 
 impl OpSink for Tallied<'_> {
     fn add(&mut self, op: Op) {
-        tally(self.rules, &op);
+        if self.counting.get() {
+            match &op {
+                Op::AddChain(c) => {
+                    self.fixed.entry(c.name.clone()).or_insert(0);
+                }
+                Op::AddRule(r) => *self.fixed.entry(r.chain.clone()).or_insert(0) += 1,
+                _ => {}
+            }
+        }
         self.enc.push(&op);
     }
 }
@@ -171,16 +164,17 @@ impl NftablesProxier {
             return Ok(None);
         }
         let fam = nft_family(self.cfg.masquerade.family);
-        let chains: Vec<&str> = w.rules.keys().map(String::as_str).collect();
+        let expected = w.expected();
+        let chains: Vec<&str> = expected.iter().map(|(c, _)| *c).collect();
         let have = self.nft.rule_counts(fam, TABLE, &chains).await?;
-        if have.is_empty() && w.rules.values().any(|n| *n > 0) {
+        if have.is_empty() && expected.iter().any(|(_, n)| *n > 0) {
             return Ok(Some(format!(
                 "table {} {TABLE} is gone or empty",
                 fam.as_str()
             )));
         }
-        for (chain, want) in &w.rules {
-            let n = have.get(chain).copied().unwrap_or(0);
+        for (chain, want) in &expected {
+            let n = have.get(*chain).copied().unwrap_or(0);
             if n != *want {
                 return Ok(Some(format!(
                     "chain {chain} of table {} {TABLE} holds {n} rules, {want} written",
@@ -211,13 +205,16 @@ impl NftablesProxier {
         let endpoints: usize = snap.endpoints.values().map(|e| e.len()).sum();
         let estimate = 64 + snap.services.len() * 16 + endpoints * 4;
         let mut w = Written::default();
+        let counting = std::cell::Cell::new(true);
         let mut out = Tallied {
             enc: Encoder::new(nft_family(self.cfg.masquerade.family), TABLE, 0, estimate),
-            rules: &mut w.rules,
+            fixed: &mut w.fixed,
+            counting: &counting,
         };
         let mut objects = 0;
         let fragments = &mut w.fragments;
         let errors = layout::full_into(&self.cfg, snap, &mut out, |nn, f| {
+            counting.set(false);
             objects += f.objects();
             fragments.insert(nn.clone(), Kept::of(f));
         });
@@ -302,7 +299,7 @@ impl NftablesProxier {
                 }
             }
             for (k, v) in &new_ref.elements {
-                if old.elements.get(k) != Some(v) {
+                if old.element(k) != Some(v) {
                     add_elems.push((k.clone(), v.clone()));
                 }
             }
@@ -391,9 +388,6 @@ impl Proxier for NftablesProxier {
             Some(mut w) if !full => {
                 let tx = self.partial(req, &mut w, now);
                 let r = self.nft.apply(&tx).await;
-                if !tx.ops.is_empty() {
-                    w.tally(&tx);
-                }
                 (r, tx.ops.len(), w)
             }
             _ => {
@@ -421,7 +415,9 @@ impl Proxier for NftablesProxier {
             )
             .refused(proxier_core::Refused::NftablesTransaction));
         }
-        next.verified_gen = None;
+        if sent > 0 {
+            next.verified_gen = None;
+        }
         let objects = next.objects;
         self.written = Some(next);
         self.clear_conntrack(req).await;
