@@ -90,7 +90,7 @@ fn main() {
     println!(
         "{n} services: streamed render+encode {:?} ({} bytes, {} operations), peak RSS growth {} KiB",
         t0.elapsed(),
-        batch.bytes.len(),
+        batch.len(),
         batch.ops,
         rss_kib("VmHWM:").saturating_sub(before)
     );
@@ -99,7 +99,7 @@ fn main() {
     let (tx, _, _) = full(&Config::new(IpFamily::V4), &snap);
     let render = t0.elapsed();
     let t0 = Instant::now();
-    let bytes = tx.encode(1).bytes.len();
+    let bytes = tx.encode(1).len();
     println!(
         "{n} services: render {render:?}, encode {:?} ({bytes} bytes, {} operations)",
         t0.elapsed(),

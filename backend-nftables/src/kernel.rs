@@ -66,6 +66,9 @@ impl NftError {
     }
 }
 
+/// `UIO_MAXIOV`: buffers one `sendmsg` gathers.
+const MAX_IOV: usize = 1024;
+
 /// The nf_tables seam.
 #[async_trait]
 pub trait NfTables: Send + Sync + fmt::Debug {
@@ -157,8 +160,9 @@ impl NfTables for NfTablesNetlink {
         batch.renumber(*seq);
         let last_seq = batch.last_seq();
         *seq = last_seq.wrapping_add(2);
-        if batch.bytes.len() + 4096 > *sndbuf {
-            let want = (batch.bytes.len() + 4096).next_power_of_two();
+        let len = batch.len();
+        if len + 4096 > *sndbuf {
+            let want = (len + 4096).next_power_of_two();
             sock.ensure_send_buffer(want)
                 .map_err(|source| NftError::Socket {
                     what: "setting SO_SNDBUF",
@@ -166,7 +170,16 @@ impl NfTables for NfTablesNetlink {
                 })?;
             *sndbuf = want;
         }
-        sock.send(&batch.bytes)
+        // One `sendmsg` gathers the chunks into one datagram; past
+        // `UIO_MAXIOV` chunks they are joined first.
+        let joined;
+        let parts: Vec<&[u8]> = if batch.chunks.len() > MAX_IOV {
+            joined = batch.to_bytes();
+            vec![&joined]
+        } else {
+            batch.chunks.iter().map(Vec::as_slice).collect()
+        };
+        sock.send_vectored(&parts)
             .await
             .map_err(|source| NftError::Socket {
                 what: "sending the batch",

@@ -200,10 +200,11 @@ impl NftablesProxier {
     /// kept; the operations are never held together.
     fn full(&self, req: &SyncRequest) -> (Batch, Written) {
         let snap = &req.snapshot;
-        // Room for about the operations this sync makes (reserving more
-        // than is written costs nothing: untouched pages are not resident).
+        // About the operations this sync makes (4 per endpoint: its chain,
+        // two rules, its numgen rule; 5 per service port): what the
+        // batch's chunks are sized from.
         let endpoints: usize = snap.endpoints.values().map(|e| e.len()).sum();
-        let estimate = 64 + snap.services.len() * 16 + endpoints * 4;
+        let estimate = 64 + snap.services.len() * 5 + endpoints * 4;
         let mut w = Written::default();
         let counting = std::cell::Cell::new(true);
         let mut out = Tallied {

@@ -53,6 +53,29 @@ impl Sock {
         }
     }
 
+    async fn send_vectored(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.ready()?;
+        let iov: Vec<std::io::IoSlice<'_>> =
+            bufs.iter().map(|b| std::io::IoSlice::new(b)).collect();
+        loop {
+            let mut guard = fd.writable().await?;
+            match guard.try_io(|s| {
+                nix::sys::socket::sendmsg::<nix::sys::socket::NetlinkAddr>(
+                    s.get_ref().as_raw_fd(),
+                    &iov,
+                    &[],
+                    nix::sys::socket::MsgFlags::empty(),
+                    None,
+                )
+                .map_err(io::Error::from)
+            }) {
+                Ok(r) => return r.map(|_| ()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
     async fn recv(&mut self, buf: &mut Vec<u8>) -> io::Result<()> {
         let fd = self.ready()?;
         loop {
@@ -99,6 +122,12 @@ impl NfnlSocket {
     /// Sends one buffer (one or more netlink messages).
     pub async fn send(&mut self, buf: &[u8]) -> io::Result<()> {
         self.0.send(buf).await
+    }
+
+    /// Sends buffers as one datagram (one `sendmsg` gathering them: an
+    /// nf_tables batch in chunks).
+    pub async fn send_vectored(&mut self, bufs: &[&[u8]]) -> io::Result<()> {
+        self.0.send_vectored(bufs).await
     }
 
     /// Receives one datagram into `buf` (its spare capacity).
