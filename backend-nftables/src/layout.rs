@@ -445,8 +445,30 @@ pub fn full_into<S: OpSink>(
     cfg: &Config,
     snap: &Snapshot,
     tx: &mut S,
-    mut keep: impl FnMut(&NamespacedName, &Fragment),
+    keep: impl FnMut(&NamespacedName, &Fragment),
 ) -> Vec<RenderError> {
+    let first_id = fixed_into(cfg, tx);
+    let names = service_names(snap);
+    let (elements, errors) = services_into(cfg, snap, &names, tx, keep, first_id);
+    write_elements(tx, elements.iter().map(|(k, v)| (k, v)));
+    errors
+}
+
+/// Each service of `snap` once, in order.
+pub fn service_names(snap: &Snapshot) -> Vec<&NamespacedName> {
+    let mut names: Vec<&NamespacedName> = Vec::new();
+    for name in snap.services.keys() {
+        if names.last() != Some(&&name.service) {
+            names.push(&name.service);
+        }
+    }
+    names
+}
+
+/// The part of the table no service owns: the table replaced, the base
+/// and helper chains with their rules, the shared sets and maps. Returns
+/// the next free set id.
+pub fn fixed_into<S: OpSink>(cfg: &Config, tx: &mut S) -> u32 {
     let fam = cfg.family();
     let v6 = fam == IpFamily::V6;
     let addr = key_addr(fam);
@@ -680,18 +702,34 @@ pub fn full_into<S: OpSink>(
     e.extend(proto_port_vmap("service-nodeports"));
     tx.add(rule("services", e));
 
+    ids + 1
+}
+
+/// The services `names`, each as [`full_into`] writes it: its chains and
+/// sets (set ids from `first_id` on), then its rules, moved out of its
+/// [`Fragment`] after `keep` has seen it. Returns their map and set
+/// elements (to be written once every chain exists) and what could not be
+/// rendered.
+pub fn services_into<S: OpSink>(
+    cfg: &Config,
+    snap: &Snapshot,
+    names: &[&NamespacedName],
+    tx: &mut S,
+    mut keep: impl FnMut(&NamespacedName, &Fragment),
+    first_id: u32,
+) -> (Vec<(ElementKey, ElementValue)>, Vec<RenderError>) {
+    let mut next_id = first_id;
+    let mut id = || {
+        next_id += 1;
+        next_id - 1
+    };
     let mut errors = Vec::new();
     let mut elements: Vec<(ElementKey, ElementValue)> = Vec::new();
-    let mut last: Option<&NamespacedName> = None;
-    for name in snap.services.keys() {
-        if last == Some(&name.service) {
-            continue;
-        }
-        last = Some(&name.service);
-        let Some(f) = render_service(cfg, snap, &name.service, &mut errors) else {
+    for name in names {
+        let Some(f) = render_service(cfg, snap, name, &mut errors) else {
             continue;
         };
-        keep(&name.service, &f);
+        keep(name, &f);
         for (c, _) in &f.chains {
             tx.add(Op::AddChain(chain(c)));
         }
@@ -705,8 +743,7 @@ pub fn full_into<S: OpSink>(
         }
         elements.extend(f.elements);
     }
-    write_elements(tx, elements.iter().map(|(k, v)| (k, v)));
-    errors
+    (elements, errors)
 }
 
 /// One service port: its map elements and its chains, into `f`.

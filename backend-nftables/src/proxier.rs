@@ -35,6 +35,9 @@ use crate::layout::{
 };
 use crate::nl::msg::{Batch, Chain, Encoder, Op, OpSink, Transaction};
 
+/// Services from which a full sync renders on two threads.
+const PARALLEL_FROM: usize = 500;
+
 /// How long a stale chain waits before it is deleted.
 pub const STALE_CHAIN_DELAY: Duration = Duration::from_secs(1);
 
@@ -71,24 +74,21 @@ impl Written {
     }
 }
 
-/// A full sync's output: the operations on fixed chains counted (until
-/// the first service's, when `counting` goes false), every one encoded.
+/// The fixed part of a full sync: its chains' rules counted, every
+/// operation encoded.
 struct Tallied<'a> {
     enc: Encoder,
     fixed: &'a mut BTreeMap<String, usize>,
-    counting: &'a std::cell::Cell<bool>,
 }
 
 impl OpSink for Tallied<'_> {
     fn add(&mut self, op: Op) {
-        if self.counting.get() {
-            match &op {
-                Op::AddChain(c) => {
-                    self.fixed.entry(c.name.clone()).or_insert(0);
-                }
-                Op::AddRule(r) => *self.fixed.entry(r.chain.clone()).or_insert(0) += 1,
-                _ => {}
+        match &op {
+            Op::AddChain(c) => {
+                self.fixed.entry(c.name.clone()).or_insert(0);
             }
+            Op::AddRule(r) => *self.fixed.entry(r.chain.clone()).or_insert(0) += 1,
+            _ => {}
         }
         self.enc.push(&op);
     }
@@ -197,32 +197,72 @@ impl NftablesProxier {
 
     /// The full sync, encoded as it is rendered: the rules go straight
     /// into the batch (moved, not copied) and only their digests are
-    /// kept; the operations are never held together.
+    /// kept; the operations are never held together. From
+    /// [`PARALLEL_FROM`] services on, a second thread renders and encodes
+    /// the second half of the services into a continuation of the batch
+    /// (the order of operations is the same as on one thread).
     fn full(&self, req: &SyncRequest) -> (Batch, Written) {
         let snap = &req.snapshot;
+        let cfg = &self.cfg;
+        let fam = nft_family(cfg.masquerade.family);
         // About the operations this sync makes (4 per endpoint: its chain,
         // two rules, its numgen rule; 5 per service port): what the
         // batch's chunks are sized from.
         let endpoints: usize = snap.endpoints.values().map(|e| e.len()).sum();
         let estimate = 64 + snap.services.len() * 5 + endpoints * 4;
         let mut w = Written::default();
-        let counting = std::cell::Cell::new(true);
         let mut out = Tallied {
-            enc: Encoder::new(nft_family(self.cfg.masquerade.family), TABLE, 0, estimate),
+            enc: Encoder::new(fam, TABLE, 0, estimate),
             fixed: &mut w.fixed,
-            counting: &counting,
         };
-        let mut objects = 0;
-        let fragments = &mut w.fragments;
-        let errors = layout::full_into(&self.cfg, snap, &mut out, |nn, f| {
-            counting.set(false);
-            objects += f.objects();
-            fragments.insert(nn.clone(), Kept::of(f));
+        let first_id = layout::fixed_into(cfg, &mut out);
+        let mut enc = out.enc;
+        let names = layout::service_names(snap);
+        let two = names.len() >= PARALLEL_FROM
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+        let (head, tail) = names.split_at(if two { names.len() / 2 } else { names.len() });
+        let render = |names: &[&NamespacedName], enc: &mut Encoder, first_id: u32| {
+            let mut kept = Vec::with_capacity(names.len());
+            let mut objects = 0;
+            let (elements, errors) = layout::services_into(
+                cfg,
+                snap,
+                names,
+                enc,
+                |nn, f| {
+                    objects += f.objects();
+                    kept.push((nn.clone(), Kept::of(f)));
+                },
+                first_id,
+            );
+            (kept, objects, elements, errors)
+        };
+        let (mine, theirs) = std::thread::scope(|s| {
+            let other = (!tail.is_empty()).then(|| {
+                s.spawn(|| {
+                    let mut e = Encoder::continuation(fam, TABLE, estimate / 2);
+                    // Set ids of their own (ids only tell sets apart).
+                    let r = render(tail, &mut e, first_id + (1 << 30));
+                    (e, r)
+                })
+            });
+            let mine = render(head, &mut enc, first_id);
+            (mine, other.map(|h| h.join().expect("the render thread")))
         });
-        let batch = out.enc.finish();
+        let (mut kept, mut objects, mut elements, mut errors) = mine;
+        if let Some((e, (k, o, el, er))) = theirs {
+            enc.absorb(e);
+            kept.extend(k);
+            objects += o;
+            elements.extend(el);
+            errors.extend(er);
+        }
+        layout::write_elements(&mut enc, elements.iter().map(|(k, v)| (k, v)));
+        let batch = enc.finish();
         for e in &errors {
             tracing::error!(backend = %self.name, error = %e, "service skipped");
         }
+        w.fragments = kept.into_iter().collect();
         w.objects = objects;
         (batch, w)
     }
@@ -464,11 +504,12 @@ mod tests {
         let ports = [("http", 80, Protocol::Tcp)];
         for i in 0..services {
             let name = format!("s{i}");
-            t.update_service(&service("ns", &name, &format!("10.96.0.{}", i + 1), &ports))
+            let vip = format!("10.96.{}.{}", (i + 1) / 256, (i + 1) % 256);
+            t.update_service(&service("ns", &name, &vip, &ports))
                 .unwrap();
             let eps: Vec<_> = (1..=3)
                 .map(|k| {
-                    let ip: IpAddr = format!("10.0.{i}.{k}").parse().unwrap();
+                    let ip: IpAddr = format!("10.{}.{}.{k}", i / 256, i % 256).parse().unwrap();
                     ep(ip, "node-2")
                 })
                 .collect();
@@ -486,16 +527,24 @@ mod tests {
 
     /// A streamed full sync refused by the kernel names the operation as
     /// `nft` would say it (rendered again from its index), keeps nothing,
-    /// and the next sync is full and converges.
+    /// and the next sync is full and converges; on one thread (4
+    /// services) and on two (600: the refused rule is in the second
+    /// thread's half).
     #[tokio::test]
     async fn a_refused_streamed_full_sync_names_its_operation() {
-        let req = request(4);
+        for n in [4, 600] {
+            refused_full_sync_named(n).await;
+        }
+    }
+
+    async fn refused_full_sync_named(n: usize) {
+        let req = request(n);
         let (tx, _, _) = layout::full(&Config::new(IpFamily::V4), &req.snapshot);
         let (index, want) = tx
             .ops
             .iter()
             .enumerate()
-            .find(|(_, op)| matches!(op, Op::AddRule(r) if r.chain.starts_with("endpoint-")))
+            .rfind(|(_, op)| matches!(op, Op::AddRule(r) if r.chain.starts_with("endpoint-")))
             .map(|(i, op)| (i, op.to_string()))
             .unwrap();
         let nft = Arc::new(FakeNfTables::default());

@@ -129,7 +129,8 @@ impl Node {
 fn workload(t: &mut ChangeTracker, n: usize) {
     for i in 0..n {
         let name = format!("s{i}");
-        let mut s = service("ns", &name, &format!("10.96.0.{}", i + 1), &P);
+        let (hi, lo) = ((i + 1) / 256, (i + 1) % 256);
+        let mut s = service("ns", &name, &format!("10.96.{hi}.{lo}"), &P);
         match i % 5 {
             1 => {
                 s.service_type = ServiceType::NodePort;
@@ -138,7 +139,7 @@ fn workload(t: &mut ChangeTracker, n: usize) {
             2 => {
                 s.service_type = ServiceType::LoadBalancer;
                 s.ports[0].node_port = 31000 + i as u16;
-                s.load_balancer_ips = vec![ip(&format!("198.51.100.{}", i + 1))];
+                s.load_balancer_ips = vec![ip(&format!("198.51.{}.{lo}", 100 + hi))];
                 s.load_balancer_source_ranges = vec!["203.0.113.0/24".into()];
                 s.external_traffic_policy = TrafficPolicy::Local;
             }
@@ -156,7 +157,7 @@ fn workload(t: &mut ChangeTracker, n: usize) {
             (1..=3)
                 .map(|k| {
                     ep(
-                        ip(&format!("10.0.{i}.{k}")),
+                        ip(&format!("10.{}.{}.{k}", i / 256, i % 256)),
                         if k == 1 { "node-1" } else { "node-2" },
                     )
                 })
@@ -229,6 +230,32 @@ fn step(t: &mut ChangeTracker, full: bool) -> SyncRequest {
         full,
         verify: false,
     }
+}
+
+/// From 500 services a full sync renders and encodes on two threads: the
+/// table it writes (read back with `nft -j list table`) is the table the
+/// one-thread rendering (`render_full`) writes in another namespace, with
+/// the same number of operations.
+#[test]
+fn a_full_sync_on_two_threads_writes_what_one_thread_does() {
+    let mut a = Node::new("nft-two");
+    let mut t = ChangeTracker::new(IpFamily::V4, "node-1");
+    workload(&mut t, 700);
+    let req = step(&mut t, true);
+    let snap = req.snapshot.clone();
+    let s = a.sync(req).unwrap();
+    let (tx, _, errors) = backend_nftables::render_full(&cfg(), &snap);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(s.written, tx.ops.len());
+    let b = Node::new("nft-one");
+    b.rt.block_on(async move {
+        backend_nftables::NfTables::apply(&NfTablesNetlink::new().unwrap(), &tx)
+            .await
+            .unwrap()
+    });
+    let (ta, tb) = (a.table(), b.table());
+    assert!(ta.len() > 2000, "{} objects", ta.len());
+    assert!(ta == tb, "two threads wrote another table than one");
 }
 
 /// On the host kernel.

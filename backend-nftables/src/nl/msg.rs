@@ -437,6 +437,42 @@ impl Encoder {
         e
     }
 
+    /// The rest of a batch, to be [`Encoder::absorb`]ed by the encoder
+    /// of its beginning (no `BATCH_BEGIN`): how two threads encode one
+    /// batch.
+    pub fn continuation(family: Family, table: &str, ops: usize) -> Encoder {
+        let chunk = (ops * 240 / 900).max(CHUNK);
+        Encoder {
+            a: Attrs::with_capacity(chunk),
+            done: Vec::new(),
+            chunk,
+            family,
+            table: table.to_string(),
+            seq: 0,
+            first_seq: 0,
+            msg_ops: Vec::with_capacity(ops),
+            ops: 0,
+            last_msg: None,
+        }
+    }
+
+    /// Appends what `tail` encoded (a [`Encoder::continuation`]) after
+    /// what this one has, as if this one had encoded it; messages are
+    /// numbered again when the batch is sent ([`Batch::renumber`]).
+    pub fn absorb(&mut self, tail: Encoder) {
+        if tail.a.is_empty() && tail.done.is_empty() {
+            return;
+        }
+        let head = std::mem::replace(&mut self.a, tail.a);
+        self.done.push(head.into_bytes());
+        self.done.extend(tail.done);
+        let base = self.ops as u32;
+        self.msg_ops.extend(tail.msg_ops.iter().map(|o| o + base));
+        self.ops += tail.ops;
+        self.seq = self.seq.wrapping_add(tail.msg_ops.len() as u32);
+        self.last_msg = tail.last_msg;
+    }
+
     /// The same, with chunks of about `bytes` (tests: many chunks from a
     /// small batch).
     pub fn chunked(mut self, bytes: usize) -> Encoder {
@@ -789,6 +825,25 @@ mod tests {
         assert_eq!(again.last_seq(), 105);
         assert_eq!(again.op_of(103), Some(2));
         assert_eq!(again, t.encode(100));
+    }
+
+    #[test]
+    fn a_continuation_absorbed_equals_one_encoder() {
+        let t = tx();
+        let whole = t.encode(1);
+        let mut head = Encoder::new(Family::Ip, "kube-proxy", 1, 1);
+        head.push(&t.ops[0]);
+        head.push(&t.ops[1]);
+        let mut tail = Encoder::continuation(Family::Ip, "kube-proxy", 1);
+        tail.push(&t.ops[2]);
+        head.absorb(tail);
+        head.push(&t.ops[3]);
+        let mut b = head.finish();
+        assert_eq!(b.msg_ops, whole.msg_ops);
+        assert_eq!(b.ops, whole.ops);
+        b.renumber(1);
+        assert_eq!(b.to_bytes(), whole.to_bytes());
+        assert_eq!(b.last_seq(), whole.last_seq());
     }
 
     #[test]
