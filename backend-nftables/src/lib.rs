@@ -24,7 +24,9 @@
 //!   into the batch at once (a full sync never holds its operations).
 //!   The rule builders this layout uses are [`exprs`].
 //! - The seam ([`NfTables`]) and [`NfTablesNetlink`], which applies a
-//!   transaction atomically and names the operation the kernel refused.
+//!   transaction atomically and names the operation the kernel refused;
+//!   `FakeNfTables` (feature `testing`) records batches and refuses one
+//!   on demand, for unit tests of an embedder's logic.
 //!
 //! The modules are private: the `pub use` list below is the crate's whole
 //! public surface ([`exprs`] is a namespace of rule builders).
