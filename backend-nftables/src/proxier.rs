@@ -103,6 +103,7 @@ pub struct NftablesProxier {
     name: String,
     written: Option<Written>,
     last_ops: usize,
+    steps: Vec<(&'static str, Duration)>,
 }
 
 impl NftablesProxier {
@@ -130,6 +131,7 @@ impl NftablesProxier {
             name,
             written: None,
             last_ops: 0,
+            steps: Vec::new(),
         })
     }
 
@@ -141,6 +143,14 @@ impl NftablesProxier {
     /// Operations in the last transaction sent (0: nothing was sent).
     pub fn last_operations(&self) -> usize {
         self.last_ops
+    }
+
+    /// How long each step of the last sync took, in order: `verify` (the
+    /// dump of a verifying sync), `render` (rendering and encoding the
+    /// transaction), `kernel` (the kernel applying it, acknowledgement
+    /// included), `conntrack`: where a sync's time goes.
+    pub fn last_steps(&self) -> &[(&'static str, Duration)] {
+        &self.steps
     }
 
     /// Chains flushed and waiting to be deleted.
@@ -397,6 +407,7 @@ impl Proxier for NftablesProxier {
             ));
         }
         let now = Instant::now();
+        self.steps.clear();
         let mut full = req.full || req.changes.node_changed || self.written.is_none();
         let mut repaired = None;
         if req.verify
@@ -405,6 +416,7 @@ impl Proxier for NftablesProxier {
         {
             let mut w = std::mem::take(w);
             let found = self.drift(&mut w).await;
+            self.steps.push(("verify", now.elapsed()));
             self.written = Some(w);
             match found {
                 Ok(None) => {}
@@ -427,13 +439,21 @@ impl Proxier for NftablesProxier {
         // full.
         let (result, sent, mut next) = match self.written.take() {
             Some(mut w) if !full => {
+                let t = Instant::now();
                 let tx = self.partial(req, &mut w, now);
+                self.steps.push(("render", t.elapsed()));
+                let t = Instant::now();
                 let r = self.nft.apply(&tx).await;
+                self.steps.push(("kernel", t.elapsed()));
                 (r, tx.ops.len(), w)
             }
             _ => {
+                let t = Instant::now();
                 let (mut batch, w) = self.full(req);
+                self.steps.push(("render", t.elapsed()));
+                let t = Instant::now();
                 let r = self.nft.apply_batch(&mut batch).await;
+                self.steps.push(("kernel", t.elapsed()));
                 let ops = batch.ops;
                 drop(batch);
                 let r = r.map_err(|e| e.naming(|i| self.full_op(req, i)));
@@ -461,7 +481,9 @@ impl Proxier for NftablesProxier {
         }
         let objects = next.objects;
         self.written = Some(next);
+        let t = Instant::now();
         self.clear_conntrack(req).await;
+        self.steps.push(("conntrack", t.elapsed()));
         Ok(SyncStats {
             objects,
             written: sent,
@@ -565,5 +587,11 @@ mod tests {
         assert!(s.full, "the sync after a refusal is full");
         assert_eq!(*nft.applied.lock().unwrap(), vec![tx.ops.len()]);
         assert_eq!(s.written, tx.ops.len());
+        let steps: Vec<&str> = p.last_steps().iter().map(|s| s.0).collect();
+        assert_eq!(steps, ["render", "kernel", "conntrack"]);
+        again.verify = true;
+        p.sync(&again).await.unwrap();
+        let steps: Vec<&str> = p.last_steps().iter().map(|s| s.0).collect();
+        assert_eq!(steps, ["verify", "render", "kernel", "conntrack"]);
     }
 }

@@ -130,16 +130,34 @@ fn measure(
     name: &str,
     mut one: impl FnMut() -> Duration,
 ) {
+    // Each run drops its namespace; the kernel tears it down afterwards
+    // (on the VM's one vCPU, seconds at 10,000): the next run waits for
+    // that, untimed, so that it is not measured inside the next sync.
+    let mut one = move || {
+        let d = one();
+        let waited = proxier_testbed::settle(Duration::from_secs(30));
+        (d, waited)
+    };
     if n >= 5000 {
         for i in 0..3 {
-            let d = one();
-            eprintln!("{name} at {n}: run {i}: {d:?}");
+            let (d, waited) = one();
+            eprintln!("{name} at {n}: run {i}: {d:?} (then {waited:?} for the teardown)");
         }
         return;
     }
     g.bench_function(name, |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| one()).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| one().0).sum())
     });
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in KiB (the VM has 1 GiB).
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn full(snap: &Snapshot) -> SyncRequest {
@@ -216,8 +234,12 @@ fn etp_group(c: &mut Criterion, n: usize) {
             let mut node = Node::with_mask(mask);
             let (rep, d) = node.sync(full(&snap));
             eprintln!(
-                "OBJECTS ipvs-etp {name} {n}x{EPS}: {} virtual servers, {} real servers, {} iptables rules; steps {:?}",
-                rep.virtual_servers, rep.real_servers, node.rules, rep.steps
+                "OBJECTS ipvs-etp {name} {n}x{EPS}: {} virtual servers, {} real servers, {} iptables rules; steps {:?}; {} KiB available",
+                rep.virtual_servers,
+                rep.real_servers,
+                node.rules,
+                rep.steps,
+                mem_available()
             );
             messages(&key(name), &rep);
             record(&key(name), d)

@@ -131,8 +131,12 @@ fn bench(c: &mut Criterion) {
         // at 50,000); the partial syncs are sampled as at every size.
         let one_shot = n > ONE_SHOT;
         if one_shot {
-            let d = Kernel::new().sync(full_req.clone()).1;
-            eprintln!("NFT {n}x{EPS}: first full sync (one run) {d:?}");
+            let mut k = Kernel::new();
+            let d = k.sync(full_req.clone()).1;
+            eprintln!(
+                "NFT {n}x{EPS}: first full sync (one run) {d:?}, steps {:?}",
+                k.proxier.as_ref().expect("proxier").last_steps()
+            );
         } else {
             g.bench_function("full_sync", |b| {
                 b.iter_custom(|iters| {
@@ -148,8 +152,12 @@ fn bench(c: &mut Criterion) {
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let before = rss_kib("VmRSS:");
         let mut k = Kernel::new();
-        let (stats, _) = k.sync(full_req.clone());
+        let (stats, loaded) = k.sync(full_req.clone());
         let peak = rss_kib("VmHWM:");
+        eprintln!(
+            "NFT {n}x{EPS}: the loaded namespace's full sync {loaded:?}, steps {:?}",
+            k.proxier.as_ref().expect("proxier").last_steps()
+        );
         // PROXIER_BENCH_BASELINE=0 leaves the baseline out (at 50,000 the
         // `nft list table` that makes its input runs for 16 minutes).
         let baseline = std::env::var("PROXIER_BENCH_BASELINE").as_deref() != Ok("0");

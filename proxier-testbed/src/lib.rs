@@ -14,6 +14,8 @@
 //!   servers and clients that tell a reply from a refusal from a timeout;
 //! - [`suite`]: the behaviour suite every backend runs, and its feature
 //!   table;
+//! - [`settle`]: waiting for the CPUs to go quiet between timed runs
+//!   (the kernel tears a dropped namespace down later);
 //! - [`vm`]: a Debian cloud kernel under qemu, for what the host kernel
 //!   lacks (IPVS, dummy links).
 //!
@@ -27,6 +29,7 @@
 mod memory;
 mod netns;
 mod objects;
+mod quiet;
 mod runtime;
 pub mod suite;
 mod topology;
@@ -39,6 +42,7 @@ pub use objects::{ep, service, slice, terminating};
 /// The family type the suite macro names (so test crates need not name
 /// `proxier-core`).
 pub use proxier_core::IpFamily;
+pub use quiet::settle;
 pub use runtime::NsRuntime;
 pub use topology::{
     CLUSTER_CIDR, CLUSTER_CIDR6, NODE_IP, NODE_IP2, NODE_IP2_6, NODE_IP6, Plan, Pod,
