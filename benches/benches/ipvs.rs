@@ -150,16 +150,6 @@ fn measure(
     });
 }
 
-/// `MemAvailable` of `/proc/meminfo`, in KiB (the VM has 1 GiB).
-fn mem_available() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn full(snap: &Snapshot) -> SyncRequest {
     SyncRequest {
         snapshot: snap.clone(),
@@ -239,7 +229,7 @@ fn etp_group(c: &mut Criterion, n: usize) {
                 rep.real_servers,
                 node.rules,
                 rep.steps,
-                mem_available()
+                proxier_testbed::meminfo_kib("MemAvailable:")
             );
             messages(&key(name), &rep);
             record(&key(name), d)

@@ -36,7 +36,7 @@ mod topology;
 mod traffic;
 pub mod vm;
 
-pub use memory::rss_kib;
+pub use memory::{meminfo_kib, rss_kib};
 pub use netns::{Netns, PREFIX as NETNS_PREFIX, remove_stale};
 pub use objects::{ep, service, slice, terminating};
 /// The family type the suite macro names (so test crates need not name
